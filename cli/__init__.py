@@ -1,0 +1,1 @@
+"""The `hones-nn` command line (installed as the package ``hones_nn.cli``)."""

@@ -1,0 +1,3 @@
+from hones_nn.cli.main import main
+
+main()

@@ -1,0 +1,78 @@
+"""`hones-nn evaluate`: a task metric, clean or with neurons masked."""
+
+from __future__ import annotations
+
+import click
+
+from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, model_options, task_option
+
+
+@click.command("evaluate")
+@task_option
+@model_options
+@data_options
+@click.option("--split", default="test", show_default=True, help="Split to evaluate on.")
+@click.option("--mask", "mask", default=None,
+              help="Mask neurons: a neuron score table (Parquet) whose top --top-ratio are zeroed, or 'random'.")
+@click.option("--top-ratio", type=float, default=0.01, show_default=True, help="Fraction of all neurons to mask.")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Random-control seeds (with --mask random, or --random-control).")
+@click.option("--random-control", is_flag=True, help="With a score table: also mask --seeds random sets of the same size.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
+                 reference_compat, split, mask, top_ratio, seeds, random_control, as_json):
+    """Evaluate a task (greedy decoding; retrieval by Yes/No logits).
+
+    \b
+    Metrics: vqa = VQAv2 accuracy, ocr = ANLS, caption = corpus BLEU-4,
+    retrieval = NDCG@5 over 1 positive + 49 hard negatives.
+    With --mask, reports base, masked and relative drop = (base - masked) / base.
+    """
+    from hones_nn.evaluation.engine import Engine
+    from hones_nn.evaluation.evaluate import evaluate, masked_evaluation, prepare_task
+    from hones_nn.runner.tables import check_table_matches, read_table, top_k_for_ratio
+
+    loaded = load(model_name, dtype, device, device_map, trust_remote_code)
+    td = prepare_task(loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad,
+                      reference_compat=reference_compat)
+    engine = Engine(loaded)
+    progress = not as_json
+    if mask is None:
+        result = evaluate(engine, td, batch_size=batch_size, progress=progress).as_json()
+    else:
+        sizes = loaded.sizes
+        if mask == "random":
+            k = top_k_for_ratio(sizes.num_neurons, top_ratio)
+            result = masked_evaluation(engine, td, None, random_seeds=seeds, k=k, batch_size=batch_size,
+                                       progress=progress)
+        else:
+            table = read_table(mask)
+            if table.kind != "neurons":
+                raise ValueError(f"{mask} is a {table.kind} table; --mask needs a neuron score table from `hones-nn rank`")
+            check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id)
+            neurons = table.top_ratio(top_ratio)
+            result = masked_evaluation(engine, td, neurons, random_seeds=seeds if random_control else 0,
+                                       batch_size=batch_size, progress=progress)
+            result["mask"] = str(mask)
+            result["method"] = table.meta.get("method")
+    result.update(model=loaded.model_id, split=split)
+    if as_json:
+        emit_json(result)
+        return
+    if td.skipped:
+        click.echo(f"skipped {len(td.skipped)} bad item(s): " + "; ".join(s["reason"] for s in td.skipped[:5]))
+    click.echo(f"{task} on {split} ({result['n']} examples, model {loaded.model_id})")
+    if mask is None:
+        click.echo(f"  {result['metric_name']}: {result['metric']:.4f}")
+    else:
+        click.echo(f"  base {result['metric_name']}: {result['base_metric']:.4f}")
+        click.echo(f"  masked ({result['k']} neurons, {mask}): {result['masked_metric']:.4f}")
+        click.echo(f"  relative drop: {100 * result['relative_drop']:.2f}%")
+        if "random" in result and mask != "random":
+            r = result["random"]
+            click.echo(f"  random control ({len(r['seeds'])} seeds): drop {100 * r['mean_relative_drop']:.2f}% "
+                       f"(std {100 * r['std_relative_drop']:.2f}%)")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(evaluate_cmd)

@@ -1,0 +1,33 @@
+"""Benchmarks: the synthetic generator, real-data importers, and the shared layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_BENCHMARK = "synthetic"
+
+
+def cache_dir() -> Path:
+    """Where hones-nn keeps what it builds on demand ($HONES_NN_HOME, else ~/.cache/hones_nn)."""
+    return Path(os.environ.get("HONES_NN_HOME", Path.home() / ".cache" / "hones_nn"))
+
+
+def resolve_benchmark(data: str | os.PathLike | None) -> Path:
+    """A benchmark folder for ``--data``: a path, or the default synthetic benchmark
+    (seed 0, 1,200 images), generated deterministically on first use and cached."""
+    from hones_nn.data.dataset import MANIFEST
+    from hones_nn.data.synthetic import DEFAULT_N_IMAGES, GENERATOR_VERSION, build_synthetic_benchmark
+
+    if data not in (None, "", DEFAULT_BENCHMARK):
+        path = Path(data)
+        if not (path / MANIFEST).exists():
+            raise FileNotFoundError(
+                f"--data {data}: no hones-nn benchmark there (missing {MANIFEST}); build one with "
+                "`hones-nn data build-synthetic --out DIR` or import one with `hones-nn data import-hones`"
+            )
+        return path
+    path = cache_dir() / "benchmarks" / f"{GENERATOR_VERSION}-seed0-n{DEFAULT_N_IMAGES}"
+    if not (path / MANIFEST).exists():
+        build_synthetic_benchmark(path, seed=0, n_images=DEFAULT_N_IMAGES, n_train=0)
+    return path

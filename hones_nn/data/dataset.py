@@ -1,0 +1,206 @@
+"""The on-disk benchmark layout shared by the synthetic data and every real-data importer.
+
+A benchmark is a folder::
+
+    DIR/
+      data/{split}-00000-of-00001.parquet   one row per image, a Hugging Face `datasets`
+                                            table (images as PNG bytes, `Image` feature)
+      hones_dataset.json                    what built it: source, seed, counts, version
+
+so ``datasets.load_dataset("parquet", data_dir=DIR + "/data")`` (or
+``load_dataset(DIR)``) opens it as well as :func:`load_benchmark` does.
+
+One row per image, unified over the four tasks as in the official HONES records:
+
+* ``image_id`` (str), ``split`` (str), ``image`` (Image: PNG bytes)
+* ``objects``: list of {kind, color, column, row, bbox [x0, y0, x1, y1], mask (PNG bytes)}
+  (ground-truth masks; empty where the source has none)
+* ``ocr``: {text, bbox [x, y, w, h], mask (PNG bytes or null)}
+* ``vqa``: {question, answer, all_answers (10), question_type, answer_type}
+* ``captions``: list of reference captions (5)
+* ``retrieval``: {candidates (1 positive + 49 hard negatives, shuffled), positive_index}
+* ``content_key``: what a caption of the image describes (used to keep false negatives
+  out of retrieval candidates; the caption text itself where nothing better is known)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from hones_nn.utils.io import atomic_write_json, atomic_write_with
+
+SPLITS = ("train", "discovery", "dev", "test")
+EVAL_SPLITS = ("discovery", "dev", "test")
+N_NEGATIVES = 49
+MANIFEST = "hones_dataset.json"
+
+
+def features():
+    """The `datasets` Features of a benchmark row."""
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "image_id": Value("string"),
+            "split": Value("string"),
+            "image": Image(),
+            "objects": List(
+                {
+                    "kind": Value("string"),
+                    "color": Value("string"),
+                    "column": Value("int32"),
+                    "row": Value("int32"),
+                    "bbox": List(Value("float32")),
+                    "mask": Value("binary"),
+                }
+            ),
+            "ocr": {"text": Value("string"), "bbox": List(Value("float32")), "mask": Value("binary")},
+            "vqa": {
+                "question": Value("string"),
+                "answer": Value("string"),
+                "all_answers": List(Value("string")),
+                "question_type": Value("string"),
+                "answer_type": Value("string"),
+            },
+            "captions": List(Value("string")),
+            "retrieval": {"candidates": List(Value("string")), "positive_index": Value("int32")},
+            "content_key": Value("string"),
+        }
+    )
+
+
+def split_path(root: str | Path, split: str) -> Path:
+    return Path(root) / "data" / f"{split}-00000-of-00001.parquet"
+
+
+def write_benchmark(root: str | Path, rows_by_split: dict[str, list[dict]], manifest: dict) -> Path:
+    """Write each split as one Parquet file (atomically), then the manifest."""
+    from datasets import Dataset
+
+    root = Path(root)
+    feats = features()
+    counts = {}
+    for split, rows in rows_by_split.items():
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+        if not rows:
+            continue
+        table = Dataset.from_list(rows, features=feats)
+        atomic_write_with(split_path(root, split), lambda p, t=table: t.to_parquet(p))
+        counts[split] = len(rows)
+    atomic_write_json(root / MANIFEST, {**manifest, "splits": counts})
+    return root
+
+
+def read_manifest(root: str | Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{root} is not a hones-nn benchmark (no {MANIFEST}); build one with "
+            "`hones-nn data build-synthetic --out DIR` or import one with `hones-nn data import-hones`"
+        )
+    return json.loads(path.read_text())
+
+
+def load_split(root: str | Path, split: str):
+    """One split as a `datasets.Dataset` (images decode to PIL on access)."""
+    from datasets import Dataset
+
+    manifest = read_manifest(root)
+    path = split_path(root, split)
+    if split not in manifest.get("splits", {}) or not path.exists():
+        available = ", ".join(sorted(manifest.get("splits", {}))) or "none"
+        raise ValueError(f"benchmark {root} has no split {split!r} (available: {available})")
+    dataset = Dataset.from_parquet(str(path), features=features())
+    if len(dataset) == 0:
+        raise ValueError(f"split {split!r} of {root} has no examples; rebuild it with more images")
+    return dataset
+
+
+# ---------------------------------------------------------------- retrieval candidates
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _terms(text: str) -> list[str]:
+    words = _WORD.findall(text.lower())
+    return words + [a + " " + b for a, b in zip(words, words[1:])]
+
+
+def _tfidf(texts: list[str]) -> np.ndarray:
+    """L2-normalised TF-IDF rows over word unigrams and bigrams."""
+    docs = [Counter(_terms(t)) for t in texts]
+    vocab = {term: i for i, term in enumerate(sorted({t for d in docs for t in d}))}
+    df = np.zeros(len(vocab))
+    for d in docs:
+        for t in d:
+            df[vocab[t]] += 1
+    idf = np.log((1 + len(docs)) / (1 + df)) + 1.0
+    matrix = np.zeros((len(docs), len(vocab)), dtype=np.float32)
+    for row, d in enumerate(docs):
+        for t, c in d.items():
+            matrix[row, vocab[t]] = c * idf[vocab[t]]
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
+
+
+def mine_retrieval_candidates(
+    captions: list[list[str]], content_keys: list[str], seed: int, n_negatives: int = N_NEGATIVES
+) -> list[dict]:
+    """For each image: one positive (a random own reference) and the ``n_negatives`` most
+    similar captions of other images of the same split, shuffled.
+
+    Similarity is TF-IDF cosine over word unigrams and bigrams. The paper ranks by a
+    pretrained sentence embedding; none can be downloaded here, and the reference code
+    uses word overlap, which this refines. Captions of images with the same
+    ``content_key`` (the same described content) are never negatives: they would be
+    correct descriptions. Identical caption strings are kept once.
+    """
+    rng = random.Random(f"retrieval:{seed}")
+    pool_texts, pool_owner = [], []
+    for owner, refs in enumerate(captions):
+        for ref in refs:
+            pool_texts.append(ref)
+            pool_owner.append(owner)
+    pool = _tfidf(pool_texts)
+    pool_owner_arr = np.array(pool_owner)
+    keys = np.array(content_keys, dtype=object)
+    out = []
+    offset = 0
+    for owner, refs in enumerate(captions):
+        positive = refs[rng.randrange(len(refs))]
+        query = pool[offset + refs.index(positive)]
+        offset += len(refs)
+        sims = pool @ query
+        excluded = keys[pool_owner_arr] == content_keys[owner]
+        sims = np.where(excluded, -np.inf, sims)
+        order = np.lexsort((np.arange(len(sims)), -sims))  # most similar first, stable
+        negatives, seen = [], {positive}
+        for j in order:
+            if not math.isfinite(sims[j]):
+                break
+            text = pool_texts[j]
+            if text in seen:
+                continue
+            seen.add(text)
+            negatives.append(text)
+            if len(negatives) == n_negatives:
+                break
+        if len(negatives) < n_negatives:
+            raise ValueError(
+                f"image {owner} of the split has only {len(negatives)} usable negative captions "
+                f"(need {n_negatives}); the split is too small for retrieval: use more images"
+            )
+        candidates = [positive] + negatives
+        order_idx = list(range(len(candidates)))
+        rng.shuffle(order_idx)
+        shuffled = [candidates[i] for i in order_idx]
+        out.append({"candidates": shuffled, "positive_index": order_idx.index(0)})
+    return out

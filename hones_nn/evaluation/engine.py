@@ -1,0 +1,145 @@
+"""Run a task's prompts through the model, optionally under an intervention.
+
+Generative tasks decode greedily (plain argmax, no repetition penalty, at most 24 new
+tokens, as the reference) inside one nnsight trace per batch whose body re-applies the
+intervention at every generation step. Retrieval runs one forward per batch and reads
+logit(" Yes") - logit(" No") at the last prompt position T.
+
+Batches are processor-batched encodings in a single invoke (nnsight 0.8 cannot batch
+images across invokes), left-padded, so T is position -1 of every row.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from hones_nn.interventions.base import Intervention, NoIntervention, apply_edits
+from hones_nn.tasks.base import ImageSource, Item, Prompt, Task, clean_generation
+from hones_nn.tasks.retrieval import decision_token_ids
+
+MAX_NEW_TOKENS = 24
+
+# nnsight ends an open `tracer.iter[:]` loop by warning that the step after the last was
+# never reached; that is how an unbounded generation loop ends, not a problem.
+warnings.filterwarnings("ignore", message=r".*was never reached: the loop asked for a step.*")
+
+
+@dataclass
+class Batch:
+    prompts: list[Prompt]
+    owners: list[int]  # index of each prompt's item
+
+
+def flatten(items: Sequence[Item], batch_size: int) -> list[Batch]:
+    prompts = [(k, p) for k, item in enumerate(items) for p in item.prompts]
+    return [
+        Batch([p for _, p in prompts[i : i + batch_size]], [k for k, _ in prompts[i : i + batch_size]])
+        for i in range(0, len(prompts), batch_size)
+    ]
+
+
+def encode(loaded, images: ImageSource, prompts: Sequence[Prompt], with_answers: bool = False):
+    pictures = [images[p.image_index] for p in prompts]
+    answers = [p.answer for p in prompts] if with_answers else None
+    return loaded.adapter.encode(loaded.processor, pictures, [p.user_text for p in prompts], answers=answers)
+
+
+def _to_device(inputs: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
+class Engine:
+    """Runs prompts on a loaded model through nnsight (one trace per batch)."""
+
+    def __init__(self, loaded, max_new_tokens: int = MAX_NEW_TOKENS):
+        from nnsight import NNsight
+
+        self.loaded = loaded
+        self.adapter = loaded.adapter
+        self.model = loaded.model
+        self.envoy = NNsight(loaded.model)
+        self.max_new_tokens = max_new_tokens
+        self.device = next(loaded.model.parameters()).device
+        self.tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+
+    # ------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, inputs: dict, intervention: Intervention | None = None) -> list[list[int]]:
+        """Greedy token ids of each row (up to and excluding EOS)."""
+        intervention = intervention or NoIntervention()
+        inputs = _to_device(inputs, self.device)
+        batch_size = inputs["input_ids"].shape[0]
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        envoy, adapter = self.envoy, self.adapter
+        with envoy.trace(
+            **inputs,
+            fn=self.model.generate,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            repetition_penalty=1.0,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        ) as tracer:
+            steps = list().save()
+            for _ in tracer.iter[:]:
+                apply_edits(envoy, adapter, intervention.edits(batch_size))
+                steps.append(adapter.lm_head(envoy).output[:, -1].argmax(-1).cpu())
+        tokens = torch.stack(list(steps), dim=1).tolist()
+        out = []
+        for row in tokens:
+            if eos in row:
+                row = row[: row.index(eos)]
+            out.append(row)
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return clean_generation(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    # ------------------------------------------------------------ decision logits
+    @torch.no_grad()
+    def decision_scores(self, inputs: dict, intervention: Intervention | None = None) -> torch.Tensor:
+        """logit(" Yes") - logit(" No") at T for each row."""
+        intervention = intervention or NoIntervention()
+        yes, no = decision_token_ids(self.tokenizer)
+        inputs = _to_device(inputs, self.device)
+        batch_size = inputs["input_ids"].shape[0]
+        with self.envoy.trace(**inputs):
+            apply_edits(self.envoy, self.adapter, intervention.edits(batch_size))
+            logits = self.adapter.lm_head(self.envoy).output[:, -1]
+            score = (logits[:, yes] - logits[:, no]).float().cpu().save()
+        return score
+
+    # ------------------------------------------------------------ a task over items
+    def run_task(
+        self,
+        task: Task,
+        items: Sequence[Item],
+        images: ImageSource,
+        batch_size: int = 32,
+        intervention_for: Callable[[Batch], Intervention] | Intervention | None = None,
+        progress: bool = True,
+        desc: str | None = None,
+    ) -> list[list]:
+        """Outputs per item: [text] for generative tasks, [score per candidate] for retrieval."""
+        outputs: list[list] = [[] for _ in items]
+        batches = flatten(items, batch_size)
+        for batch in tqdm(batches, desc=desc or f"{task.name}", disable=not progress, leave=False):
+            if callable(intervention_for) and not isinstance(intervention_for, Intervention):
+                intervention = intervention_for(batch)
+            else:
+                intervention = intervention_for
+            enc = encode(self.loaded, images, batch.prompts)
+            if task.generative:
+                for owner, ids in zip(batch.owners, self.generate(enc.inputs, intervention)):
+                    outputs[owner].append(self.decode(ids))
+            else:
+                for owner, score in zip(batch.owners, self.decision_scores(enc.inputs, intervention).tolist()):
+                    outputs[owner].append(score)
+        return outputs

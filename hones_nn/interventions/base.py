@@ -1,0 +1,88 @@
+"""Edits of module values inside an nnsight trace, applied in execution order.
+
+nnsight 0.8 requires values to be touched in the order the model computes them (layer 0
+before layer 1; inside a layer the attention's ``o_proj`` input before the MLP). An
+intervention is therefore a list of :class:`SiteEdit` s, each naming its layer and site;
+:func:`apply_edits` sorts all edits of all interventions of a forward and touches each
+site once, so interventions compose (mask neurons while replacing a head, say).
+
+Sites (of decoder layer l of the language model):
+
+* ``o_proj_input``: the concatenated head outputs, [B, S, H * d_head] (heads, V-SEAM);
+* ``act_output``: g = act_fn(gate_proj(x)), [B, S, d_ff] (AP / MA / APE / Pan et al.);
+* ``down_proj_input``: z = g * up_proj(x), [B, S, d_ff], "the neuron" of HONES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+SITE_ORDER = {"o_proj_input": 0, "act_output": 1, "down_proj_input": 2}
+
+
+@dataclass
+class SiteEdit:
+    """``fn(value)`` runs on the proxy of ``site`` in ``layer``: edit it in place, or read
+    it and return something to keep (the caller ``.save()`` s what it needs)."""
+
+    layer: int
+    site: str
+    fn: Callable[[Any], Any]
+
+    def __post_init__(self) -> None:
+        if self.site not in SITE_ORDER:
+            raise ValueError(f"unknown site {self.site!r}; sites are {', '.join(SITE_ORDER)}")
+
+
+def site_value(model, adapter, layer: int, site: str):
+    """The nnsight proxy of ``site`` in decoder layer ``layer``."""
+    if site == "o_proj_input":
+        return adapter.o_proj(model, layer).input
+    if site == "act_output":
+        return adapter.act_fn(model, layer).output
+    if site == "down_proj_input":
+        return adapter.down_proj(model, layer).input
+    raise ValueError(f"unknown site {site!r}")
+
+
+def apply_edits(model, adapter, edits: Iterable[SiteEdit]) -> list:
+    """Apply every edit in execution order; returns the edits' return values in input order."""
+    edits = list(edits)
+    order = sorted(range(len(edits)), key=lambda k: (edits[k].layer, SITE_ORDER[edits[k].site], k))
+    results: list = [None] * len(edits)
+    cache: dict[tuple[int, str], Any] = {}
+    for k in order:
+        edit = edits[k]
+        key = (edit.layer, edit.site)
+        if key not in cache:
+            cache[key] = site_value(model, adapter, edit.layer, edit.site)
+        results[k] = edit.fn(cache[key])
+    return results
+
+
+class Intervention:
+    """Something done to every forward of a run (every generation step included)."""
+
+    def edits(self, batch_size: int) -> list[SiteEdit]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"kind": type(self).__name__}
+
+
+class NoIntervention(Intervention):
+    def edits(self, batch_size: int) -> list[SiteEdit]:
+        return []
+
+
+class Compose(Intervention):
+    def __init__(self, *parts: Intervention):
+        self.parts = [p for p in parts if p is not None]
+
+    def edits(self, batch_size: int) -> list[SiteEdit]:
+        return [e for p in self.parts for e in p.edits(batch_size)]
+
+    def describe(self) -> dict:
+        return {"kind": "Compose", "parts": [p.describe() for p in self.parts]}

@@ -1,0 +1,295 @@
+"""HONES: head-guided FFN neuron attribution by direct vocabulary projection (section 4.2).
+
+For an example x with target y, neuron (l, i) contributes to the readout
+
+    c_{l,i}(x) = z_{l,i}(T) * <W_down[:, i], u_y>          (no final norm)
+
+with z the input of ``down_proj`` at the last prompt position T and u_y the target
+direction: the normalised mean of the unembedding rows ``W_U[t]`` of the target's tokens
+(VQA answer, OCR text, retrieval's decision " Yes" with the positive candidate in the
+prompt), IDF-weighted over the references for captions (idf(t) = ln((n+1)/(df(t)+1)) + 1,
+one document per discovery image: the set of tokens of its references).
+
+A head h matters to a neuron when removing the head (V-SEAM's mean replacement) lowers
+the neuron's contribution. Importance averages the per-example positive drops over the
+top K_h heads, weighted by their V-SEAM scores S_h (heads with S_h <= 0 dropped):
+
+    I_{l,i} = sum_h S_h E_x[(c_{l,i}(x) - c_{l,i}(x; theta_h))_+] / sum_h S_h
+
+``reference_compat=True`` reproduces the official code instead: the positive part of the
+difference of means, max(0, E_x c - E_x c_h); ties, token rules and IDF documents as the
+reference (see shared/spec/reference-code-behaviour.md); if no head has a positive
+score, the signed mean contribution.
+
+Neurons in layers below head h's layer cannot be affected by h: their difference is
+exactly 0 (not computed from the intervened run, so batch-order noise cannot leak in).
+
+Ablations of the paper, registered beside HONES:
+``hones-nohead`` (rank by E_x c, no heads), ``hones-randhead`` (K_h random heads,
+weights 1), ``hones-gaussian`` (theta_h = Gaussian noise of the head slice's std instead
+of the mean of the other heads).
+
+Cost: (1 + K_h) forwards per example, no generation, every neuron at once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import nnsight
+import numpy as np
+import torch
+
+from hones_nn.interventions.base import SiteEdit, apply_edits
+from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
+from hones_nn.runner.shards import ShardedRun
+from hones_nn.runner.sweep import make_intervention
+from hones_nn.runner.tables import ScoreTable
+from hones_nn.tasks.retrieval import decision_token_ids
+
+MAX_TARGET_TOKENS = 128
+
+
+# ---------------------------------------------------------------- target directions
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    if tokenizer.unk_token_id is not None:
+        ids.add(tokenizer.unk_token_id)
+    return ids
+
+
+def target_token_ids(tokenizer, text: str, limit: int = MAX_TARGET_TOKENS) -> list[int]:
+    """encode(text) without special tokens, specials (unk included) removed, duplicates kept."""
+    special = _special_ids(tokenizer)
+    ids = [t for t in tokenizer(text, add_special_tokens=False)["input_ids"] if t not in special]
+    return ids[:limit]
+
+
+def caption_idf(tokenizer, items, reference_compat: bool = False) -> dict[int, float]:
+    """idf(t) = ln((n+1)/(df(t)+1)) + 1 over the split's references.
+
+    Paper default: one document per image (the set of tokens of all its references).
+    Reference code: one document per reference.
+    """
+    documents = []
+    for item in items:
+        refs = item.data["references"]
+        if reference_compat:
+            documents.extend(set(target_token_ids(tokenizer, r)) for r in refs)
+        else:
+            documents.append({t for r in refs for t in target_token_ids(tokenizer, r)})
+    df = Counter(t for doc in documents for t in doc)
+    n = len(documents)
+    return {t: math.log((n + 1) / (d + 1)) + 1.0 for t, d in df.items()}
+
+
+def target_directions(ctx: RunContext, items, idf: dict[int, float] | None) -> torch.Tensor:
+    """u_y per item, [n_items, hidden], unit norm (eps 1e-12)."""
+    tokenizer = ctx.engine.tokenizer
+    W_U = ctx.loaded.adapter.lm_head(ctx.loaded.model).weight.detach().float().cpu()
+    task = ctx.td.task
+    compat = task.reference_compat
+    rows = []
+    for item in items:
+        if task.name == "retrieval":
+            if compat:
+                ids, weights = target_token_ids(tokenizer, "Yes")[:1], [1.0]
+            else:
+                ids, weights = [decision_token_ids(tokenizer)[0]], [1.0]
+        elif task.name == "caption":
+            refs = item.data["references"][:5]
+            if compat:
+                ids = target_token_ids(tokenizer, " ".join(refs))
+            else:
+                ids = [t for r in refs for t in target_token_ids(tokenizer, r)][:MAX_TARGET_TOKENS]
+            weights = [idf.get(t, 1.0) for t in ids]
+        else:
+            ids = target_token_ids(tokenizer, task.target_texts(item)[0])
+            weights = [1.0] * len(ids)
+        if not ids:
+            raise ValueError(
+                f"item {item.item_id!r}: the target {task.target_texts(item)!r} has no non-special tokens in this "
+                "tokenizer, so u_y is undefined; fix the target or drop the item (--skip-bad does not apply here)"
+            )
+        w = torch.tensor(weights, dtype=torch.float32)
+        u = (W_U[ids] * w[:, None]).sum(0) / w.sum()
+        rows.append(u / u.norm().clamp_min(1e-12))
+    return torch.stack(rows)
+
+
+def hones_prompt(task, item):
+    return task.positive_prompt(item) if task.name == "retrieval" else item.prompts[0]
+
+
+# ---------------------------------------------------------------- contributions
+
+
+@torch.no_grad()
+def contributions(ctx: RunContext, item_ids: list[int], conditions: list, mode: str = "mean",
+                  u: torch.Tensor | None = None) -> torch.Tensor:
+    """c [n_items, n_conditions, L, d_ff] at T, each item under each condition.
+
+    Recipe: rows are (item, condition) pairs; one trace per batch reads z(T) of every
+    layer, multiplies by the projected write-outs W_down^T u_y of each row's item, and
+    saves only the [rows, L, d_ff] contributions.
+    """
+    engine, adapter = ctx.engine, ctx.loaded.adapter
+    sizes = ctx.sizes
+    items = [ctx.td.items[i] for i in item_ids]
+    if u is None:
+        raise ValueError("target directions u_y are required")
+    # W_down^T u_y per item and layer: [L, n_items, d_ff]
+    proj = torch.stack([
+        u @ adapter.down_proj(ctx.loaded.model, layer).weight.detach().float().cpu()
+        for layer in range(sizes.num_layers)
+    ])
+    out = torch.zeros(len(items), len(conditions), sizes.num_layers, sizes.d_ff, dtype=torch.float64)
+    rows = [(i, c) for i in range(len(items)) for c in range(len(conditions))]
+    num_heads = sizes.num_heads
+    for start in range(0, len(rows), ctx.batch_size):
+        chunk = rows[start : start + ctx.batch_size]
+        prompts = [hones_prompt(ctx.td.task, items[i]) for i, _ in chunk]
+        pictures = [ctx.td.images[p.image_index] for p in prompts]
+        enc = adapter.encode(ctx.loaded.processor, pictures, [p.user_text for p in prompts])
+        inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
+
+        class _Rows:  # the condition of each row, for make_intervention
+            def __init__(self, c):
+                self.condition = c
+
+        intervention = make_intervention(conditions, [_Rows(c) for _, c in chunk], num_heads, mode, seed=ctx.seed)
+        row_proj = proj[:, [i for i, _ in chunk]].to(engine.device)  # [L, rows, d_ff]
+        edits = intervention.edits(len(chunk)) if intervention is not None else []
+        for layer in range(sizes.num_layers):
+            def read(z, layer=layer):
+                return (z[:, -1].float() * row_proj[layer]).cpu()
+            edits.append(SiteEdit(layer, "down_proj_input", read))
+        with engine.envoy.trace(**inputs):
+            saved = nnsight.save(apply_edits(engine.envoy, adapter, edits))
+        c = torch.stack([s for s in saved[-sizes.num_layers:]], dim=1)  # [rows, L, d_ff]
+        for (i, cond), value in zip(chunk, c):
+            out[i, cond] = value.double()
+    return out
+
+
+def _accumulate(c: torch.Tensor, conditions: list) -> dict[str, np.ndarray]:
+    """Shard sums: sum_x c under each condition, and sum_x (c - c_h)_+ per head."""
+    n, k = c.shape[0], len(conditions) - 1
+    clean = c[:, 0]
+    positive = torch.zeros((max(k, 1),) + tuple(clean.shape[1:]), dtype=torch.float64)
+    for h, cond in enumerate(conditions[1:]):
+        diff = (clean - c[:, h + 1]).clamp_min(0)
+        diff[:, : cond[0]] = 0.0  # layers below the head: unaffected by construction
+        positive[h] = diff.sum(0)
+    return {"c_sum": c.sum(0).numpy(), "positive_sum": positive.numpy(), "count": np.array([float(n)])}
+
+
+# ---------------------------------------------------------------- the methods
+
+
+def select_heads(ctx: RunContext, heads: ScoreTable | None, k: int, random_heads: bool):
+    sizes = ctx.sizes
+    if random_heads:
+        rng = random.Random(f"randhead:{ctx.seed}")
+        all_pairs = [(layer, h) for layer in range(sizes.num_layers) for h in range(sizes.num_heads)]
+        chosen = sorted(rng.sample(all_pairs, min(k, len(all_pairs))))
+        return chosen, [1.0] * len(chosen)
+    if heads is None:
+        raise ValueError("HONES needs a V-SEAM head table: pass --heads heads.parquet or let `rank` compute it")
+    top = heads.top(min(k, len(heads.rank)))
+    matrix = heads.matrix()
+    weights = [float(matrix[layer, h]) for layer, h in top]
+    return top, weights
+
+
+class _HonesBase(Method):
+    head_mode = "mean"
+    random_heads = False
+    use_heads = True
+    needs = "discovery split + a V-SEAM head table (computed first unless --heads is given)"
+    cost = "(1 + K_h) forwards per example (prompt only, no generation)"
+
+    def attribute(self, ctx: RunContext) -> MethodResult:
+        compat = ctx.td.task.reference_compat
+        k = int(ctx.options.get("top_heads", 30))
+        heads_table = ctx.options.get("heads_table")
+        if self.use_heads:
+            heads, weights = select_heads(ctx, heads_table, k, self.random_heads)
+        else:
+            heads, weights = [], []
+        conditions = [None] + list(heads)
+        idf = None
+        if ctx.td.task.name == "caption":
+            idf = caption_idf(ctx.engine.tokenizer, ctx.td.items, reference_compat=compat)
+        u_all = target_directions(ctx, ctx.td.items, idf)
+        config = {"method": self.name, "heads": heads, "weights": weights, **ctx.run_config()}
+        run = ShardedRun(ctx.checkpoint_dir, config, ctx.td.n, int(ctx.options.get("shard_size", 64)))
+
+        def compute(shard: range) -> dict[str, np.ndarray]:
+            ids = list(shard)
+            c = contributions(ctx, ids, conditions, mode=self.head_mode, u=u_all[ids])
+            return _accumulate(c, conditions)
+
+        parts = run.run(compute, desc=f"{self.name} ({ctx.td.task.name})", progress=ctx.progress)
+        count = sum(p["count"][0] for p in parts)
+        c_mean = sum(p["c_sum"] for p in parts) / count  # [1+K, L, d_ff]
+        positive_mean = sum(p["positive_sum"] for p in parts) / count  # [K, L, d_ff]
+        importance, rule = self.combine(c_mean, positive_mean, heads, weights, compat)
+        run.cleanup()
+        return MethodResult(
+            scores=importance,
+            meta={"heads": [list(h) for h in heads], "head_weights": weights, "combine": rule,
+                  "top_heads": k, "head_intervention": self.head_mode if self.use_heads else None},
+        )
+
+    def combine(self, c_mean, positive_mean, heads, weights, compat):
+        if not self.use_heads:
+            return c_mean[0], "signed mean contribution E_x c (no heads)"
+        w = np.asarray(weights, dtype=np.float64)
+        keep = w > 0
+        if not keep.any():
+            return c_mean[0], "no head with a positive score: signed mean contribution E_x c"
+        if compat:
+            diffs = np.stack([np.maximum(0.0, c_mean[0] - c_mean[h + 1]) for h in range(len(heads))])
+            for h, (layer, _) in enumerate(heads):
+                diffs[h, :layer] = 0.0
+            rule = "reference: sum_h S_h max(0, E c - E c_h) / sum_h S_h"
+        else:
+            diffs = positive_mean
+            rule = "paper: sum_h S_h E[(c - c_h)_+] / sum_h S_h"
+        importance = (w[keep, None, None] * diffs[keep]).sum(0) / w[keep].sum()
+        return importance, rule
+
+
+@register_method
+class Hones(_HonesBase):
+    name = "hones"
+    summary = "HONES: head-weighted positive drop of z(T) * <W_down[:, i], u_y> under V-SEAM head replacement"
+
+
+@register_method
+class HonesNoHead(_HonesBase):
+    name = "hones-nohead"
+    use_heads = False
+    summary = "Ablation NoHead: rank by the mean contribution E_x c, no heads"
+    needs = "discovery split"
+    cost = "1 forward per example"
+
+
+@register_method
+class HonesRandHead(_HonesBase):
+    name = "hones-randhead"
+    random_heads = True
+    summary = "Ablation RandHead: K_h random heads (seeded), weights 1"
+    needs = "discovery split"
+
+
+@register_method
+class HonesGaussian(_HonesBase):
+    name = "hones-gaussian"
+    head_mode = "gaussian"
+    summary = "Ablation Gaussian: top K_h heads replaced by Gaussian noise of the slice's std"

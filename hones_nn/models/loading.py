@@ -1,0 +1,158 @@
+"""Load a supported vision-language model with its processor and architecture adapter.
+
+    loaded = load_model("tiny-llava")                        # the embedded model
+    loaded = load_model("llava-hf/llava-1.5-7b-hf", dtype="float16", device="cuda")
+    loaded = load_model("/path/to/Qwen2.5-VL-3B-Instruct", dtype="bfloat16", device_map="auto")
+
+The class is chosen from the config through the adapter registry (never
+``AutoModel*``), so an unsupported architecture fails before any weights are read.
+``trust_remote_code`` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hones_nn.models.adapters import ArchitectureAdapter, adapter_for
+from hones_nn.models.embedded import EMBEDDED_MODELS
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # the HF model, in eval mode
+    processor: Any  # LlavaProcessor / LlavaNextProcessor / QwenVLInputs
+    adapter: ArchitectureAdapter
+    model_id: str
+    revision: str | None
+    weights_hash: str | None  # short sha256 of the safetensors files (None when not found locally)
+    family: str
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def sizes(self):
+        return self.adapter.sizes(self.model)
+
+    def encode(self, images, user_texts, answers=None, reference_compat: bool = False):
+        return self.adapter.encode(self.processor, images, user_texts, answers, reference_compat=reference_compat)
+
+
+def parse_dtype(dtype) -> torch.dtype | str | None:
+    """None, a torch.dtype, or one of float32/float16/bfloat16/auto (and fp32/fp16/bf16)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local folder)."""
+    name = str(name_or_path)
+    if name in EMBEDDED_MODELS:
+        folder = Path(EMBEDDED_MODELS[name])
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(
+                f"the embedded model {name!r} is not there yet ({folder} has no config.json). Train it with "
+                f"`python -m hones_nn.models.train --out runs/{name}` and copy runs/{name}/model to {folder}."
+            )
+        return str(folder), True
+    if os.path.isdir(name):
+        return name, True
+    if os.path.exists(name):
+        raise ValueError(f"{name} is a file; give the model folder (the one holding config.json)")
+    return name, False
+
+
+def weights_hash(folder: str | os.PathLike, length: int = 16) -> str | None:
+    """Short sha256 over the safetensors files of ``folder`` (names and bytes, sorted by name)."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> str | None:
+    """The local cache folder of a hub checkpoint already downloaded (no network)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=["*.safetensors"])
+    except Exception:  # noqa: BLE001 - not cached: no hash
+        return None
+
+
+def load_processor(path: str, adapter: ArchitectureAdapter, revision: str | None = None, trust_remote_code: bool = False):
+    if adapter.family == "qwen":
+        from hones_nn.models.qwen_inputs import QwenVLInputs
+
+        return QwenVLInputs.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def load_model(
+    name_or_path: str | os.PathLike = "tiny-llava",
+    dtype=None,
+    device: str | torch.device = "cpu",
+    device_map=None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Model (eval mode), processor and adapter of a supported checkpoint.
+
+    ``dtype``: None keeps float32 (the reference numerics; pass "auto" for the
+    checkpoint's own dtype), or float32/float16/bfloat16/auto. ``device_map`` (e.g.
+    "auto") is passed to ``from_pretrained`` and then ``device`` is not used.
+    """
+    from transformers import AutoConfig
+
+    model_id = str(name_or_path)
+    path, local = resolve_model_path(name_or_path)
+    torch_dtype = parse_dtype(dtype)
+    if torch_dtype is None:
+        torch_dtype = torch.float32
+    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    adapter = adapter_for(config)  # ValueError for an unsupported architecture, before any weights
+    cls = adapter.model_class()
+    kwargs = {"dtype": torch_dtype, "revision": revision, "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = cls.from_pretrained(path, config=config, **kwargs)
+    if device_map is None:
+        model = model.to(device)
+    model.eval()
+    processor = load_processor(path, adapter, revision=revision, trust_remote_code=trust_remote_code)
+    resolved_revision = revision
+    if not local:
+        resolved_revision = getattr(config, "_commit_hash", None) or revision
+    folder = path if local else _hub_snapshot(path, revision)
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        adapter=adapter,
+        model_id=model_id,
+        revision=resolved_revision,
+        weights_hash=weights_hash(folder) if folder else None,
+        family=adapter.family,
+    )

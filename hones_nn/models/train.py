@@ -1,0 +1,223 @@
+"""Reproducible training of the embedded tiny LLaVA on the synthetic train split.
+
+    python -m hones_nn.models.train --out runs/tiny-llava --steps 6000
+    hones-nn train-embedded --out runs/tiny-llava          (the same, from the CLI)
+
+Each step draws 32 examples, the four tasks in equal numbers, from the train half of the
+scene space (never an evaluation image, see ``in_train_space``). Labels are drawn per
+step from a step-indexed random stream, so a run resumed from a checkpoint continues
+with exactly the batches an uninterrupted run would have seen. The loss is cross-entropy
+on the answer tokens and the end-of-sequence token only.
+
+Checkpoints (model and optimizer state as safetensors, progress as JSON) are written
+atomically every ``--checkpoint-every`` steps; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from hones_nn.data.synthetic import (
+    SyntheticWorld,
+    captions_for,
+    perturb_scene,
+    render,
+    sample_scene,
+    vqa_for,
+)
+from hones_nn.models.embedded import build_untrained_tiny_llava
+from hones_nn.tasks.prompts import NO_WORD, TASK_NAMES, YES_WORD, instruction
+from hones_nn.utils.io import atomic_write_json, atomic_write_with
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    seed: int = 0
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 300
+    weight_decay: float = 0.01
+    n_train_scenes: int = 40000
+    checkpoint_every: int = 500
+    threads: int = 0  # 0: torch's default
+
+
+def _user_prompt(processor, text: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def training_example(task: str, scene, rng: random.Random, scenes) -> tuple[str, str]:
+    """(instruction, answer) of one training example of ``task`` for ``scene``."""
+    if task == "vqa":
+        qa = vqa_for(scene, rng)
+        return instruction("llava", "vqa", question=qa["question"]), qa["answer"]
+    if task == "ocr":
+        return instruction("llava", "ocr"), scene.word
+    if task == "caption":
+        return instruction("llava", "caption"), rng.choice(captions_for(scene))
+    if task == "retrieval":
+        if rng.random() < 0.5:
+            candidate, answer = rng.choice(captions_for(scene)), YES_WORD
+        else:
+            if rng.random() < 0.7:
+                other = perturb_scene(scene, rng)
+            else:
+                other = rng.choice(scenes)[0]
+                while other.content_key == scene.content_key:
+                    other = sample_scene(rng)
+            candidate, answer = rng.choice(captions_for(other)), NO_WORD
+        return instruction("llava", "retrieval", candidate=candidate), answer
+    raise ValueError(f"unknown task {task!r}")
+
+
+def make_batch(processor, scenes, step: int, config: TrainConfig):
+    rng = random.Random(f"train-batch:{config.seed}:{step}")
+    tokenizer = processor.tokenizer
+    images, prompts, answers = [], [], []
+    for k in range(config.batch_size):
+        task = TASK_NAMES[k % len(TASK_NAMES)]
+        scene = rng.choice(scenes)[0]
+        text, answer = training_example(task, scene, rng, scenes)
+        images.append(Image.fromarray(render(scene).pixels))
+        prompts.append(_user_prompt(processor, text))
+        answers.append(answer)
+    enc = processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    # append answer + </s> to each left-padded prompt, then pad on the right
+    rows, labels = [], []
+    for ids, mask, answer in zip(enc["input_ids"], enc["attention_mask"], answers):
+        prompt_ids = ids[mask.bool()].tolist()
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(prompt_ids + answer_ids)
+        labels.append([-100] * len(prompt_ids) + answer_ids)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    label_tensor = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        attention[i, : len(r)] = 1
+        label_tensor[i, : len(r)] = torch.tensor(lab)
+    return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": enc["pixel_values"], "labels": label_tensor}
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _optimizer_tensors(optimizer, model) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                tensor = value if torch.is_tensor(value) else torch.tensor(value)
+                out[f"{names[id(p)]}::{key}"] = tensor.detach().clone().contiguous()
+    return out
+
+
+def _load_optimizer_tensors(optimizer, model, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        name, field = key.split("::")
+        optimizer.state[params[name]][field] = value
+
+
+def train(config: TrainConfig) -> Path:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    model, processor = build_untrained_tiny_llava(seed=config.seed)
+    world = SyntheticWorld(config.seed)
+    scenes = world.scenes({"train": config.n_train_scenes})["train"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
+    start, history, elapsed = 0, [], 0.0
+    if (ckpt / "progress.json").exists():
+        progress = json.loads((ckpt / "progress.json").read_text())
+        if progress["config"] != asdict(config) | {"out": progress["config"]["out"]}:
+            raise SystemExit(
+                f"{ckpt} was written with another configuration ({progress['config']}); "
+                "use a new --out or the same options to resume"
+            )
+        model.load_state_dict(load_file(ckpt / "model.safetensors"))
+        _load_optimizer_tensors(optimizer, model, load_file(ckpt / "optimizer.safetensors"))
+        start, history, elapsed = progress["step"], progress["history"], progress["seconds"]
+        print(f"resuming from step {start}")
+    model.train()
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training tiny-llava")
+    t0 = time.perf_counter() - elapsed
+    running = []
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        batch = make_batch(processor, scenes, step, config)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        running.append(loss.item())
+        if (step + 1) % 50 == 0:
+            history.append({"step": step + 1, "loss": sum(running) / len(running)})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            running = []
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            ckpt.mkdir(exist_ok=True)
+            atomic_write_with(ckpt / "model.safetensors", lambda p: save_file(
+                {k: v.contiguous() for k, v in model.state_dict().items()}, p))
+            atomic_write_with(ckpt / "optimizer.safetensors", lambda p: save_file(_optimizer_tensors(optimizer, model), p))
+            atomic_write_json(ckpt / "progress.json", {
+                "step": step + 1, "history": history, "seconds": time.perf_counter() - t0, "config": asdict(config),
+            })
+    model.eval()
+    final = out / "model"
+    model.save_pretrained(final)
+    processor.save_pretrained(final)
+    seconds = json.loads((ckpt / "progress.json").read_text())["seconds"]
+    atomic_write_json(final / "training_info.json", {
+        "config": asdict(config),
+        "train_seconds": seconds,
+        "torch_threads": torch.get_num_threads(),
+        "final_loss": history[-1]["loss"] if history else None,
+        "history": history,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    })
+    return final
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field, default in asdict(TrainConfig(out="")).items():
+        if field == "out":
+            parser.add_argument("--out", required=True)
+        else:
+            parser.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
+    args = parser.parse_args(argv)
+    final = train(TrainConfig(**vars(args)))
+    print(f"saved {final}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The runner's front door: run a registered method on a task and write its table.
+
+Used by the CLI (`hones-nn heads`, `hones-nn rank`) and by notebooks::
+
+    from hones_nn.runner.pipeline import Runner
+    runner = Runner.local("tiny-llava")
+    heads = runner.heads("vqa")                      # V-SEAM table (Parquet)
+    table = runner.rank("vqa", "hones", heads=heads) # neuron table (Parquet)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hones_nn.evaluation.engine import Engine
+from hones_nn.evaluation.evaluate import prepare_task
+from hones_nn.methods.base import RunContext, get_method
+from hones_nn.runner.tables import (
+    ScoreTable,
+    check_table_matches,
+    read_table,
+    write_head_table,
+    write_neuron_table,
+)
+
+DEFAULT_OUT_DIR = "hones_runs"
+
+
+def default_top_heads(num_layers: int, num_heads: int) -> int:
+    """K_h: the paper's 30 (of 1,024 heads in LLaVA-1.5-7B) for real-size models; a
+    quarter of the heads for tiny models, where 30 would be almost every head."""
+    total = num_layers * num_heads
+    return 30 if total >= 256 else max(1, total // 4)
+
+
+@dataclass
+class Runner:
+    loaded: object
+    out_dir: Path = Path(DEFAULT_OUT_DIR)
+    batch_size: int = 32
+    seed: int = 0
+    progress: bool = True
+    data: str | None = None
+    split: str = "discovery"
+    limit: int | None = None
+    skip_bad: bool = False
+    reference_compat: bool = False
+    _engine: Engine | None = field(default=None, repr=False)
+
+    @classmethod
+    def local(cls, model: str = "tiny-llava", dtype=None, device: str = "cpu", device_map=None,
+              trust_remote_code: bool = False, **kwargs) -> Runner:
+        from hones_nn.models.loading import load_model
+
+        loaded = load_model(model, dtype=dtype, device=device, device_map=device_map,
+                            trust_remote_code=trust_remote_code)
+        return cls(loaded=loaded, **kwargs)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(self.loaded)
+        return self._engine
+
+    def context(self, task: str, options: dict) -> RunContext:
+        td = prepare_task(self.loaded, task, data=self.data, split=self.split, limit=self.limit,
+                          skip_bad=self.skip_bad, reference_compat=self.reference_compat)
+        return RunContext(loaded=self.loaded, engine=self.engine, td=td, batch_size=self.batch_size,
+                          seed=self.seed, checkpoint_dir=str(self.out_dir / ".checkpoints"),
+                          progress=self.progress, options=options)
+
+    def _meta(self, ctx: RunContext, method: str, extra: dict, seconds: float) -> dict:
+        config = ctx.run_config()
+        return {
+            "method": method,
+            "task": ctx.td.task.name,
+            "model_id": self.loaded.model_id,
+            "model_revision": self.loaded.revision,
+            "weights_hash": self.loaded.weights_hash,
+            "dataset": ctx.td.data_dir,
+            "split": ctx.td.split,
+            "n_examples": ctx.td.n,
+            "n_skipped": len(ctx.td.skipped),
+            "seed": self.seed,
+            "utility": ctx.options.get("utility", "metric"),
+            "seconds": round(seconds, 3),
+            "seconds_per_example": round(seconds / max(1, ctx.td.n), 5),
+            "config": {k: v for k, v in config.items()},
+            **extra,
+        }
+
+    def heads(self, task: str, utility: str = "metric", caption_corpus: bool = False,
+              out: str | Path | None = None) -> ScoreTable:
+        """V-SEAM head scores for ``task``, written to ``out`` (Parquet)."""
+        options = {"utility": utility, "caption_corpus": caption_corpus}
+        ctx = self.context(task, options)
+        start = time.perf_counter()
+        result = get_method("vseam")().attribute(ctx)
+        seconds = time.perf_counter() - start
+        path = Path(out) if out else self.out_dir / f"{task}.heads.parquet"
+        meta = self._meta(ctx, "vseam", result.meta, seconds)
+        write_head_table(path, result.scores, result.extra["base_utility"], result.extra["intervened"], meta)
+        return read_table(path)
+
+    def rank(self, task: str, method: str, heads: ScoreTable | str | Path | None = None,
+             top_heads: int | None = None, utility: str = "metric", out: str | Path | None = None,
+             options: dict | None = None) -> ScoreTable:
+        """Neuron scores of ``method`` for ``task``; HONES computes heads first if none are given."""
+        cls = get_method(method)
+        sizes = self.loaded.adapter.sizes(self.loaded.model)
+        opts = dict(options or {})
+        opts.setdefault("utility", utility)
+        needs_heads = method in ("hones", "hones-gaussian")
+        if method.startswith("hones"):
+            opts["top_heads"] = top_heads or default_top_heads(sizes.num_layers, sizes.num_heads)
+        if needs_heads:
+            if heads is None:
+                heads = self.heads(task, utility=utility)
+            table = heads if isinstance(heads, ScoreTable) else read_table(heads)
+            if table.kind != "heads":
+                raise ValueError(f"{table.path} is a {table.kind} table; --heads needs a table from `hones-nn heads`")
+            check_table_matches(table, (sizes.num_layers, sizes.num_heads), model_id=self.loaded.model_id, task=task)
+            opts["heads_table"] = table
+        ctx = self.context(task, opts)
+        start = time.perf_counter()
+        result = cls().attribute(ctx)
+        seconds = time.perf_counter() - start
+        path = Path(out) if out else self.out_dir / f"{task}.{method}.parquet"
+        opts_meta = {k: (str(v.path) if isinstance(v, ScoreTable) else v) for k, v in opts.items()}
+        meta = self._meta(ctx, method, {**result.meta, "options": opts_meta}, seconds)
+        if result.kind == "heads":
+            write_head_table(path, result.scores, result.extra["base_utility"], result.extra["intervened"], meta)
+        else:
+            write_neuron_table(path, result.scores, meta)
+        return read_table(path)

@@ -1,0 +1,162 @@
+"""The head sweep: one utility per (item, condition), many conditions per forward.
+
+A *condition* is a clean run (``None``) or one head intervention ``(layer, head)``. V-SEAM
+needs every item under L * H + 1 conditions; HONES needs K_h + 1. Instead of one forward
+per head per item (the reference code), rows of a batch are (prompt, condition) pairs:
+a batch of 64 rows evaluates e.g. 2 prompts under 32 heads at once, each row carrying its
+own head replacement (:class:`HeadMeanReplacement` assigns a head per row).
+
+Utilities (``utility=``), never substituted silently:
+
+* ``metric`` (default, faithful to the paper): the task metric of greedy generation
+  (retrieval: NDCG@5 from the Yes/No logits of all 50 candidates);
+* ``logprob``: teacher-forced log-probability of the gold answer tokens (sum over the
+  answer's tokens, EOS excluded); for retrieval the margin logit-diff(positive) - mean
+  logit-diff(negatives), logit-diff = logit(" Yes") - logit(" No") at T;
+* ``prob``: softmax probability of the first gold answer token at T (V-SEAM's original
+  fast utility); for retrieval P(" Yes") on the positive candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hones_nn.evaluation.engine import Engine
+from hones_nn.interventions.base import apply_edits
+from hones_nn.interventions.heads import HeadGaussianNoise, HeadMeanReplacement
+from hones_nn.tasks.retrieval import decision_token_ids
+
+UTILITIES = ("metric", "logprob", "prob")
+
+
+@dataclass(frozen=True)
+class Row:
+    item: int  # index into the shard's item list
+    prompt: int  # index into the item's prompts
+    condition: int  # index into the condition list
+
+
+def _rows_for(task, items, n_conditions: int, utility: str) -> list[Row]:
+    rows = []
+    for i, item in enumerate(items):
+        if task.name == "retrieval" and utility == "prob":
+            prompt_ids = [item.data["positive_index"]]
+        else:
+            prompt_ids = range(len(item.prompts))
+        for p in prompt_ids:
+            for c in range(n_conditions):
+                rows.append(Row(i, p, c))
+    return rows
+
+
+def make_intervention(conditions, rows: Sequence[Row], num_heads: int, mode: str, seed: int = 0):
+    assignments = [conditions[r.condition] for r in rows]
+    if all(a is None for a in assignments):
+        return None
+    if mode == "mean":
+        return HeadMeanReplacement(assignments, num_heads)
+    if mode == "gaussian":
+        return HeadGaussianNoise(assignments, num_heads, seed=seed)
+    raise ValueError(f"unknown head intervention {mode!r}; use 'mean' or 'gaussian'")
+
+
+@torch.no_grad()
+def teacher_forced_scores(engine: Engine, enc, intervention, utility: str) -> torch.Tensor:
+    """Per row: sum log p(answer tokens) ('logprob') or p(first answer token) ('prob')."""
+    inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
+    mask = enc.answer_mask.to(engine.device)
+    batch = mask.shape[0]
+    ids = inputs["input_ids"]
+    with engine.envoy.trace(**inputs):
+        if intervention is not None:
+            apply_edits(engine.envoy, engine.adapter, intervention.edits(batch))
+        logits = engine.adapter.lm_head(engine.envoy).output
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        token_lp = logprobs.gather(-1, ids[:, 1:, None])[..., 0]  # predicts token t+1 from t
+        answer = mask[:, 1:].clone()
+        # drop EOS: the last answer position of each row
+        last = answer.shape[1] - 1 - answer.flip(1).float().argmax(1)
+        answer[torch.arange(batch, device=answer.device), last] = False
+        if utility == "logprob":
+            score = (token_lp * answer).sum(1).cpu().save()
+        else:
+            first = answer.float().argmax(1)
+            score = token_lp[torch.arange(batch, device=answer.device), first].exp().cpu().save()
+    return score
+
+
+def _run_rows(engine: Engine, td, items, conditions, utility: str, batch_size: int, mode: str, seed: int):
+    task = td.task
+    num_heads = engine.adapter.sizes(engine.model).num_heads
+    rows = _rows_for(task, items, len(conditions), utility)
+    texts: dict[tuple[int, int], str] = {}
+    scores: dict[tuple[int, int, int], float] = {}
+    with_answers = utility in ("logprob", "prob") and task.generative
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        prompts = [items[r.item].prompts[r.prompt] for r in chunk]
+        pictures = [td.images[p.image_index] for p in prompts]
+        answers = [p.answer for p in prompts] if with_answers else None
+        enc = engine.adapter.encode(engine.loaded.processor, pictures, [p.user_text for p in prompts], answers=answers)
+        intervention = make_intervention(conditions, chunk, num_heads, mode, seed)
+        if with_answers:
+            values = teacher_forced_scores(engine, enc, intervention, utility).tolist()
+            for r, v in zip(chunk, values):
+                scores[(r.item, r.prompt, r.condition)] = v
+        elif task.generative:
+            for r, ids in zip(chunk, engine.generate(enc.inputs, intervention)):
+                texts[(r.item, r.condition)] = engine.decode(ids)
+        else:
+            values = engine.decision_scores(enc.inputs, intervention)
+            if utility == "prob":
+                values = torch.sigmoid(values)  # P(Yes) among {Yes, No}
+            for r, v in zip(chunk, values.tolist()):
+                scores[(r.item, r.prompt, r.condition)] = v
+    return texts, scores
+
+
+def generated_texts(engine: Engine, td, item_ids: Sequence[int], conditions: Sequence, batch_size: int = 64,
+                    mode: str = "mean", seed: int = 0) -> list[list[str]]:
+    """Greedy outputs [item][condition] of a generative task."""
+    items = [td.items[i] for i in item_ids]
+    texts, _ = _run_rows(engine, td, items, conditions, "metric", batch_size, mode, seed)
+    return [[texts[(i, c)] for c in range(len(conditions))] for i in range(len(items))]
+
+
+def sweep(engine: Engine, td, item_ids: Sequence[int], conditions: Sequence, utility: str = "metric",
+          batch_size: int = 64, mode: str = "mean", seed: int = 0) -> np.ndarray:
+    """Utilities [len(item_ids), len(conditions)] of the given items under each condition."""
+    if utility not in UTILITIES:
+        raise ValueError(f"unknown utility {utility!r}; choose one of {', '.join(UTILITIES)}")
+    task = td.task
+    items = [td.items[i] for i in item_ids]
+    texts, scores = _run_rows(engine, td, items, conditions, utility, batch_size, mode, seed)
+    out = np.zeros((len(items), len(conditions)))
+    for i, item in enumerate(items):
+        for c in range(len(conditions)):
+            if task.generative and utility == "metric":
+                out[i, c] = task.utility(item, [texts[(i, c)]])
+            elif task.generative:
+                out[i, c] = scores[(i, 0, c)]
+            elif utility == "metric":
+                out[i, c] = task.utility(item, [scores[(i, p, c)] for p in range(len(item.prompts))])
+            elif utility == "logprob":
+                pos = item.data["positive_index"]
+                diffs = [scores[(i, p, c)] for p in range(len(item.prompts))]
+                negatives = [d for p, d in enumerate(diffs) if p != pos]
+                out[i, c] = diffs[pos] - (sum(negatives) / len(negatives) if negatives else 0.0)
+            else:
+                out[i, c] = scores[(i, item.data["positive_index"], c)]
+    return out
+
+
+def all_heads(num_layers: int, num_heads: int) -> list[tuple[int, int]]:
+    return [(layer, head) for layer in range(num_layers) for head in range(num_heads)]
+
+
+def check_decision_tokens(engine: Engine) -> None:
+    decision_token_ids(engine.tokenizer)

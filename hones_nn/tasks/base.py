@@ -1,0 +1,168 @@
+"""What a task is: how a benchmark row becomes prompts, targets, and a utility.
+
+A task turns each image row of a split into an :class:`Item` (one VQA question, one OCR
+word, one caption set, or one retrieval query with its 50 candidates). An item has one or
+more :class:`Prompt` s (retrieval has one per candidate). Running the model on the
+prompts gives an item's *outputs* (generated texts, or decision scores); the task turns
+outputs into the instance utility P_t (HONES section 4.1) and into the corpus metric.
+
+Tasks register themselves in :data:`TASKS` with :func:`register_task`; the CLI builds
+``--task`` choices from it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from PIL import Image, UnidentifiedImageError
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name: str, family: str = "llava", reference_compat: bool = False) -> Task:
+    """An instance of task ``name`` for a model ``family`` ("llava" or "qwen")."""
+    from hones_nn.tasks import caption, ocr, retrieval, vqa  # noqa: F401  (registration)
+
+    try:
+        return TASKS[name](family=family, reference_compat=reference_compat)
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}") from None
+
+
+class BadItemError(ValueError):
+    """A benchmark row that cannot be used, with the row named and the fix said."""
+
+
+@dataclass
+class Prompt:
+    """One model input: an image, the user-turn text, and the gold continuation."""
+
+    item_id: str
+    image_index: int  # index of the row in the split: images load lazily, once per batch
+    user_text: str
+    answer: str | None  # teacher-forced gold text (None where the task has none)
+
+
+@dataclass
+class Item:
+    item_id: str
+    row: int
+    prompts: list[Prompt]
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+_PREFIX = re.compile(r"^\s*(answer|a|assistant|caption)\s*:\s*", re.IGNORECASE)
+
+
+def clean_generation(text: str) -> str:
+    """The reference code's output cleaning: leading "Answer:", "A:", "assistant:",
+    "Caption:" removed (case-insensitive), first line kept, surrounding quotes stripped."""
+    text = text.strip()
+    previous = None
+    while previous != text:
+        previous = text
+        text = _PREFIX.sub("", text)
+    text = text.split("\n", 1)[0].strip()
+    return text.strip("\"'").strip()
+
+
+class ImageSource:
+    """Decodes the images of a split on demand, with errors that name the bad image."""
+
+    def __init__(self, dataset):
+        from datasets import Image as ImageFeature
+
+        raw = dataset.cast_column("image", ImageFeature(decode=False)) if "image" in dataset.column_names else None
+        if raw is None:
+            raise ValueError("the dataset has no image column; use a benchmark built by hones-nn")
+        self._images = raw.select_columns(["image_id", "image"]).with_format(None)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, row: int) -> Image.Image:
+        record = self._images[row]
+        image_id, raw = record["image_id"], record["image"] or {}
+        data, path = raw.get("bytes"), raw.get("path")
+        try:
+            if data:
+                image = Image.open(io.BytesIO(data))
+            elif path:
+                image = Image.open(path)
+            else:
+                raise BadItemError(f"image {image_id!r} (row {row}) has no bytes and no path; re-import the dataset")
+            image.load()
+        except FileNotFoundError:
+            raise BadItemError(f"image {image_id!r}: file {path} is missing; restore it or re-import the dataset") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise BadItemError(
+                f"image {image_id!r} (row {row}) is corrupt or unreadable ({exc}); rebuild or re-import the "
+                "dataset, or pass --skip-bad to skip it and count it"
+            ) from None
+        return image.convert("RGB")
+
+
+class Task:
+    """The contract every task implements."""
+
+    name: ClassVar[str]
+    metric_name: ClassVar[str]
+    generative: ClassVar[bool] = True  # False: scored by decision logits, no generation
+    required_fields: ClassVar[tuple[str, ...]] = ()
+
+    def items(
+        self, dataset, limit: int | None = None, skip_bad: bool = False, images: ImageSource | None = None
+    ) -> tuple[list[Item], list[dict]]:
+        """The split's items, and the list of skipped rows (only with ``skip_bad``).
+
+        With ``images``, every item's image is decoded once here, so a corrupt image
+        fails (or, with ``skip_bad``, is skipped and counted) before any model runs.
+        """
+        missing = [f for f in self.required_fields if f not in dataset.column_names]
+        if missing:
+            raise ValueError(
+                f"the dataset has no {', '.join(missing)} field(s), which task {self.name!r} needs; "
+                "use a benchmark built by `hones-nn data build-synthetic` or an importer"
+            )
+        rows = dataset.with_format(None).select_columns(["image_id", *self.required_fields])
+        items, skipped = [], []
+        n = len(rows) if limit is None else min(limit, len(rows))
+        for i in range(n):
+            record = rows[i]
+            try:
+                item = self.make_item(record, i)
+                if images is not None:
+                    images[i]
+                items.append(item)
+            except BadItemError as exc:
+                if not skip_bad:
+                    raise
+                skipped.append({"item_id": record["image_id"], "reason": str(exc)})
+        if not items:
+            raise ValueError(f"task {self.name!r}: the split has no usable examples ({len(skipped)} skipped)")
+        return items, skipped
+
+    def make_item(self, record: dict, row: int) -> Item:
+        raise NotImplementedError
+
+    def utility(self, item: Item, outputs: list) -> float:
+        """P_t(x, y) of one item (higher is better)."""
+        raise NotImplementedError
+
+    def corpus_metric(self, items: list[Item], outputs: list[list]) -> float:
+        """The task metric over a set (mean of utilities, except caption's corpus BLEU)."""
+        if not items:
+            raise ValueError(f"task {self.name!r}: no examples to score")
+        return sum(self.utility(i, o) for i, o in zip(items, outputs)) / len(items)
+
+    def target_texts(self, item: Item) -> list[str]:
+        """The texts whose tokens define the target direction u_y (HONES 4.2)."""
+        raise NotImplementedError

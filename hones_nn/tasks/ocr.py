@@ -1,0 +1,33 @@
+"""OCR: transcribe the word inside the blue box (the paper's visual prompt); ANLS."""
+
+from __future__ import annotations
+
+from hones_nn.tasks.base import BadItemError, Item, Prompt, Task, register_task
+from hones_nn.tasks.metrics import anls
+from hones_nn.tasks.prompts import instruction
+
+
+@register_task
+class OCRTask(Task):
+    """Utility = ANLS with tau = 0.5 (Biten et al. 2019)."""
+
+    name = "ocr"
+    metric_name = "anls"
+    required_fields = ("ocr",)
+
+    def __init__(self, family: str = "llava", reference_compat: bool = False):
+        self.family = family
+        self.reference_compat = reference_compat
+
+    def make_item(self, record: dict, row: int) -> Item:
+        text = ((record["ocr"] or {}).get("text") or "").strip()
+        if not text:
+            raise BadItemError(f"OCR item {record['image_id']!r} has an empty text; fix or drop the record")
+        prompt = Prompt(record["image_id"], row, instruction(self.family, "ocr"), text)
+        return Item(record["image_id"], row, [prompt], {"text": text})
+
+    def utility(self, item: Item, outputs: list) -> float:
+        return anls(outputs[0], [item.data["text"]])
+
+    def target_texts(self, item: Item) -> list[str]:
+        return [item.data["text"]]
