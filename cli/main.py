@@ -27,9 +27,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from hones_nn.cli import data, evaluate, train
+    from hones_nn.cli import data, evaluate, rank, train
 
-    for module in (data, evaluate, train):
+    for module in (data, evaluate, rank, train):
         module.register(cli)
 
 

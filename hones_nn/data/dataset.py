@@ -7,8 +7,10 @@ A benchmark is a folder::
                                             table (images as PNG bytes, `Image` feature)
       hones_dataset.json                    what built it: source, seed, counts, version
 
-so ``datasets.load_dataset("parquet", data_dir=DIR + "/data")`` (or
-``load_dataset(DIR)``) opens it as well as :func:`load_benchmark` does.
+      README.md                             a dataset card whose YAML maps the splits
+
+so plain ``datasets.load_dataset(DIR)`` opens it (all four splits) as well as
+:func:`load_split` does.
 
 One row per image, unified over the four tasks as in the official HONES records:
 
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hones_nn.utils.io import atomic_write_json, atomic_write_with
+from hones_nn.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_with
 
 SPLITS = ("train", "discovery", "dev", "test")
 EVAL_SPLITS = ("discovery", "dev", "test")
@@ -87,6 +89,10 @@ def write_benchmark(root: str | Path, rows_by_split: dict[str, list[dict]], mani
     root = Path(root)
     feats = features()
     counts = {}
+    # split files of an earlier build would be read by a plain `load_dataset(data_dir=...)`
+    for stale in (root / "data").glob("*.parquet") if (root / "data").exists() else []:
+        if stale.name.split("-")[0] not in rows_by_split or not rows_by_split[stale.name.split("-")[0]]:
+            stale.unlink()
     for split, rows in rows_by_split.items():
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
@@ -96,7 +102,20 @@ def write_benchmark(root: str | Path, rows_by_split: dict[str, list[dict]], mani
         atomic_write_with(split_path(root, split), lambda p, t=table: t.to_parquet(p))
         counts[split] = len(rows)
     atomic_write_json(root / MANIFEST, {**manifest, "splits": counts})
+    atomic_write_bytes(root / "README.md", _dataset_card(manifest, counts).encode())
     return root
+
+
+def _dataset_card(manifest: dict, counts: dict) -> str:
+    files = "\n".join(
+        f"  - split: {split}\n    path: data/{split}-00000-of-00001.parquet" for split in counts
+    )
+    return (
+        f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}\n---\n\n"
+        f"# hones-nn benchmark ({manifest.get('source', 'unknown')})\n\n"
+        "One row per image; the four tasks (VQA, OCR, caption, retrieval) share the images.\n"
+        "Built by hones-nn; see hones_dataset.json for how. Open with `datasets.load_dataset(<this folder>)`.\n"
+    )
 
 
 def read_manifest(root: str | Path) -> dict:
@@ -134,21 +153,35 @@ def _terms(text: str) -> list[str]:
     return words + [a + " " + b for a, b in zip(words, words[1:])]
 
 
-def _tfidf(texts: list[str]) -> np.ndarray:
-    """L2-normalised TF-IDF rows over word unigrams and bigrams."""
-    docs = [Counter(_terms(t)) for t in texts]
-    vocab = {term: i for i, term in enumerate(sorted({t for d in docs for t in d}))}
-    df = np.zeros(len(vocab))
-    for d in docs:
-        for t in d:
-            df[vocab[t]] += 1
-    idf = np.log((1 + len(docs)) / (1 + df)) + 1.0
-    matrix = np.zeros((len(docs), len(vocab)), dtype=np.float32)
-    for row, d in enumerate(docs):
-        for t, c in d.items():
-            matrix[row, vocab[t]] = c * idf[vocab[t]]
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
+class _TfidfIndex:
+    """L2-normalised TF-IDF over word unigrams and bigrams, kept sparse (an inverted
+    index), so mining scales to tens of thousands of captions with little memory."""
+
+    def __init__(self, texts: list[str]):
+        docs = [Counter(_terms(t)) for t in texts]
+        df = Counter(term for d in docs for term in d)
+        n = len(docs)
+        idf = {term: math.log((1 + n) / (1 + c)) + 1.0 for term, c in df.items()}
+        self.n = n
+        self.rows: list[dict[str, float]] = []
+        postings: dict[str, list[tuple[int, float]]] = {}
+        for row, d in enumerate(docs):
+            weights = {term: c * idf[term] for term, c in d.items()}
+            norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
+            weights = {term: w / norm for term, w in weights.items()}
+            self.rows.append(weights)
+            for term, w in weights.items():
+                postings.setdefault(term, []).append((row, w))
+        self.postings = {
+            term: (np.array([r for r, _ in p], dtype=np.int64), np.array([w for _, w in p])) for term, p in postings.items()
+        }
+
+    def similarities(self, row: int) -> np.ndarray:
+        sims = np.zeros(self.n)
+        for term, w in self.rows[row].items():
+            docs, weights = self.postings[term]
+            np.add.at(sims, docs, w * weights)
+        return sims
 
 
 def mine_retrieval_candidates(
@@ -169,16 +202,15 @@ def mine_retrieval_candidates(
         for ref in refs:
             pool_texts.append(ref)
             pool_owner.append(owner)
-    pool = _tfidf(pool_texts)
+    pool = _TfidfIndex(pool_texts)
     pool_owner_arr = np.array(pool_owner)
     keys = np.array(content_keys, dtype=object)
     out = []
     offset = 0
     for owner, refs in enumerate(captions):
         positive = refs[rng.randrange(len(refs))]
-        query = pool[offset + refs.index(positive)]
+        sims = pool.similarities(offset + refs.index(positive))
         offset += len(refs)
-        sims = pool @ query
         excluded = keys[pool_owner_arr] == content_keys[owner]
         sims = np.where(excluded, -np.inf, sims)
         order = np.lexsort((np.arange(len(sims)), -sims))  # most similar first, stable

@@ -22,6 +22,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary shareable files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
