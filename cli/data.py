@@ -44,6 +44,78 @@ def info(folder, as_json):
         _print_info(Path(folder))
 
 
+def _report(report: dict, as_json: bool, out) -> None:
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"wrote {out}: {report.get('n_written')} image(s) of {report.get('n_records', report.get('n_input', '?'))}"
+               f" record(s); per split {report.get('splits', report.get('counts'))}")
+    if report.get("n_skipped"):
+        click.echo(f"skipped {report['n_skipped']} bad record(s): {report.get('skipped_by_reason')}")
+
+
+def _split_sizes(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    sizes = {}
+    for part in text.split(","):
+        name, _, count = part.partition("=")
+        if not count.strip().isdigit():
+            raise ValueError(f"--split-sizes expects name=count pairs like discovery=700,dev=200,test=300, got {part!r}")
+        sizes[name.strip()] = int(count)
+    return sizes
+
+
+@data_group.command("import-hones")
+@click.option("--json", "json_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Official HONES unified records (e.g. hones_coco_dev_split.json).")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), help="COCO train2014 image folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--split", default="dev", show_default=True, help="Split the records go to.")
+@click.option("--split-sizes", default=None, help="Instead: partition image-disjointly, e.g. discovery=700,dev=200,test=300.")
+@click.option("--seed", type=int, default=3407, show_default=True, help="Seed of partitioning and retrieval mining.")
+@click.option("--limit", type=int, default=None, help="Import only the first N records.")
+@click.option("--skip-bad", is_flag=True, help="Skip (and count) records with a missing/corrupt image or empty field.")
+@click.option("--json-report", "as_json", is_flag=True, help="Print the import report as JSON.")
+@friendly_errors
+def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, as_json):
+    """Import the official HONES records + COCO images (blue OCR box drawn from the bbox,
+    retrieval negatives mined from the split's captions)."""
+    from hones_nn.data.hones_records import import_hones
+
+    report = import_hones(json_path, images, out, seed=seed, split_sizes=_split_sizes(split_sizes), skip_bad=skip_bad,
+                          split=split, limit=limit, progress=not as_json)
+    _report(report, as_json, out)
+
+
+def _ood_command(name: str, loader_name: str, annotation_help: str):
+    @data_group.command(name)
+    @click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False), help=annotation_help)
+    @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), help="Image folder.")
+    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    @click.option("--split", default="test", show_default=True, help="Split the items go to.")
+    @click.option("--seed", type=int, default=3407, show_default=True)
+    @click.option("--max-images", type=int, default=None, help="Import at most N images.")
+    @click.option("--skip-bad", is_flag=True, help="Skip (and count) unusable records.")
+    @click.option("--json-report", "as_json", is_flag=True, help="Print the import report as JSON.")
+    @friendly_errors
+    def command(annotations, images, out, split, seed, max_images, skip_bad, as_json):
+        from hones_nn.data import ood
+
+        loader = getattr(ood, loader_name)
+        report = loader(annotations, images, out, split=split, seed=seed, skip_bad=skip_bad, max_images=max_images,
+                        progress=not as_json)
+        _report(report, as_json, out)
+
+    command.__doc__ = f"Import {name.removeprefix('import-')} (out-of-distribution set of the paper) into the shared layout."
+    return command
+
+
+_ood_command("import-gqa", "load_gqa", "GQA questions JSON ({qid: {imageId, question, answer, ...}}).")
+_ood_command("import-textvqa", "load_textvqa", "TextVQA_0.5.1 JSON ({'data': [...]}).")
+_ood_command("import-flickr30k", "load_flickr30k", "Karpathy-style dataset_flickr30k.json.")
+
+
 def _print_info(path: Path) -> None:
     from hones_nn.data.dataset import load_split, read_manifest
 

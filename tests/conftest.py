@@ -33,3 +33,11 @@ def embedded():
     from hones_nn.models.loading import load_model
 
     return load_model("tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def embedded_engine(embedded):
+    """One nnsight Engine over the session's tiny-llava (pass it to a Runner as ``_engine``)."""
+    from hones_nn.evaluation.engine import Engine
+
+    return Engine(embedded)

@@ -368,7 +368,9 @@ def test_summed_stats_give_the_corpus_bleu():
     total = np.sum([bleu4_stats(p, r) for p, r in zip(preds, refs)], axis=0)
     assert bleu4_from_stats(total) == pytest.approx(corpus_bleu4(preds, refs), abs=1e-12)
     # shards merge: the sum of two halves is the sum of the whole
-    first, second = (np.sum([bleu4_stats(p, r) for p, r in zip(preds[a:b], refs[a:b])], axis=0) for a, b in ((0, 13), (13, 30)))
+    first, second = (
+        np.sum([bleu4_stats(p, r) for p, r in zip(preds[a:b], refs[a:b])], axis=0) for a, b in ((0, 13), (13, 30))
+    )
     assert bleu4_from_stats(first + second) == pytest.approx(corpus_bleu4(preds, refs), abs=1e-12)
     with pytest.raises(ValueError, match="10 numbers"):
         bleu4_from_stats([1, 2, 3])

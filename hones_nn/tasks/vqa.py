@@ -12,6 +12,10 @@ class VQATask(Task):
     """Utility = official VQAv2 accuracy (min(#matching humans / 3, 1), averaged over the
     10 leave-one-out subsets, answers normalised the official way).
 
+    The human answers are normalised too (``normalize_answers=True``): VQAv2's released
+    annotations were already normalised by the same rules, so this reproduces the
+    official setting for raw answers such as ours ("three" next to "3").
+
     ``reference_compat=True`` scores like the reference code instead: the single
     ``vqa.answer`` by normalised exact/containment match, ``all_answers`` ignored.
     """
@@ -43,7 +47,7 @@ class VQATask(Task):
         prediction = outputs[0]
         if self.reference_compat:
             return vqa_reference_match(prediction, item.data["answer"])
-        return vqa_soft_accuracy(prediction, item.data["all_answers"])
+        return vqa_soft_accuracy(prediction, item.data["all_answers"], normalize_answers=True)
 
     def target_texts(self, item: Item) -> list[str]:
         return [item.data["answer"]]
