@@ -139,6 +139,13 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def _loadavg():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine_info() -> dict:
     import nnsight
     import torch
@@ -150,10 +157,6 @@ def machine_info() -> dict:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = None
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
@@ -162,7 +165,7 @@ def machine_info() -> dict:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
-        "load_average_at_start": load,
+        "load_average_at_start": _loadavg(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cuda_available": torch.cuda.is_available(),
@@ -222,6 +225,7 @@ def write_result(name: str, args, settings: dict, results: dict, summary: list[d
         "machine": machine,
         "model": model or {},
         "wall_s": round(time.perf_counter() - started, 2),
+        "load_average_at_end": _loadavg(),
         "summary": summary,
         "results": results,
         "notes": notes or [],

@@ -43,6 +43,9 @@ def parse_args():
                    help="comma-separated generation batch sizes (default: the forward ones); '' skips generation")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation length cap (default Engine's 24)")
     p.add_argument("--gen-repeats", type=int, default=None, help="timed repeats of generation variants")
+    p.add_argument("--no-scale-repeats", action="store_true",
+                   help="same repeats at every batch size (default: small batches, being cheap and relatively "
+                        "noisier, get more repeats: max(R, min(cap*R, round(8R / B))), cap 8 forward, 4 generation)")
     args = p.parse_args()
     quick = args.quick
     args.batch_sizes = [int(b) for b in (args.batch_sizes or ("1,8" if quick else "1,8,32,64")).split(",") if b]
@@ -83,10 +86,14 @@ def main() -> int:
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     n_steps = engine.max_new_tokens
+    C.freeze_heap()
 
     def batch(bs):
         enc = encode(loaded, td.images, [td.items[i].prompts[0] for i in range(bs)])
         return {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
+
+    def reps(base, bs, cap=8):
+        return base if args.no_scale_repeats else max(base, min(cap * base, round(8 * base / bs)))
 
     def assignments(bs):  # one (layer, head) per row, cycling over all heads
         heads = [(layer, h) for layer in range(sizes.num_layers) for h in range(sizes.num_heads)]
@@ -95,7 +102,7 @@ def main() -> int:
     # ------------------------------------------------------------ forward
     forward_rows, results_fwd = [], {}
     print(f"[trace_overhead] model={args.model} task={args.task} threads={torch.get_num_threads()} "
-          f"repeats={args.repeats} warmup={args.warmup}")
+          f"repeats={args.repeats} (x up to 8 for small batches) warmup={args.warmup}")
     for bs in args.batch_sizes:
         inputs = batch(bs)
         assign = assignments(bs)
@@ -132,13 +139,14 @@ def main() -> int:
             return out
 
         r = C.compare({"hf": hf, "nn_empty": nn_empty, "nn_logits": nn_logits, "nn_engine": nn_engine,
-                       "hf_hook": hf_hook, "nn_interv": nn_interv}, args.repeats, args.warmup)
+                       "hf_hook": hf_hook, "nn_interv": nn_interv}, reps(args.repeats, bs), args.warmup)
         # sanity: the traces compute what the plain calls compute
         same_clean = torch.allclose(r["nn_logits"]["value"], r["hf"]["value"], atol=1e-4, rtol=1e-4)
         same_interv = torch.allclose(r["nn_interv"]["value"], r["hf_hook"]["value"], atol=1e-4, rtol=1e-4)
         med = {k: v["median_s"] for k, v in r.items()}
+        mins = {k: v["min_s"] for k, v in r.items()}
         results_fwd[str(bs)] = {
-            "seq_len": int(inputs["input_ids"].shape[1]),
+            "seq_len": int(inputs["input_ids"].shape[1]), "repeats": reps(args.repeats, bs),
             "median_s": med,
             "times_s": {k: v["times_s"] for k, v in r.items()},
             "logits_match_hf": bool(same_clean),
@@ -149,6 +157,7 @@ def main() -> int:
                 "batch": bs, "variant": variant, "baseline": base,
                 "a_ms": C.ms(med[variant]), "b_ms": C.ms(med[base]),
                 "overhead_ms": C.ms(med[variant] - med[base]), "ratio": C.ratio(med[variant], med[base]),
+                "ratio_min": C.ratio(mins[variant], mins[base]),
             })
         if not (same_clean and same_interv):
             print(f"  WARNING batch {bs}: nnsight and plain results differ "
@@ -156,8 +165,8 @@ def main() -> int:
 
     print("\nForward: nnsight trace vs plain HF forward (median ms; ratio = nnsight / HF)")
     C.print_table([[r["batch"], f'{r["variant"]} vs {r["baseline"]}', f'{r["a_ms"]:.1f}', f'{r["b_ms"]:.1f}',
-                    f'{r["overhead_ms"]:+.1f}', f'{r["ratio"]:.3f}'] for r in forward_rows],
-                  ["batch", "variant", "nnsight ms", "HF ms", "overhead ms", "ratio"])
+                    f'{r["overhead_ms"]:+.1f}', f'{r["ratio"]:.3f}', f'{r["ratio_min"]:.3f}'] for r in forward_rows],
+                  ["batch", "variant", "nnsight ms", "HF ms", "overhead ms", "ratio", "ratio(min)"])
 
     # ------------------------------------------------------------ generation
     gen_rows, results_gen = [], {}
@@ -192,12 +201,14 @@ def main() -> int:
                 fns = {"hf": hf_gen, "nn": nn_gen}
                 if mode == "forced":
                     fns.update({"hf_hook": hf_gen_hook, "nn_interv": nn_gen_interv})
-                r = C.compare(fns, args.gen_repeats, args.warmup)
+                r = C.compare(fns, reps(args.gen_repeats, bs, cap=4), args.warmup)
             finally:
                 model.generation_config.min_new_tokens = saved_min
             steps = int(r["hf"]["value"].shape[1] - width)
             med = {k: v["median_s"] for k, v in r.items()}
-            info = {"steps": steps, "median_s": med, "times_s": {k: v["times_s"] for k, v in r.items()}}
+            mins = {k: v["min_s"] for k, v in r.items()}
+            info = {"steps": steps, "repeats": reps(args.gen_repeats, bs, cap=4), "median_s": med,
+                    "times_s": {k: v["times_s"] for k, v in r.items()}}
             if mode == "natural":
                 # Engine cuts each row at EOS; HF's rows continue with padding after EOS
                 hf_ids = []
@@ -216,6 +227,7 @@ def main() -> int:
                     "a_ms": C.ms(med[variant]), "b_ms": C.ms(med[base]),
                     "overhead_ms": C.ms(med[variant] - med[base]), "ratio": C.ratio(med[variant], med[base]),
                     "overhead_ms_per_step": C.ms((med[variant] - med[base]) / max(1, steps)),
+                    "ratio_min": C.ratio(mins[variant], mins[base]),
                 })
         nat, frc = entry["natural"], entry["forced"]
         extra_steps = frc["steps"] - nat["steps"]
@@ -231,9 +243,9 @@ def main() -> int:
         print("\nGeneration: Engine.generate (nnsight, per-step loop) vs model.generate (median ms; ratio = nnsight / HF)")
         C.print_table([[r["batch"], r["mode"], r["steps"], r["variant"] + " vs " + r["baseline"], f'{r["a_ms"]:.1f}',
                         f'{r["b_ms"]:.1f}', f'{r["overhead_ms"]:+.1f}', f'{r["overhead_ms_per_step"]:+.2f}',
-                        f'{r["ratio"]:.3f}'] for r in gen_rows],
+                        f'{r["ratio"]:.3f}', f'{r["ratio_min"]:.3f}'] for r in gen_rows],
                       ["batch", "mode", "steps", "variant", "nnsight ms", "HF ms", "overhead ms", "per step",
-                       "ratio"])
+                       "ratio", "ratio(min)"])
         for bs, e in results_gen.items():
             if "per_step_overhead_ms_differential" in e:
                 print(f"  batch {bs}: per-step nnsight overhead (forced - natural) = "
@@ -243,15 +255,16 @@ def main() -> int:
     summary = []
     for r in forward_rows:
         summary.append({"what": f"forward B={r['batch']}: {r['variant']} / {r['baseline']}", "a_ms": r["a_ms"],
-                        "b_ms": r["b_ms"], "overhead_ms": r["overhead_ms"], "ratio": r["ratio"]})
+                        "b_ms": r["b_ms"], "overhead_ms": r["overhead_ms"], "ratio": r["ratio"],
+                        "ratio_min": r["ratio_min"]})
     for r in gen_rows:
         summary.append({"what": f"generate B={r['batch']} {r['mode']} ({r['steps']} steps): {r['variant']} / "
                                 f"{r['baseline']}", "a_ms": r["a_ms"], "b_ms": r["b_ms"],
-                        "overhead_ms": r["overhead_ms"], "ratio": r["ratio"],
+                        "overhead_ms": r["overhead_ms"], "ratio": r["ratio"], "ratio_min": r["ratio_min"],
                         "note": f"{r['overhead_ms_per_step']:+.2f} ms/step"})
     settings = {"task": args.task, "split": "discovery", "batch_sizes": args.batch_sizes,
                 "gen_batch_sizes": args.gen_batch_sizes, "max_new_tokens": n_steps, "repeats": args.repeats,
-                "gen_repeats": args.gen_repeats, "warmup": args.warmup, "threads": torch.get_num_threads(),
+                "gen_repeats": args.gen_repeats, "scale_repeats": not args.no_scale_repeats, "warmup": args.warmup, "threads": torch.get_num_threads(),
                 "data": args.data or "synthetic (default)"}
     notes = [
         "ratio = median nnsight time / median plain HF time on the same encoded batch, variants interleaved",

@@ -49,7 +49,8 @@ def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code,
             table = read_table(mask)
             if table.kind != "neurons":
                 raise ValueError(f"{mask} is a {table.kind} table; --mask needs a neuron score table from `hones-nn rank`")
-            check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id)
+            check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id,
+                                weights_hash=loaded.weights_hash)
             neurons = table.top_ratio(top_ratio)
             result = masked_evaluation(engine, td, neurons, random_seeds=seeds if random_control else 0,
                                        batch_size=batch_size, progress=progress)

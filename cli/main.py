@@ -17,6 +17,7 @@ def cli() -> None:
       hones-nn heads    --task vqa                 V-SEAM head localization (mean replacement)
       hones-nn rank     --task vqa --method hones  head-guided FFN neuron attribution
       hones-nn evaluate --task vqa --mask scores.parquet   masking evaluation
+      hones-nn compare  --methods hones,ap,dla --tasks vqa,ocr   methods side by side
     Data and models:
       hones-nn data build-synthetic / info / import-hones ...
       hones-nn evaluate --task ocr                 task metric of a model
@@ -27,9 +28,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from hones_nn.cli import data, evaluate, rank, train
+    from hones_nn.cli import compare, data, evaluate, rank, train
 
-    for module in (data, evaluate, rank, train):
+    for module in (data, evaluate, rank, compare, train):
         module.register(cli)
 
 

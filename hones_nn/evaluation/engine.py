@@ -43,10 +43,14 @@ def flatten(items: Sequence[Item], batch_size: int) -> list[Batch]:
     ]
 
 
-def encode(loaded, images: ImageSource, prompts: Sequence[Prompt], with_answers: bool = False):
+def encode_prompts(loaded, images: ImageSource, prompts: Sequence[Prompt], with_answers: bool = False,
+                   reference_compat: bool = False):
+    """One processor-batched, left-padded encoding of ``prompts`` (the one way every
+    recipe builds model inputs; ``reference_compat`` gives the reference code's prompt)."""
     pictures = [images[p.image_index] for p in prompts]
     answers = [p.answer for p in prompts] if with_answers else None
-    return loaded.adapter.encode(loaded.processor, pictures, [p.user_text for p in prompts], answers=answers)
+    return loaded.adapter.encode(loaded.processor, pictures, [p.user_text for p in prompts], answers=answers,
+                                 reference_compat=reference_compat)
 
 
 def _to_device(inputs: dict, device) -> dict:
@@ -135,7 +139,7 @@ class Engine:
                 intervention = intervention_for(batch)
             else:
                 intervention = intervention_for
-            enc = encode(self.loaded, images, batch.prompts)
+            enc = encode_prompts(self.loaded, images, batch.prompts, reference_compat=task.reference_compat)
             if task.generative:
                 for owner, ids in zip(batch.owners, self.generate(enc.inputs, intervention)):
                     outputs[owner].append(self.decode(ids))

@@ -42,6 +42,7 @@ import nnsight
 import numpy as np
 import torch
 
+from hones_nn.evaluation.engine import encode_prompts
 from hones_nn.interventions.base import SiteEdit, apply_edits
 from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
 from hones_nn.runner.shards import ShardedRun
@@ -153,8 +154,7 @@ def contributions(ctx: RunContext, item_ids: list[int], conditions: list, mode: 
     for start in range(0, len(rows), ctx.batch_size):
         chunk = rows[start : start + ctx.batch_size]
         prompts = [hones_prompt(ctx.td.task, items[i]) for i, _ in chunk]
-        pictures = [ctx.td.images[p.image_index] for p in prompts]
-        enc = adapter.encode(ctx.loaded.processor, pictures, [p.user_text for p in prompts])
+        enc = encode_prompts(ctx.loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat)
         inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
 
         class _Rows:  # the condition of each row, for make_intervention

@@ -154,7 +154,11 @@ def train(config: TrainConfig) -> Path:
     start, history, elapsed = 0, [], 0.0
     if (ckpt / "progress.json").exists():
         progress = json.loads((ckpt / "progress.json").read_text())
-        if progress["config"] != asdict(config) | {"out": progress["config"]["out"]}:
+        # what does not change the numbers may differ between a run and its resumption
+        free = ("out", "threads", "checkpoint_every")
+        if {k: v for k, v in progress["config"].items() if k not in free} != {
+            k: v for k, v in asdict(config).items() if k not in free
+        }:
             raise SystemExit(
                 f"{ckpt} was written with another configuration ({progress['config']}); "
                 "use a new --out or the same options to resume"

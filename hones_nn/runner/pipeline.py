@@ -94,6 +94,8 @@ class Runner:
     def heads(self, task: str, utility: str = "metric", caption_corpus: bool = False,
               out: str | Path | None = None) -> ScoreTable:
         """V-SEAM head scores for ``task``, written to ``out`` (Parquet)."""
+        # the reference code scores caption heads by the drop of corpus BLEU
+        caption_corpus = caption_corpus or (self.reference_compat and task == "caption" and utility == "metric")
         options = {"utility": utility, "caption_corpus": caption_corpus}
         ctx = self.context(task, options)
         start = time.perf_counter()
@@ -121,7 +123,8 @@ class Runner:
             table = heads if isinstance(heads, ScoreTable) else read_table(heads)
             if table.kind != "heads":
                 raise ValueError(f"{table.path} is a {table.kind} table; --heads needs a table from `hones-nn heads`")
-            check_table_matches(table, (sizes.num_layers, sizes.num_heads), model_id=self.loaded.model_id, task=task)
+            check_table_matches(table, (sizes.num_layers, sizes.num_heads), model_id=self.loaded.model_id, task=task,
+                                weights_hash=self.loaded.weights_hash)
             opts["heads_table"] = table
         ctx = self.context(task, opts)
         start = time.perf_counter()

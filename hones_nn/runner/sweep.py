@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hones_nn.evaluation.engine import Engine
+from hones_nn.evaluation.engine import Engine, encode_prompts
 from hones_nn.interventions.base import apply_edits
 from hones_nn.interventions.heads import HeadGaussianNoise, HeadMeanReplacement
 from hones_nn.tasks.retrieval import decision_token_ids
@@ -99,9 +99,8 @@ def _run_rows(engine: Engine, td, items, conditions, utility: str, batch_size: i
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         prompts = [items[r.item].prompts[r.prompt] for r in chunk]
-        pictures = [td.images[p.image_index] for p in prompts]
-        answers = [p.answer for p in prompts] if with_answers else None
-        enc = engine.adapter.encode(engine.loaded.processor, pictures, [p.user_text for p in prompts], answers=answers)
+        enc = encode_prompts(engine.loaded, td.images, prompts, with_answers=with_answers,
+                             reference_compat=task.reference_compat)
         intervention = make_intervention(conditions, chunk, num_heads, mode, seed)
         if with_answers:
             values = teacher_forced_scores(engine, enc, intervention, utility).tolist()

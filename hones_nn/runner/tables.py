@@ -194,14 +194,18 @@ def read_table(path: str | Path) -> ScoreTable:
 
 
 def check_table_matches(table: ScoreTable, shape: tuple[int, int], model_id: str | None = None,
-                        task: str | None = None) -> None:
-    """A clear error if a table was made for another model shape, model or task."""
+                        task: str | None = None, weights_hash: str | None = None) -> None:
+    """A clear error if a table was made for another model shape, model or task.
+
+    Models are compared by weights hash when both sides know it (the same weights loaded
+    by name or by path are the same model), else by model id."""
     if tuple(table.shape) != tuple(shape):
         raise ValueError(
             f"{table.path} has shape {tuple(table.shape)} ({table.kind}) but the model has {tuple(shape)}: "
             "it was computed on another model; recompute it for this one"
         )
-    if model_id is not None and table.meta.get("model_id") not in (None, model_id):
+    same_weights = weights_hash is not None and table.meta.get("weights_hash") == weights_hash
+    if not same_weights and model_id is not None and table.meta.get("model_id") not in (None, model_id):
         raise ValueError(
             f"{table.path} was computed on model {table.meta.get('model_id')!r}, not {model_id!r}; recompute it"
         )
