@@ -251,6 +251,16 @@ def model_info(loaded) -> dict:
     }
 
 
+def encode_prompts(loaded, images, prompts, with_answers: bool = False, reference_compat: bool = False):
+    """The library's batch encoder (``encode_prompts``; ``encode`` before it was renamed)."""
+    from hones_nn.evaluation import engine
+
+    fn = getattr(engine, "encode_prompts", None)
+    if fn is not None:
+        return fn(loaded, images, prompts, with_answers=with_answers, reference_compat=reference_compat)
+    return engine.encode(loaded, images, prompts, with_answers=with_answers)
+
+
 def ms(seconds: float) -> float:
     return round(1000.0 * seconds, 3)
 

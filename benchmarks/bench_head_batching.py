@@ -21,6 +21,7 @@ mismatch fails the run). Reported: speed-up = reference time / batched time.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -43,8 +44,8 @@ def parse_args():
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the score check")
     args = p.parse_args()
     q = args.quick
-    args.logprob_examples = args.logprob_examples or (2 if q else 32)
-    args.metric_examples = args.metric_examples or (1 if q else 12)
+    args.logprob_examples = args.logprob_examples or (2 if q else 24)
+    args.metric_examples = args.metric_examples or (1 if q else 10)
     args.repeats = args.repeats or (1 if q else 2)
     args.warmup = args.warmup if args.warmup is not None else 1
     args.utilities = [u for u in args.utilities.split(",") if u]
@@ -72,7 +73,7 @@ def main() -> int:
 
     machine = C.machine_info()
     loaded = load_model(args.model)
-    model, adapter, processor = loaded.model, loaded.adapter, loaded.processor
+    model, adapter = loaded.model, loaded.adapter
     sizes = adapter.sizes(model)
     n_needed = max(args.logprob_examples if "logprob" in args.utilities else 0,
                    args.metric_examples if "metric" in args.utilities else 0)
@@ -90,15 +91,12 @@ def main() -> int:
 
     def hook_for(cond):
         if cond is None:
-            import contextlib
-
             return contextlib.nullcontext()
         return one_head_hook(model, adapter, cond[0], cond[1], sizes.num_heads)
 
     def encode_one(item, with_answer: bool):
-        p = item.prompts[0]
-        enc = adapter.encode(processor, [td.images[p.image_index]], [p.user_text],
-                             answers=[p.answer] if with_answer else None)
+        enc = C.encode_prompts(loaded, td.images, item.prompts[:1], with_answers=with_answer,
+                               reference_compat=td.task.reference_compat)
         inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
         return enc, inputs
 

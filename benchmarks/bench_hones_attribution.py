@@ -5,9 +5,9 @@ reading z(T) of every layer and projecting it on W_down^T u_y. This benchmark ti
 the same rows (example, condition) batched --batch-size at a time:
 
   hones        hones_nn.methods.hones.contributions (nnsight trace per batch; encodes each batch)
-  plain_enc    adapter.encode + model(**inputs) per batch, no intervention, nothing read  (baseline)
+  plain_enc    encode_prompts + model(**inputs) per batch, no intervention, nothing read  (baseline)
   plain_fwd    model(**inputs) only, batches encoded beforehand
-  hooks        adapter.encode + model(**inputs) with torch hooks doing the same head
+  hooks        encode_prompts + model(**inputs) with torch hooks doing the same head
                replacement and the same z(T) projection (checks hones' numbers: allclose)
   rank         Runner.rank(task, "hones", heads=<table>) end to end (data preparation,
                target directions, contributions, shards, Parquet table)
@@ -66,7 +66,7 @@ def main() -> int:
 
     machine = C.machine_info()
     loaded = load_model(args.model)
-    model, adapter, processor = loaded.model, loaded.adapter, loaded.processor
+    model, adapter = loaded.model, loaded.adapter
     sizes = adapter.sizes(model)
     k = args.top_heads or default_top_heads(sizes.num_layers, sizes.num_heads)
     tmp = tempfile.TemporaryDirectory(prefix="hones-bench-")
@@ -79,7 +79,8 @@ def main() -> int:
         rng = np.random.default_rng(0)
         scores = rng.normal(size=(sizes.num_layers, sizes.num_heads))
         path = write_head_table(tmpdir / "heads.parquet", scores, 0.0, np.zeros_like(scores),
-                                {"model_id": loaded.model_id, "task": args.task, "method": "synthetic-benchmark"})
+                                {"model_id": loaded.model_id, "weights_hash": loaded.weights_hash, "task": args.task,
+                                 "method": "synthetic-benchmark"})
         table = read_table(path)
         table_source = "synthetic: N(0, 1) scores, numpy seed 0"
 
@@ -100,7 +101,7 @@ def main() -> int:
 
     def encode_chunk(chunk):
         prompts = [hones_prompt(ctx.td.task, ctx.td.items[i]) for i, _ in chunk]
-        enc = adapter.encode(processor, [ctx.td.images[p.image_index] for p in prompts], [p.user_text for p in prompts])
+        enc = C.encode_prompts(loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat)
         return {k_: v.to(engine.device) if torch.is_tensor(v) else v for k_, v in enc.inputs.items()}
 
     pre_encoded = [encode_chunk(chunk) for chunk in chunks]

@@ -65,7 +65,7 @@ def main() -> int:
 
     import torch
 
-    from hones_nn.evaluation.engine import MAX_NEW_TOKENS, Engine, encode
+    from hones_nn.evaluation.engine import MAX_NEW_TOKENS, Engine
     from hones_nn.evaluation.evaluate import prepare_task
     from hones_nn.interventions.base import apply_edits
     from hones_nn.interventions.heads import HeadMeanReplacement
@@ -89,7 +89,8 @@ def main() -> int:
     C.freeze_heap()
 
     def batch(bs):
-        enc = encode(loaded, td.images, [td.items[i].prompts[0] for i in range(bs)])
+        enc = C.encode_prompts(loaded, td.images, [td.items[i].prompts[0] for i in range(bs)],
+                               reference_compat=td.task.reference_compat)
         return {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
 
     def reps(base, bs, cap=8):

@@ -41,6 +41,22 @@ def common_run_options(fn):
     return fn
 
 
+def parse_options(pairs) -> dict:
+    """KEY=VALUE pairs into a dict; values as JSON where possible."""
+    import json
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
 def _summary(table, top: int = 10) -> list[dict]:
     df = table.table.to_pandas().sort_values("rank").head(top)
     return df.to_dict("records")
@@ -88,9 +104,12 @@ def heads_cmd(task, model_name, dtype, device, device_map, trust_remote_code, da
 @click.option("--top-heads", type=int, default=None,
               help="K_h heads guiding HONES (default: 30, or a quarter of the heads for tiny models).")
 @click.option("--out", default=None, help="Output Parquet (default OUT_DIR/TASK.METHOD.parquet).")
+@click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE",
+              help="A method option, repeatable (e.g. --option steps=50 for qrnca, --option positions=image for ap); "
+                   "values are parsed as JSON when they can be (numbers, true/false), else kept as text.")
 @friendly_errors
 def rank_cmd(task, method, model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
-             reference_compat, split, out_dir, seed, utility, as_json, heads_path, top_heads, out):
+             reference_compat, split, out_dir, seed, utility, as_json, heads_path, top_heads, out, method_options):
     """Rank every FFN neuron of the language model for a task.
 
     Writes one row per neuron (layer, neuron, score, rank; rank 1 = most important,
@@ -99,7 +118,8 @@ def rank_cmd(task, method, model_name, dtype, device, device_map, trust_remote_c
     """
     runner = _runner(model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
                      reference_compat, out_dir, split, seed, as_json)
-    table = runner.rank(task, method, heads=heads_path, top_heads=top_heads, utility=utility, out=out)
+    table = runner.rank(task, method, heads=heads_path, top_heads=top_heads, utility=utility, out=out,
+                        options=parse_options(method_options))
     rows = _summary(table)
     if as_json:
         emit_json({"path": str(table.path), "task": task, "method": method, "n_examples": table.meta["n_examples"],

@@ -137,6 +137,10 @@ def load_split(root: str | Path, split: str):
     if split not in manifest.get("splits", {}) or not path.exists():
         available = ", ".join(sorted(manifest.get("splits", {}))) or "none"
         raise ValueError(f"benchmark {root} has no split {split!r} (available: {available})")
+    import pyarrow.parquet as pq
+
+    if pq.read_metadata(path).num_rows == 0:
+        raise ValueError(f"split {split!r} of {root} has no examples; rebuild it with more images")
     dataset = Dataset.from_parquet(str(path), features=features())
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} of {root} has no examples; rebuild it with more images")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from hones_nn.interventions.base import Intervention, NoIntervention, apply_edits
 from hones_nn.tasks.base import ImageSource, Item, Prompt, Task, clean_generation
@@ -81,20 +82,22 @@ class Engine:
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         envoy, adapter = self.envoy, self.adapter
-        with envoy.trace(
-            **inputs,
-            fn=self.model.generate,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            repetition_penalty=1.0,
-            pad_token_id=pad,
-            eos_token_id=eos,
-        ) as tracer:
-            steps = list().save()
-            for _ in tracer.iter[:]:
-                apply_edits(envoy, adapter, intervention.edits(batch_size))
-                steps.append(adapter.lm_head(envoy).output[:, -1].argmax(-1).cpu())
+        # Plain greedy decoding, whatever the checkpoint's generation_config asks for
+        # (repetition penalty, suppressed tokens, min length ...): the generated tokens are
+        # read as the argmax of the logits inside the trace, which equals what `generate`
+        # chooses only when no logits processor is active.
+        greedy = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=eos, pad_token_id=pad, bos_token_id=self.tokenizer.bos_token_id)
+        saved_config = self.model.generation_config
+        self.model.generation_config = greedy
+        try:
+            with envoy.trace(**inputs, fn=self.model.generate, generation_config=greedy) as tracer:
+                steps = list().save()
+                for _ in tracer.iter[:]:
+                    apply_edits(envoy, adapter, intervention.edits(batch_size))
+                    steps.append(adapter.lm_head(envoy).output[:, -1].argmax(-1).cpu())
+        finally:
+            self.model.generation_config = saved_config
         tokens = torch.stack(list(steps), dim=1).tolist()
         out = []
         for row in tokens:

@@ -12,6 +12,7 @@ dims), from a seeded generator.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 
 import torch
@@ -76,25 +77,36 @@ class HeadMeanReplacement(Intervention):
 
 
 class HeadGaussianNoise(Intervention):
-    def __init__(self, assignments, num_heads: int, seed: int = 0):
+    """The paper's Gaussian ablation, reproducible whatever the batch: each (row, head)
+    pair draws its noise from a generator seeded by (seed, layer, head, row key) over the
+    row's own unpadded positions (the last ``valid_lengths[row]`` of a left-padded row),
+    with the std of that row's head slice over the same positions."""
+
+    def __init__(self, assignments, num_heads: int, seed: int = 0, row_keys=None, valid_lengths=None):
         self.assignments = list(assignments)
         self.num_heads = num_heads
         self.seed = seed
+        self.row_keys = list(row_keys) if row_keys is not None else [str(i) for i in range(len(self.assignments))]
+        self.valid_lengths = list(valid_lengths) if valid_lengths is not None else None
         self.groups = _rows_by_layer(self.assignments)
+
+    def _generator(self, layer: int, head: int, row: int) -> torch.Generator:
+        key = f"gaussian:{self.seed}:{layer}:{head}:{self.row_keys[row]}".encode()
+        return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
 
     def edits(self, batch_size: int) -> list[SiteEdit]:
         out = []
         for layer, (rows, heads) in self.groups.items():
             def noise(x, rows=rows, heads=heads, layer=layer):
-                n, seq = len(rows), x.shape[1]
+                seq = x.shape[1]
                 d = x.shape[2] // self.num_heads
-                dev_rows, dev_heads = rows.to(x.device), heads.to(x.device)
-                sub = x[dev_rows].reshape(n, seq, self.num_heads, d)
-                own = sub[torch.arange(n, device=x.device), :, dev_heads]  # [n, S, d]
-                std = own.float().reshape(n, -1).std(dim=1).to(x.dtype)
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + layer)
-                eps = torch.randn((n, seq, d), generator=generator).to(device=x.device, dtype=x.dtype)
-                write_head_slices(x, dev_rows, dev_heads, eps * std[:, None, None], self.num_heads)
+                for row, head in zip(rows.tolist(), heads.tolist()):
+                    valid = seq if self.valid_lengths is None else min(seq, int(self.valid_lengths[row]))
+                    cols = slice(head * d, (head + 1) * d)
+                    own = x[row, seq - valid :, cols]
+                    std = own.float().std()
+                    eps = torch.randn((valid, d), generator=self._generator(layer, head, row))
+                    x[row, seq - valid :, cols] = (eps * std).to(device=x.device, dtype=x.dtype)
             out.append(SiteEdit(layer, "o_proj_input", noise))
         return out
 

@@ -26,7 +26,7 @@ Choices where the spec is unsure (stated here once for the three methods):
   but for x = 0).
 
 Recipe: one nnsight trace per batch; at every layer's ``act_output`` site the trace
-reduces g over positions and saves only two [B, d_ff] statistics per layer. Shards are
+reduces g over positions and saves only two [B, d_ff] sums per layer (positions firing, sum of g). Shards are
 checkpointed with :class:`ShardedRun`.
 """
 
@@ -36,6 +36,7 @@ import nnsight
 import numpy as np
 import torch
 
+from hones_nn.evaluation.engine import encode_prompts
 from hones_nn.interventions.base import SiteEdit, apply_edits
 from hones_nn.runner.shards import ShardedRun
 
@@ -92,25 +93,25 @@ def activation_stats(ctx, td, item_ids: list[int], positions: str = "all"):
     for start in range(0, len(items), ctx.batch_size):
         chunk = items[start : start + ctx.batch_size]
         prompts = [stats_prompt(td.task, item) for item in chunk]
-        enc = adapter.encode(ctx.loaded.processor, [td.images[p.image_index] for p in prompts],
-                             [p.user_text for p in prompts])
+        enc = encode_prompts(ctx.loaded, td.images, prompts, reference_compat=td.task.reference_compat)
         mask = position_mask(enc, sizes.image_token_id, positions)
         n_pos = mask.sum(1).double()
-        weights = (mask.float() / n_pos.clamp_min(1).float().unsqueeze(1)).to(engine.device)  # [B, S]
+        selected = mask.float().to(engine.device)  # [B, S], 1 on the selected positions
         inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
 
-        def reduce(g, weights=weights):
-            w = weights.to(g.device).unsqueeze(-1)  # [B, S, 1], 1/n on selected positions
-            fire = ((g > 0).float() * w).sum(1)
-            mean = (g.float() * w).sum(1)
-            return torch.stack([fire, mean]).cpu()  # [2, B, d_ff]
+        def reduce(g, selected=selected):
+            m = selected.to(g.device).unsqueeze(-1)  # [B, S, 1]
+            fired = ((g > 0).float() * m).sum(1)  # exact counts
+            total = (g.float() * m).sum(1)
+            return torch.stack([fired, total]).cpu()  # [2, B, d_ff]: sums only
 
         edits = [SiteEdit(layer, "act_output", reduce) for layer in range(L)]
         with engine.envoy.trace(**inputs):
             saved = nnsight.save(apply_edits(engine.envoy, adapter, edits))
-        stats = torch.stack(list(saved), dim=2).double()  # [2, B, L, d_ff]
+        sums = torch.stack(list(saved), dim=2).double()  # [2, B, L, d_ff]
+        per_position = sums / n_pos.clamp_min(1)[None, :, None, None]
         end = start + len(chunk)
-        ap[start:end], ma[start:end], counts[start:end] = stats[0], stats[1], n_pos
+        ap[start:end], ma[start:end], counts[start:end] = per_position[0], per_position[1], n_pos
     return ap, ma, counts
 
 

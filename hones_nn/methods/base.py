@@ -59,6 +59,7 @@ class RunContext:
             "split": self.td.split,
             "n_examples": self.td.n,
             "seed": self.seed,
+            "batch_size": self.batch_size,  # batch composition can move float results: resume with the same
             "reference_compat": self.td.task.reference_compat,
             # objects (a loaded head table) are identified by what the method derives from them
             "options": {k: v for k, v in self.options.items() if isinstance(v, (str, int, float, bool, type(None)))},

@@ -161,7 +161,9 @@ def contributions(ctx: RunContext, item_ids: list[int], conditions: list, mode: 
             def __init__(self, c):
                 self.condition = c
 
-        intervention = make_intervention(conditions, [_Rows(c) for _, c in chunk], num_heads, mode, seed=ctx.seed)
+        intervention = make_intervention(conditions, [_Rows(c) for _, c in chunk], num_heads, mode, seed=ctx.seed,
+                                         row_keys=[items[i].item_id for i, _ in chunk],
+                                         valid_lengths=enc.inputs["attention_mask"].sum(1).tolist())
         row_proj = proj[:, [i for i, _ in chunk]].to(engine.device)  # [L, rows, d_ff]
         edits = intervention.edits(len(chunk)) if intervention is not None else []
         for layer in range(sizes.num_layers):

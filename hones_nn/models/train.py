@@ -53,6 +53,9 @@ class TrainConfig:
     n_train_scenes: int = 40000
     checkpoint_every: int = 500
     threads: int = 0  # 0: torch's default
+    stop_at: int = 0  # stop (and export) at this step of the `steps` schedule; 0: run it all
+    init_from: str = ""  # start from these weights (a model.safetensors) instead of a fresh init
+    task_weights: str = "1,1,1,1"  # relative share of vqa,ocr,caption,retrieval examples per batch
 
 
 def _user_prompt(processor, text: str) -> str:
@@ -84,12 +87,23 @@ def training_example(task: str, scene, rng: random.Random, scenes) -> tuple[str,
     raise ValueError(f"unknown task {task!r}")
 
 
+def batch_tasks(config: TrainConfig) -> list[str]:
+    """The task of each batch row: shares by ``task_weights``, largest remainder rounding."""
+    weights = [float(w) for w in config.task_weights.split(",")]
+    if len(weights) != len(TASK_NAMES) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"--task-weights needs {len(TASK_NAMES)} non-negative numbers (vqa,ocr,caption,retrieval)")
+    exact = [config.batch_size * w / sum(weights) for w in weights]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: exact[i] - counts[i], reverse=True)[: config.batch_size - sum(counts)]:
+        counts[i] += 1
+    return [task for task, n in zip(TASK_NAMES, counts) for _ in range(n)]
+
+
 def make_batch(processor, scenes, step: int, config: TrainConfig):
     rng = random.Random(f"train-batch:{config.seed}:{step}")
     tokenizer = processor.tokenizer
     images, prompts, answers = [], [], []
-    for k in range(config.batch_size):
-        task = TASK_NAMES[k % len(TASK_NAMES)]
+    for task in batch_tasks(config):
         scene = rng.choice(scenes)[0]
         text, answer = training_example(task, scene, rng, scenes)
         images.append(Image.fromarray(render(scene).pixels))
@@ -147,6 +161,8 @@ def train(config: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
     model, processor = build_untrained_tiny_llava(seed=config.seed)
+    if config.init_from:
+        model.load_state_dict(load_file(config.init_from))
     world = SyntheticWorld(config.seed)
     scenes = world.scenes({"train": config.n_train_scenes})["train"]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -155,7 +171,7 @@ def train(config: TrainConfig) -> Path:
     if (ckpt / "progress.json").exists():
         progress = json.loads((ckpt / "progress.json").read_text())
         # what does not change the numbers may differ between a run and its resumption
-        free = ("out", "threads", "checkpoint_every")
+        free = ("out", "threads", "checkpoint_every", "stop_at")
         if {k: v for k, v in progress["config"].items() if k not in free} != {
             k: v for k, v in asdict(config).items() if k not in free
         }:
@@ -168,7 +184,8 @@ def train(config: TrainConfig) -> Path:
         start, history, elapsed = progress["step"], progress["history"], progress["seconds"]
         print(f"resuming from step {start}")
     model.train()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training tiny-llava")
+    end = config.stop_at or config.steps
+    bar = tqdm(range(start, end), initial=start, total=end, desc="training tiny-llava")
     t0 = time.perf_counter() - elapsed
     running = []
     for step in bar:
@@ -185,7 +202,7 @@ def train(config: TrainConfig) -> Path:
             history.append({"step": step + 1, "loss": sum(running) / len(running)})
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
             running = []
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
             ckpt.mkdir(exist_ok=True)
             atomic_write_with(ckpt / "model.safetensors", lambda p: save_file(
                 {k: v.contiguous() for k, v in model.state_dict().items()}, p))

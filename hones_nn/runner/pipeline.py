@@ -49,6 +49,9 @@ class Runner:
     reference_compat: bool = False
     _engine: Engine | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+
     @classmethod
     def local(cls, model: str = "tiny-llava", dtype=None, device: str = "cpu", device_map=None,
               trust_remote_code: bool = False, **kwargs) -> Runner:
@@ -73,7 +76,7 @@ class Runner:
 
     def _meta(self, ctx: RunContext, method: str, extra: dict, seconds: float) -> dict:
         config = ctx.run_config()
-        return {
+        meta = {
             "method": method,
             "task": ctx.td.task.name,
             "model_id": self.loaded.model_id,
@@ -88,8 +91,11 @@ class Runner:
             "seconds": round(seconds, 3),
             "seconds_per_example": round(seconds / max(1, ctx.td.n), 5),
             "config": {k: v for k, v in config.items()},
-            **extra,
         }
+        clash = sorted(k for k in set(meta) & set(extra) - {"options"} if meta[k] != extra[k])
+        if clash:
+            raise ValueError(f"method {method!r} reports metadata {clash} that differ from the runner's; rename them")
+        return {**meta, **extra}
 
     def heads(self, task: str, utility: str = "metric", caption_corpus: bool = False,
               out: str | Path | None = None) -> ScoreTable:

@@ -53,14 +53,19 @@ def _rows_for(task, items, n_conditions: int, utility: str) -> list[Row]:
     return rows
 
 
-def make_intervention(conditions, rows: Sequence[Row], num_heads: int, mode: str, seed: int = 0):
+def make_intervention(conditions, rows: Sequence[Row], num_heads: int, mode: str, seed: int = 0,
+                      row_keys=None, valid_lengths=None):
+    """The head intervention of a batch whose row k runs under ``conditions[rows[k].condition]``.
+
+    ``row_keys`` (an item id per row) and ``valid_lengths`` (unpadded length per row) make
+    the Gaussian ablation's noise independent of batch composition."""
     assignments = [conditions[r.condition] for r in rows]
     if all(a is None for a in assignments):
         return None
     if mode == "mean":
         return HeadMeanReplacement(assignments, num_heads)
     if mode == "gaussian":
-        return HeadGaussianNoise(assignments, num_heads, seed=seed)
+        return HeadGaussianNoise(assignments, num_heads, seed=seed, row_keys=row_keys, valid_lengths=valid_lengths)
     raise ValueError(f"unknown head intervention {mode!r}; use 'mean' or 'gaussian'")
 
 

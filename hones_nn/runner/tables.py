@@ -81,7 +81,9 @@ def _metadata(meta: dict) -> dict[bytes, bytes]:
     full = {**meta, "versions": versions()}
     out = {}
     for key, value in full.items():
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        # every value is JSON (strings quoted), so it reads back with its type:
+        # a weights hash of digits only stays a string
+        text = json.dumps(value, sort_keys=True, default=str)
         out[(META_PREFIX + key).encode()] = text.encode()
     return out
 
