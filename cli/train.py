@@ -8,9 +8,10 @@ import click
 @click.command("train-embedded", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def train_embedded(args):
-    """Train the embedded tiny LLaVA (options: see `python -m hones_nn.models.train --help`).
+    """Reproduce the embedded tiny LLaVA: `hones-nn train-embedded --recipe --out DIR`.
 
-    Resumable: rerunning the same command continues from the last checkpoint.
+    Without --recipe, one training run with the options of
+    `python -m hones_nn.models.train --help`. Resumable: rerun the same command.
     """
     from hones_nn.models.train import main
 

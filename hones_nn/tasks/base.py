@@ -118,6 +118,12 @@ class Task:
     generative: ClassVar[bool] = True  # False: scored by decision logits, no generation
     required_fields: ClassVar[tuple[str, ...]] = ()
 
+    def __init__(self, family: str = "llava", reference_compat: bool = False):
+        """``family``: the model's prompt family ("llava" or "qwen"); ``reference_compat``:
+        score and prompt like the official HONES code instead of the paper."""
+        self.family = family
+        self.reference_compat = reference_compat
+
     def items(
         self, dataset, limit: int | None = None, skip_bad: bool = False, images: ImageSource | None = None
     ) -> tuple[list[Item], list[dict]]:

@@ -24,10 +24,6 @@ class CaptionTask(Task):
     metric_name = "bleu4"
     required_fields = ("captions",)
 
-    def __init__(self, family: str = "llava", reference_compat: bool = False):
-        self.family = family
-        self.reference_compat = reference_compat
-
     def make_item(self, record: dict, row: int) -> Item:
         refs = [c.strip() for c in (record["captions"] or []) if c and c.strip()]
         if not refs:

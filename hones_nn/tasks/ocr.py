@@ -15,10 +15,6 @@ class OCRTask(Task):
     metric_name = "anls"
     required_fields = ("ocr",)
 
-    def __init__(self, family: str = "llava", reference_compat: bool = False):
-        self.family = family
-        self.reference_compat = reference_compat
-
     def make_item(self, record: dict, row: int) -> Item:
         text = ((record["ocr"] or {}).get("text") or "").strip()
         if not text:

@@ -42,10 +42,6 @@ class RetrievalTask(Task):
     generative = False
     required_fields = ("retrieval",)
 
-    def __init__(self, family: str = "llava", reference_compat: bool = False):
-        self.family = family
-        self.reference_compat = reference_compat
-
     def make_item(self, record: dict, row: int) -> Item:
         retrieval = record["retrieval"] or {}
         candidates = retrieval.get("candidates") or []

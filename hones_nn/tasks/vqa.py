@@ -24,10 +24,6 @@ class VQATask(Task):
     metric_name = "vqa_accuracy"
     required_fields = ("vqa",)
 
-    def __init__(self, family: str = "llava", reference_compat: bool = False):
-        self.family = family
-        self.reference_compat = reference_compat
-
     def make_item(self, record: dict, row: int) -> Item:
         qa = record["vqa"] or {}
         image_id = record["image_id"]
