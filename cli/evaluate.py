@@ -17,10 +17,12 @@ from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, 
 @click.option("--top-ratio", type=float, default=0.01, show_default=True, help="Fraction of all neurons to mask.")
 @click.option("--seeds", type=int, default=5, show_default=True, help="Random-control seeds (with --mask random, or --random-control).")
 @click.option("--random-control", is_flag=True, help="With a score table: also mask --seeds random sets of the same size.")
+@click.option("--steer", "steer", default=None,
+              help="Apply learned neuron scales (a scales.safetensors from `hones-nn steer`); reports base and steered.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
-                 reference_compat, split, mask, top_ratio, seeds, random_control, as_json):
+                 reference_compat, split, mask, top_ratio, seeds, random_control, steer, as_json):
     """Evaluate a task (greedy decoding; retrieval by Yes/No logits).
 
     \b
@@ -37,6 +39,25 @@ def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code,
                       reference_compat=reference_compat)
     engine = Engine(loaded)
     progress = not as_json
+    if steer is not None:
+        from hones_nn.steering.io import load_scales
+        from hones_nn.steering.report import steered_evaluation
+
+        if mask is not None:
+            raise ValueError("--steer and --mask are separate evaluations; give one of them")
+        scales = load_scales(steer)
+        scales.check_model(loaded, steer)
+        result = steered_evaluation(engine, td, scales, batch_size=batch_size, progress=progress)
+        result.update(model=loaded.model_id, split=split, steer_file=str(steer))
+        if as_json:
+            emit_json(result)
+            return
+        click.echo(f"{task} on {split} ({result['n']} examples, model {loaded.model_id})")
+        click.echo(f"  base {result['metric_name']}: {result['base_metric']:.4f}")
+        click.echo(f"  steered ({result['steer']['k']} neurons, {steer}): {result['steered_metric']:.4f}")
+        b = result["bootstrap"]
+        click.echo(f"  gain: {result['gain']:+.4f} (bootstrap SD {b['sd']:.4f}, P(gain <= 0) = {b['p_one_sided']:.3f})")
+        return
     if mask is None:
         result = evaluate(engine, td, batch_size=batch_size, progress=progress).as_json()
     else:

@@ -89,8 +89,13 @@ class Scene:
 
     @property
     def content_key(self) -> tuple:
-        """What a caption describes: the colour and kind of each shape, left to right."""
-        return tuple((s.color, s.kind) for s in self.shapes)
+        """What a caption describes: the set of (colour, kind) of the shapes.
+
+        Order-free: captions list the shapes left to right, but "a purple triangle and a
+        green circle" still correctly describes an image whose circle is on the left, so
+        a caption with the same shapes in another order must never be a retrieval
+        negative (it would be a false negative)."""
+        return tuple(sorted((s.color, s.kind) for s in self.shapes))
 
 
 def caption_core(shapes: tuple[Shape, ...]) -> str:
@@ -142,11 +147,12 @@ def perturb_scene(scene: Scene, rng: random.Random) -> Scene:
         new = rng.choice(sorted(set(KINDS) - used_kinds))
         shapes[i] = Shape(new, shapes[i].color, shapes[i].column, shapes[i].row)
     elif choice == 2 and len(shapes) > 1:
-        shapes[i], shapes[i - 1] = (
-            Shape(shapes[i - 1].kind, shapes[i - 1].color, shapes[i].column, shapes[i].row),
-            Shape(shapes[i].kind, shapes[i].color, shapes[i - 1].column, shapes[i - 1].row),
+        # exchange the colours of two shapes: same colours and kinds overall, wrong pairing
+        j = (i + 1) % len(shapes)
+        shapes[i], shapes[j] = (
+            Shape(shapes[i].kind, shapes[j].color, shapes[i].column, shapes[i].row),
+            Shape(shapes[j].kind, shapes[i].color, shapes[j].column, shapes[j].row),
         )
-        shapes.sort(key=lambda s: s.column)
     else:
         free_columns = sorted(set(range(GRID_COLUMNS)) - {s.column for s in shapes})
         if len(shapes) < GRID_COLUMNS and (len(shapes) == 1 or rng.random() < 0.5):

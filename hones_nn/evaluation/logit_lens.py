@@ -1,0 +1,214 @@
+"""MLP logit lens of a neuron group (HONES 5.2 and appendix E.4, Fig. 4 / Fig. 9).
+
+At every decoder layer l, the output of the MLP block at the last prompt position T
+(the position that predicts the first answer token) is projected to the vocabulary,
+once in the clean forward and once in a forward with the group's neurons masked
+(z_i <- 0 at every position; the masked forward is a whole forward, so the MLP output of
+layer l also reflects masked neurons of earlier layers). Per layer and token:
+
+    Delta logit_t = E_x[ lens(mlp_out_l(x))_t - lens(mlp_out_l(x; group masked))_t ],
+
+positive where the group *promotes* the token. The paper lists the tokens with the
+largest Delta ("which candidate tokens lose the most support"); we do the same, and also
+report Delta at each example's target token (the first token of the gold continuation,
+as DLA: VQA answer, OCR text, caption reference, " Yes" for retrieval on the positive
+candidate's prompt).
+
+The projection (``norm``):
+
+* ``"final"`` (default): lens(v) = W_U final_norm(v), the final RMSNorm (with its weight)
+  applied to the MLP output itself, then ``lm_head``. This is the standard logit lens
+  (nostalgebraist 2020) that Neo et al. (2025), the lens the paper follows, apply to
+  LLaVA's hidden states. Note that the norm divides by the RMS of the projected vector,
+  so a group that shrinks the whole MLP output changes every token's logit.
+* ``"frozen"``: lens(v) = W_U (gamma * v) / sigma_T, sigma_T the RMS of the final residual
+  (the input of the final norm) at T in the *clean* run, frozen for both runs: linear in
+  v, so Delta is the change of the MLP block's direct logit contribution (DLA units).
+* ``"none"``: lens(v) = W_U v, no norm at all.
+
+Examples: the task's HONES prompts (:func:`hones_nn.methods.hones.hones_prompt`: the
+first prompt of an item; retrieval's positive candidate). One clean trace per batch and
+one masked trace per batch and group. Averaged over all examples (``limit=1`` gives the
+paper's single-case view).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import nnsight
+import numpy as np
+import torch
+
+NORMS = ("final", "frozen", "none")
+
+
+@dataclass
+class LensGroup:
+    name: str
+    size: int
+    masked: np.ndarray  # [L, V] mean projected logits with the group masked
+    target_masked: np.ndarray  # [L] mean projected logit of each example's target token, masked
+
+
+@dataclass
+class LensReport:
+    task: str
+    norm: str
+    n: int
+    base: np.ndarray  # [L, V] mean projected logits, clean run
+    target_base: np.ndarray  # [L]
+    groups: dict[str, LensGroup] = field(default_factory=dict)
+    tokens: list[str] = field(default_factory=list)  # decoded vocabulary
+
+    def delta(self, group: str) -> np.ndarray:
+        """[L, V] Delta logit = base - masked (positive: the group promotes the token)."""
+        return self.base - self.groups[group].masked
+
+    def target_delta(self, group: str) -> np.ndarray:
+        return self.target_base - self.groups[group].target_masked
+
+    def top_tokens(self, group: str, k: int = 5) -> list[list[dict]]:
+        """Per layer, the k tokens whose projected logit falls most when the group is masked
+        (only tokens that do fall: Delta > 0; a layer the mask does not reach lists none)."""
+        delta = self.delta(group)
+        out = []
+        for layer in range(delta.shape[0]):
+            # stable: equal drops keep the lower token id first
+            order = [t for t in np.argsort(-delta[layer], kind="stable")[:k] if delta[layer, t] > 0]
+            out.append([{"token_id": int(t), "token": self.tokens[t] if t < len(self.tokens) else str(t),
+                         "delta": float(delta[layer, t]), "base": float(self.base[layer, t]),
+                         "masked": float(self.groups[group].masked[layer, t])} for t in order])
+        return out
+
+    def as_json(self, k: int = 5) -> dict:
+        return {
+            "task": self.task, "norm": self.norm, "n": self.n, "position": "T (last prompt token)",
+            "groups": [
+                {"name": name, "size": g.size,
+                 "target_delta": [float(x) for x in self.target_delta(name)],
+                 "layers": [{"layer": layer, "top_falls": tops} for layer, tops in enumerate(self.top_tokens(name, k))]}
+                for name, g in self.groups.items()
+            ],
+        }
+
+
+def decode_vocab(tokenizer, size: int) -> list[str]:
+    out = []
+    for i in range(size):
+        try:
+            text = tokenizer.decode([i])
+        except Exception:  # noqa: BLE001 - ids past the tokenizer (padded vocabularies)
+            text = f"<{i}>"
+        out.append(text)
+    return out
+
+
+@torch.no_grad()
+def _mlp_outputs(engine, inputs: dict, mask_by_layer: Mapping[int, torch.Tensor] | None, num_layers: int,
+                 final: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, L, hidden] MLP outputs at T (float32 CPU) and the final-norm input at T, one trace."""
+    from hones_nn.interventions.base import site_value
+
+    adapter, envoy = engine.adapter, engine.envoy
+    outs = []
+    h = None
+    with envoy.trace(**inputs):
+        for layer in range(num_layers):  # execution order: z of layer l, the MLP output of l, then l + 1
+            if mask_by_layer and layer in mask_by_layer:
+                z = site_value(envoy, adapter, layer, "down_proj_input")
+                z[..., mask_by_layer[layer].to(z.device)] = 0
+            outs.append(nnsight.save(adapter.mlp(envoy, layer).output[:, -1].float().cpu()))
+        if final:
+            h = nnsight.save(adapter.final_norm(envoy).input[:, -1].float().cpu())
+    return torch.stack(list(outs), dim=1), h
+
+
+def project(loaded, vectors: torch.Tensor, norm: str, sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """Vocabulary logits of ``vectors`` [..., hidden] under ``norm`` (see the module docstring), float32 CPU."""
+    adapter, model = loaded.adapter, loaded.model
+    lm_head = adapter.lm_head(model)
+    final_norm = adapter.final_norm(model)
+    param = lm_head.weight
+    v = vectors.to(device=param.device, dtype=param.dtype)
+    if norm == "final":
+        v = final_norm(v)
+    elif norm == "frozen":
+        if sigma is None:
+            raise ValueError("norm='frozen' needs the clean run's final RMS sigma_T")
+        gamma = final_norm.weight.to(v.device).float()
+        v = (v.float() * gamma / sigma.to(v.device).float().reshape(*sigma.shape, *([1] * (v.dim() - sigma.dim()))))
+        v = v.to(param.dtype)
+    elif norm != "none":
+        raise ValueError(f"norm={norm!r}; choose one of {', '.join(NORMS)}")
+    return lm_head(v).float().cpu()
+
+
+def _rms(h: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.sqrt(h.double().pow(2).mean(-1) + eps).float()
+
+
+def _eps(norm_module) -> float:
+    eps = getattr(norm_module, "variance_epsilon", None)
+    return float(eps if eps is not None else getattr(norm_module, "eps", 1e-6))
+
+
+@torch.no_grad()
+def logit_lens(engine, td, groups: Mapping[str, Sequence[tuple[int, int]]], norm: str = "final",
+               batch_size: int = 16, progress: bool = True) -> LensReport:
+    """The MLP logit lens of ``td``'s examples, clean and with each group masked (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    from hones_nn.evaluation.engine import encode_prompts
+    from hones_nn.interventions.neurons import group_by_layer
+    from hones_nn.methods.dla import target_ids
+    from hones_nn.methods.hones import hones_prompt
+
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}; choose one of {', '.join(NORMS)}")
+    if not groups:
+        raise ValueError("give at least one neuron group to mask")
+    if td.n == 0:
+        raise ValueError(f"no {td.task.name} examples on split {td.split}")
+    loaded = engine.loaded
+    sizes = loaded.sizes
+    L = sizes.num_layers
+    for name, neurons in groups.items():
+        if not neurons:
+            raise ValueError(f"neuron group {name!r} is empty: nothing to mask")
+        bad = [(layer, i) for layer, i in neurons if not (0 <= layer < L and 0 <= i < sizes.d_ff)]
+        if bad:
+            raise ValueError(f"group {name!r} has neurons outside the model ({L} layers x {sizes.d_ff}): {bad[:3]}")
+    masks = {name: group_by_layer(neurons) for name, neurons in groups.items()}
+    eps = _eps(loaded.adapter.final_norm(loaded.model))
+    base_sum = None
+    sums = {name: None for name in groups}
+    tgt_base = torch.zeros(L, dtype=torch.float64)
+    tgt_masked = {name: torch.zeros(L, dtype=torch.float64) for name in groups}
+    tokenizer = engine.tokenizer
+    starts = range(0, td.n, batch_size)
+    for start in tqdm(starts, desc=f"logit lens ({td.task.name})", disable=not progress, leave=False):
+        items = td.items[start : start + batch_size]
+        targets = torch.tensor([target_ids(tokenizer, td.task, item)[0] for item in items])
+        enc = encode_prompts(loaded, td.images, [hones_prompt(td.task, item) for item in items],
+                             reference_compat=td.task.reference_compat)
+        inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
+        clean, h = _mlp_outputs(engine, inputs, None, L, final=norm == "frozen")
+        sigma = _rms(h, eps) if norm == "frozen" else None
+        logits = project(loaded, clean, norm, sigma).double()  # [B, L, V]
+        base_sum = logits.sum(0) if base_sum is None else base_sum + logits.sum(0)
+        rows = torch.arange(len(items))
+        tgt_base += logits[rows, :, targets].sum(0)
+        for name in groups:
+            masked, _ = _mlp_outputs(engine, inputs, masks[name], L, final=False)
+            logits_m = project(loaded, masked, norm, sigma).double()
+            sums[name] = logits_m.sum(0) if sums[name] is None else sums[name] + logits_m.sum(0)
+            tgt_masked[name] += logits_m[rows, :, targets].sum(0)
+    n = td.n
+    vocab = base_sum.shape[-1]
+    report = LensReport(td.task.name, norm, n, (base_sum / n).numpy(), (tgt_base / n).numpy(),
+                        tokens=decode_vocab(tokenizer, vocab))
+    for name, neurons in groups.items():
+        report.groups[name] = LensGroup(name, len(neurons), (sums[name] / n).numpy(), (tgt_masked[name] / n).numpy())
+    return report
