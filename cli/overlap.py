@@ -22,23 +22,27 @@ def _split_paths(values) -> list[str]:
               help="Neuron score tables, one per task (the task is read from each table). Give them as "
                    "--scores A B C D, --scores A --scores B ..., or comma-separated.")
 @click.argument("more_scores", nargs=-1, metavar="[TABLE]...")
-@click.option("--top-ratio", type=float, default=0.01, show_default=True, help="Each task's top set: this fraction of all neurons.")
+@click.option("--top-ratio", type=float, default=0.01, show_default=True,
+              help="Each task's top set: this fraction of all neurons.")
 @model_options
 @data_options
 @click.option("--split", default="test", show_default=True, help="Split every group is masked on.")
-@click.option("--random-draws", type=int, default=10, show_default=True, help="Random sets per matched control (seeded).")
+@click.option("--random-draws", type=int, default=10, show_default=True,
+              help="Random sets per matched control (seeded).")
 @click.option("--random-for", type=click.Choice(["all", "dominant", "none"]), default="all", show_default=True,
               help="Which cells get a matched random control: every masked cell, only each task's dominant group "
                    "(the paper's single 'Random (same size)' row; cheaper), or none.")
 @click.option("--cells", type=click.Choice(["all", "members"]), default="all", show_default=True,
-              help="Mask every group on every task, or (the paper's '–' cells) mask a shared group only on its own tasks.")
+              help="Mask every group on every task, or (the paper's '–' cells) mask a shared group only on its "
+                   "own tasks.")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed of the random draws.")
 @click.option("--out", "out_dir", default="hones_runs/overlap", show_default=True,
               help="Folder for overlap.parquet, overlap.json and groups/<group>.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @friendly_errors
 def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, device_map, trust_remote_code, data, limit,
-                batch_size, skip_bad, reference_compat, split, random_draws, random_for, cells, seed, out_dir, as_json):
+                batch_size, skip_bad, reference_compat, split, random_draws, random_for, cells, seed, out_dir,
+                as_json):
     """Cross-task neuron groups: mask each exclusive membership group on each task.
 
     \b
@@ -126,7 +130,8 @@ def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, devic
             click.echo(f"{t}: skipped {len(td.skipped)} bad item(s)")
     click.echo(f"top-{100 * top_ratio:g}% sets of {', '.join(display(t) for t in tasks)} on {loaded.model_id}: "
                + ", ".join(f"{display(t)} {len(s)}" for t, s in sets.items())
-               + f" neurons; union {meta['union']}; {sum(not g.empty for g in groups)} of {len(groups)} groups non-empty")
+               + f" neurons; union {meta['union']}; {sum(not g.empty for g in groups)} of {len(groups)} groups "
+               "non-empty")
     bases = {r["task"]: r["base"] for r in result.rows}
     click.echo(f"masked on {split}: " + ", ".join(f"{display(t)} n={td.n} (base {td.task.metric_name} {bases[t]:.4f})"
                                                     for t, td in task_data.items()))
@@ -197,7 +202,8 @@ def resolve_group(spec: str, task: str, groups_file: str | None, top_ratio: floa
             raise ValueError(f"{path} is a {table.kind} table; a group is a neuron table's top --top-ratio")
         check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id,
                             weights_hash=loaded.weights_hash)
-        return f"{table.meta.get('task')}.{table.meta.get('method')} top-{100 * top_ratio:g}%", table.top_ratio(top_ratio)
+        label = f"{table.meta.get('task')}.{table.meta.get('method')} top-{100 * top_ratio:g}%"
+        return label, table.top_ratio(top_ratio)
     name = None
     if path.suffix == ".json" and path.exists():
         data = _read_json(path)
@@ -235,6 +241,9 @@ def _check_model(doc, path, loaded) -> None:
         return
     wh, mid = doc.get("weights_hash"), doc.get("model_id")
     if wh and loaded.weights_hash and wh != loaded.weights_hash:
+        if mid == loaded.model_id:
+            raise ValueError(f"{path} was made on other weights of {mid!r} (weights {wh}, now {loaded.weights_hash}); "
+                             "recompute the tables and groups for these weights")
         raise ValueError(f"{path} was made on model {mid!r} (weights {wh}), not {loaded.model_id!r} "
                          f"(weights {loaded.weights_hash}); pass the same --model")
     if not (wh and loaded.weights_hash) and mid and mid != loaded.model_id:
@@ -308,9 +317,9 @@ def lens_cmd(task, group_specs, groups_file, top_ratio, norm, top_k, model_name,
         rows = []
         target_delta = report.target_delta(name)
         for layer, tops in enumerate(report.top_tokens(name, top_k)):
+            falls = ", ".join(f"{_tok(t['token'])} {t['delta']:+.3f}" for t in tops) or "(no token falls)"
             rows.append({"layer": layer, "target Δ": float(target_delta[layer]),
-                         f"top {top_k} falls (token Δ)": ", ".join(f"{_tok(t['token'])} {t['delta']:+.3f}" for t in tops)
-                         or "(no token falls)"})
+                         f"top {top_k} falls (token Δ)": falls})
         print_table(rows, ["layer", "target Δ", f"top {top_k} falls (token Δ)"], floatfmt="{:+.3f}")
     if out:
         click.echo(f"\nwrote {out}")

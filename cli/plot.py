@@ -79,7 +79,7 @@ def plot_group() -> None:
       hones-nn plot layers  vqa.parquet ocr.parquet ... --out fig2     Fig. 2
       hones-nn plot heads   vqa.heads.parquet ...       --out fig5     Fig. 5/6
       hones-nn plot groups  OUT/overlap.parquet         --out fig3     Fig. 3
-      hones-nn plot steering report.json                --out steer    Table 3 as bars
+      hones-nn plot steering vqa/report.json ...        --out steer    Table 3 as bars
     Each writes FILE_PREFIX.png and FILE_PREFIX.svg (--format), headless.
     """
 
@@ -137,25 +137,27 @@ def groups_cmd(overlap, mode, out_prefix, formats, dpi, size, title, as_json):
 
 
 @plot_group.command("steering", short_help="Steering results per task as bars (Table 3).")
-@click.argument("report", type=click.Path(dir_okay=False))
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @figure_options
 @friendly_errors
 @needs_matplotlib
-def steering_cmd(report, out_prefix, formats, dpi, size, title, as_json):
+def steering_cmd(reports, out_prefix, formats, dpi, size, title, as_json):
     """Steering results per task as bars (Table 3), one panel per task.
 
     \b
-    REPORT is JSON, one of:
+    REPORTS: JSON files, merged task by task, each one of:
+      the report.json of `hones-nn steer --out DIR` (one task; conditions base, fixed-amp,
+        grid, rand-neuron, no-kl, ours) or its relearn-report.json (mean +- SD bars);
       [{"task": "vqa", "name": "Base", "metric": 0.652}, {"task": "vqa", "name": "Ours", "metric": 0.673}, ...]
       {"vqa": [{"name": "Base", "metric": 0.652}, ...], "ocr": [...]}
-      either of them under a "tasks" or "results" key of an object
+      either of the last two under a "tasks" or "results" key of an object
     name may also be condition/method/label, metric may be test_metric/value/score;
     optional "std" (or "sd") or "ci": [low, high] draw error bars, "metric_name" the y label.
     A condition named Base is drawn grey.
     """
     from hones_nn.plots import plot_steering
 
-    paths = plot_steering(report, out_prefix, formats=formats, size=_size(size), dpi=dpi, title=title)
+    paths = plot_steering(list(reports), out_prefix, formats=formats, size=_size(size), dpi=dpi, title=title)
     _report(paths, as_json)
 
 

@@ -5,8 +5,9 @@
 * :func:`plot_heads`: head-importance heatmaps, layers x heads (Fig. 5/6), from head tables;
 * :func:`plot_groups`: relative drops of the cross-task neuron groups (Fig. 3), from
   ``overlap.parquet`` (``hones-nn overlap``);
-* :func:`plot_steering`: steering results per task (Table 3 as bars), from a JSON report
-  (format in :func:`read_steering_report`).
+* :func:`plot_steering`: steering results per task (Table 3 as bars), from the
+  ``report.json`` of ``hones-nn steer`` (one per task) or a simple JSON (formats in
+  :func:`read_steering_report`).
 
 Every figure is drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas, never
 through pyplot, so it is headless and leaves the caller's matplotlib backend alone. It is
@@ -361,7 +362,7 @@ def _plot_groups_full(rows, tasks, out_prefix, formats, size, dpi, title):
         values = [100 * v for r in cells.values() for v in (r["relative_drop"], r["random_drop"])
                   if r["status"] == "masked" and math.isfinite(v)]
         lo, hi = min([0.0, *values]), max([0.0, *values])
-        pad = max(hi - lo, 1.0) * 0.08
+        pad = max(hi - lo, 1.0) * 0.12  # room for the value labels
         ax.set_xlim(lo - pad if lo < 0 else 0, hi + pad + (6 * pad if hi - lo < 1e-9 else 0))
         ax.set_yticks(y)
         ax.set_yticklabels([f"{names[g]} ({sizes_[g]})" for g in order], fontsize=7)
@@ -401,14 +402,37 @@ def _record(entry: dict, where: str) -> dict:
             "ci": None if ci is None else [float(ci[0]), float(ci[1])], "metric_name": entry.get("metric_name")}
 
 
+# the condition names of `hones-nn steer` reports, as the paper's Table 3 labels them
+STEER_LABELS = {"base": "Base", "fixed-amp": "Fixed-Amp", "grid": "Grid-Search", "rand-neuron": "RandNeuron",
+                "no-kl": "Ours w/o KL", "ours": "Ours", "zero-shot": "Ours (zero-shot)"}
+
+
+def _steer_report(data: dict) -> dict[str, list[dict]] | None:
+    """The records of a `hones-nn steer` report.json / relearn-report.json; None for other JSON."""
+    metric_name = data.get("metric_name")
+    if isinstance(data.get("conditions"), list) and "task" in data:
+        return {str(data["task"]): [
+            {"name": STEER_LABELS.get(c["condition"], c["condition"]), "metric": float(c["metric"]), "std": None,
+             "ci": None, "metric_name": metric_name} for c in data["conditions"]]}
+    if data.get("mode") == "relearn" and isinstance(data.get("summary"), list) and "task" in data:
+        return {str(data["task"]): [
+            {"name": STEER_LABELS.get(c["condition"], c["condition"]), "metric": float(c["metric_mean"]),
+             "std": float(c.get("metric_sd") or 0.0), "ci": None, "metric_name": metric_name}
+            for c in data["summary"]]}
+    return None
+
+
 def read_steering_report(source) -> dict[str, list[dict]]:
-    """{task: [{"name", "metric", "std", "ci", "metric_name"}, ...]} from a steering JSON.
+    """{task: [{"name", "metric", "std", "ci", "metric_name"}, ...]} from steering JSON.
 
-    Accepted (``source`` a path or the loaded JSON):
+    Accepted (``source`` a path, the loaded JSON, or a list of paths merged task by task):
 
+    * the ``report.json`` of ``hones-nn steer`` (one task: its ``conditions`` base,
+      fixed-amp, grid, rand-neuron, no-kl, ours, labelled as the paper's Table 3), or its
+      ``relearn-report.json`` (mean +- SD over the repeats, drawn as error bars);
     * a list of records ``{"task": "vqa", "name": "Ours", "metric": 0.673}``;
     * an object per task: ``{"vqa": [{"name": "Base", "metric": 0.652}, ...], "ocr": [...]}``;
-    * either of those under a key ``"tasks"`` or ``"results"`` of an object (other keys ignored);
+    * either of those two under a key ``"tasks"`` or ``"results"`` of an object (other keys ignored);
     * a list of records without ``"task"`` (one task, plotted untitled).
 
     Aliases: the name may be given as name / condition / method / label, the metric as
@@ -416,6 +440,15 @@ def read_steering_report(source) -> dict[str, list[dict]]:
     ``"ci"`` ([low, high]) for an error bar, ``"metric_name"`` for the y label. A condition
     named "base" (any case) is drawn grey, as the reference.
     """
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, (str, Path)) for s in source):
+        merged: dict[str, list[dict]] = {}
+        for one in source:
+            for task, entries in read_steering_report(one).items():
+                if task in merged:
+                    raise ValueError(f"task {task!r} appears in two steering reports ({one} and an earlier one); "
+                                     "plot them separately")
+                merged[task] = entries
+        return merged
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
@@ -428,6 +461,9 @@ def read_steering_report(source) -> dict[str, list[dict]]:
     else:
         data, where = source, "steering report"
     if isinstance(data, dict):
+        steer = _steer_report(data)
+        if steer is not None:
+            return steer
         for key in ("tasks", "results"):
             if key in data and isinstance(data[key], (list, dict)):
                 data = data[key]
@@ -441,7 +477,8 @@ def read_steering_report(source) -> dict[str, list[dict]]:
     elif isinstance(data, dict):
         for task, entries in data.items():
             if not isinstance(entries, list):
-                raise ValueError(f"{where}: {task!r} should map to a list of {{'name', 'metric'}} objects")
+                raise ValueError(f"{where}: {task!r} should map to a list of {{'name', 'metric'}} objects "
+                                 "(or give the report.json of `hones-nn steer`)")
             out[str(task)] = [_record(e, f"{where} {task!r} entry {k}") for k, e in enumerate(entries)]
     else:
         raise ValueError(f"{where}: expected a JSON list or object (see `hones-nn plot steering --help`)")

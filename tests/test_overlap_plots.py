@@ -3,7 +3,6 @@ the figures (`hones-nn plot ...`)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -135,7 +134,8 @@ def _fake_data(tasks=TASKS):
 
 
 def _known_groups():
-    sets = {"vqa": [(0, 1), (0, 2), (0, 4), (0, 3), (0, 5), (0, 6), (0, 7), (1, 9)], "ocr": [(0, 1), (0, 2), (0, 4), (2, 5)],
+    sets = {"vqa": [(0, 1), (0, 2), (0, 4), (0, 3), (0, 5), (0, 6), (0, 7), (1, 9)],
+            "ocr": [(0, 1), (0, 2), (0, 4), (2, 5)],
             "caption": [(3, 3)], "retrieval": [(0, 1), (1, 7), (1, 8)]}
     return membership_groups(sets)
 
@@ -246,7 +246,8 @@ def test_logit_lens_equals_a_hand_computation_with_hooks(embedded, embedded_engi
         frozen_clean = ((clean["mlp"].double() * norm.weight.double() / sigma) @ lm_head.weight.double().T)
         frozen_masked = ((masked["mlp"].double() * norm.weight.double() / sigma) @ lm_head.weight.double().T)
     rows = torch.arange(len(targets))
-    for which, (hand_c, hand_m) in {"final": (final_clean, final_masked), "frozen": (frozen_clean, frozen_masked)}.items():
+    hands = {"final": (final_clean, final_masked), "frozen": (frozen_clean, frozen_masked)}
+    for which, (hand_c, hand_m) in hands.items():
         report = logit_lens(embedded_engine, td, {"g": group}, norm=which, batch_size=2, progress=False)
         assert report.base.shape == (4, 152)
         np.testing.assert_allclose(report.base[layer], hand_c.mean(0).numpy(), rtol=1e-4, atol=1e-4)
@@ -345,9 +346,25 @@ def test_plot_steering(tmp_path):
     path = tmp_path / "steer.json"
     path.write_text(json.dumps(report))
     _plot(["steering", str(path)], tmp_path, "steering", size=(7, 3.5))
-    flat = [{"task": "caption", "method": "Base", "value": 0.1285}, {"task": "caption", "method": "Ours", "value": 0.14}]
+    flat = [{"task": "caption", "method": "Base", "value": 0.1285},
+            {"task": "caption", "method": "Ours", "value": 0.14}]
     path.write_text(json.dumps(flat))
     _plot(["steering", str(path)], tmp_path, "steering_flat")
+    # the report.json of `hones-nn steer`, one per task, merged
+    for task, base in (("vqa", 0.65), ("retrieval", 0.93)):
+        conditions = [{"condition": c, "metric": base + d, "gain": d, "relative_gain": d / base}
+                      for c, d in (("base", 0), ("fixed-amp", 0.01), ("grid", 0.012), ("rand-neuron", -0.002),
+                                   ("no-kl", 0.005), ("ours", 0.02))]
+        (tmp_path / f"{task}.report.json").write_text(json.dumps(
+            {"task": task, "metric_name": "m", "conditions": conditions, "bootstrap": {"comparisons": []}}))
+    from hones_nn.plots import read_steering_report
+
+    merged = read_steering_report([tmp_path / "vqa.report.json", tmp_path / "retrieval.report.json"])
+    assert list(merged) == ["vqa", "retrieval"]
+    assert [e["name"] for e in merged["vqa"]] == ["Base", "Fixed-Amp", "Grid-Search", "RandNeuron", "Ours w/o KL",
+                                                  "Ours"]
+    _plot(["steering", str(tmp_path / "vqa.report.json"), str(tmp_path / "retrieval.report.json")], tmp_path,
+          "steering_reports", size=(8, 6))
     path.write_text(json.dumps([{"task": "vqa", "metric": 1.0}]))
     bad = CliRunner().invoke(cli, ["plot", "steering", str(path), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "needs a name" in bad.output

@@ -9,7 +9,8 @@ layer l also reflects masked neurons of earlier layers). Per layer and token:
     Delta logit_t = E_x[ lens(mlp_out_l(x))_t - lens(mlp_out_l(x; group masked))_t ],
 
 positive where the group *promotes* the token. The paper lists the tokens with the
-largest Delta ("which candidate tokens lose the most support"); we do the same, and also
+largest Delta ("which candidate tokens lose the most support"); we do the same (only
+tokens with Delta > 0: a layer the mask does not reach lists none), and also
 report Delta at each example's target token (the first token of the gold continuation,
 as DLA: VQA answer, OCR text, caption reference, " Yes" for retrieval on the positive
 candidate's prompt).
