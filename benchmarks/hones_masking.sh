@@ -2,16 +2,22 @@
 # HONES top-1% masking vs a random control (5 seeds) on the synthetic test split, all four
 # tasks, on the embedded tiny-llava: the issue-3 acceptance figures.
 #   bash benchmarks/hones_masking.sh [OUT_DIR]
-# Retrieval's V-SEAM runs on the first 200 discovery queries (each query is 50 candidate
-# forwards under each of the 33 conditions); the other tasks use the whole discovery split.
+# Localization (V-SEAM heads with the generation metric, then HONES) runs on the first 160
+# discovery images (40 for retrieval, whose every query is 50 candidate forwards under each
+# of the 33 conditions) to fit a 2-core CPU; masking uses the whole test split (300 images),
+# except retrieval: its first 100 test queries (7 evaluations x 100 x 50 candidates).
 set -euo pipefail
 out="${1:-benchmarks/results/hones_masking}"
 mkdir -p "$out"
-for task in vqa ocr caption retrieval; do
-  limit=(); [ "$task" = retrieval ] && limit=(--limit 200)
+for task in ${TASKS:-vqa ocr caption retrieval}; do
+  limit=(--limit 160); [ "$task" = retrieval ] && limit=(--limit 40)
+  test_limit=(); [ "$task" = retrieval ] && test_limit=(--limit 100)
   start=$(date +%s)
-  hones-nn rank --task "$task" --method hones --out-dir "$out" --batch-size 64 "${limit[@]}" --json > "$out/$task.rank.json"
-  hones-nn evaluate --task "$task" --mask "$out/$task.hones.parquet" --random-control --seeds 5 --batch-size 64 \
+  # a finished ranking is kept (rerunning the script resumes where it stopped)
+  [ -s "$out/$task.rank.json" ] && [ -f "$out/$task.hones.parquet" ] || \
+    hones-nn rank --task "$task" --method hones --out-dir "$out" --batch-size 64 "${limit[@]}" --json > "$out/$task.rank.json"
+  [ -s "$out/$task.masking.json" ] && continue
+  hones-nn evaluate --task "$task" --mask "$out/$task.hones.parquet" --random-control --seeds 5 --batch-size 64 "${test_limit[@]}" \
     --json > "$out/$task.masking.json"
   echo "$task: $(( $(date +%s) - start )) s"
 done
