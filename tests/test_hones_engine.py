@@ -396,7 +396,9 @@ def test_neuron_mask_generation_matches_hf_generate_with_torch_hooks(embedded, e
                                                                      tmp_path):
     enc = _vqa_and_caption_prompts(embedded, embedded_engine, tmp_path)
     assert len(set(enc.attention_mask.sum(1).tolist())) > 1  # rows of different lengths: padding is exercised
-    neurons = _masked_neurons()
+    # most of every layer: the trained model is robust to small random masks, and the
+    # test needs a mask that changes what is generated
+    neurons = _masked_neurons(per_layer=800)
     tokenizer = embedded.processor.tokenizer
     eos = tokenizer.eos_token_id
     model = embedded.model
