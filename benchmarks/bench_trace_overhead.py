@@ -198,6 +198,7 @@ def main() -> int:
         saved_min = model.generation_config.min_new_tokens
         for mode in ("natural", "forced"):
             model.generation_config.min_new_tokens = n_steps if mode == "forced" else saved_min
+            engine.min_new_tokens = n_steps if mode == "forced" else 0  # Engine enforces its own greedy config
             try:
                 fns = {"hf": hf_gen, "nn": nn_gen}
                 if mode == "forced":
@@ -205,6 +206,7 @@ def main() -> int:
                 r = C.compare(fns, reps(args.gen_repeats, bs, cap=4), args.warmup)
             finally:
                 model.generation_config.min_new_tokens = saved_min
+                engine.min_new_tokens = 0
             steps = int(r["hf"]["value"].shape[1] - width)
             med = {k: v["median_s"] for k, v in r.items()}
             mins = {k: v["min_s"] for k, v in r.items()}

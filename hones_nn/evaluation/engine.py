@@ -61,7 +61,7 @@ def _to_device(inputs: dict, device) -> dict:
 class Engine:
     """Runs prompts on a loaded model through nnsight (one trace per batch)."""
 
-    def __init__(self, loaded, max_new_tokens: int = MAX_NEW_TOKENS):
+    def __init__(self, loaded, max_new_tokens: int = MAX_NEW_TOKENS, min_new_tokens: int = 0):
         from nnsight import NNsight
 
         self.loaded = loaded
@@ -69,6 +69,9 @@ class Engine:
         self.model = loaded.model
         self.envoy = NNsight(loaded.model)
         self.max_new_tokens = max_new_tokens
+        # EOS is forbidden for the first min_new_tokens steps (as transformers' min_new_tokens);
+        # used to time fixed-length generations
+        self.min_new_tokens = min_new_tokens
         self.device = next(loaded.model.parameters()).device
         self.tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
 
@@ -86,8 +89,10 @@ class Engine:
         # (repetition penalty, suppressed tokens, min length ...): the generated tokens are
         # read as the argmax of the logits inside the trace, which equals what `generate`
         # chooses only when no logits processor is active.
-        greedy = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
-                                  eos_token_id=eos, pad_token_id=pad, bos_token_id=self.tokenizer.bos_token_id)
+        greedy = GenerationConfig(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens or None,
+                                  do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad,
+                                  bos_token_id=self.tokenizer.bos_token_id)
+        min_new = self.min_new_tokens
         saved_config = self.model.generation_config
         self.model.generation_config = greedy
         try:
@@ -95,7 +100,11 @@ class Engine:
                 steps = list().save()
                 for _ in tracer.iter[:]:
                     apply_edits(envoy, adapter, intervention.edits(batch_size))
-                    steps.append(adapter.lm_head(envoy).output[:, -1].argmax(-1).cpu())
+                    logits = adapter.lm_head(envoy).output[:, -1]
+                    if len(steps) < min_new:  # what transformers' MinNewTokens processor does
+                        logits = logits.clone()
+                        logits[:, eos] = float("-inf")
+                    steps.append(logits.argmax(-1).cpu())
         finally:
             self.model.generation_config = saved_config
         tokens = torch.stack(list(steps), dim=1).tolist()
