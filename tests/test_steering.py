@@ -164,8 +164,8 @@ def test_resume_from_epoch_checkpoint(embedded, vqa_dev, tmp_path):
     straight = train_scales(embedded, vqa_dev, NEURONS, config, progress=False)
     folder = tmp_path / "ckpt"
     train_scales(embedded, vqa_dev, NEURONS, config, checkpoint_dir=folder, progress=False)
-    assert sorted(p.name for p in folder.iterdir()) == ["epoch-1.pt", "epoch-2.pt"]
-    (folder / "epoch-2.pt").unlink()  # as if killed during epoch 2
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-1.safetensors", "epoch-2.safetensors"]
+    (folder / "epoch-2.safetensors").unlink()  # as if killed during epoch 2
     resumed = train_scales(embedded, vqa_dev, NEURONS, config, checkpoint_dir=folder, progress=False)
     assert resumed.resumed_from_epoch == 1
     assert torch.equal(resumed.delta, straight.delta)

@@ -62,6 +62,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from hones_nn.evaluation.engine import encode_prompts
@@ -273,12 +275,34 @@ def _fingerprint(loaded, td, neurons, config: SteeringConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _write_checkpoint(path: Path, state: dict) -> None:
+    """An epoch checkpoint as safetensors (tensors) + JSON metadata, never pickle."""
+    optimizer = state["optimizer"]
+    tensors = {"delta": state["delta"].contiguous()}
+    for key, value in optimizer["state"].get(0, {}).items():
+        tensors[f"optimizer.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).detach().cpu().contiguous()
+    meta = {"fingerprint": state["fingerprint"], "epoch": str(state["epoch"]), "curve": state["curve"],
+            "epochs": state["epochs"], "scheduler": json.dumps(state["scheduler"]),
+            "param_groups": json.dumps(optimizer["param_groups"])}
+    atomic_write_with(path, lambda p: save_file(tensors, p, metadata=meta))
+
+
+def _read_checkpoint(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    opt_state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("optimizer.")}
+    return {"fingerprint": meta.get("fingerprint"), "epoch": int(meta.get("epoch", 0)), "delta": tensors["delta"],
+            "optimizer": {"state": {0: opt_state} if opt_state else {}, "param_groups": json.loads(meta["param_groups"])},
+            "scheduler": json.loads(meta["scheduler"]), "curve": meta["curve"], "epochs": meta["epochs"]}
+
+
 def _latest_checkpoint(folder: Path, fingerprint: str):
     if not folder.exists():
         return None
-    found = sorted(folder.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    found = sorted(folder.glob("epoch-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
     for path in reversed(found):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_checkpoint(path)
         if state.get("fingerprint") == fingerprint:
             return state
         warnings.warn(f"{path} was written by a run with other settings; starting over in {folder}", stacklevel=3)
@@ -369,7 +393,7 @@ def train_scales(loaded, td, neurons: Sequence[tuple[int, int]], config: Steerin
                 state = {"fingerprint": fingerprint, "epoch": epoch + 1, "delta": delta.detach().cpu().clone(),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "curve": json.dumps(curve), "epochs": json.dumps(epoch_log)}
-                atomic_write_with(folder / f"epoch-{epoch + 1}.pt", lambda p, s=state: torch.save(s, p))
+                _write_checkpoint(folder / f"epoch-{epoch + 1}.safetensors", state)
     return TrainResult(neurons, delta.detach().cpu().clone(), config, curve, epoch_log, start_epoch)
 
 
