@@ -9,7 +9,6 @@ tiny random models only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -27,24 +26,14 @@ from hones_nn.methods.group_patching import blocks_of, corruption, example_score
 from hones_nn.methods.qrnca import cluster_stats, combine, ig_alphas, integrated_gradients  # noqa: E402
 from hones_nn.models.tiny import TINY_ARCHITECTURES, build_tiny_random  # noqa: E402
 from hones_nn.runner.pipeline import Runner  # noqa: E402
+from torch_hooks import text_layers, torch_hooks
 
 TASKS = ("vqa", "ocr", "caption", "retrieval")
 
 # ======================================================================= plain-torch helpers
 
 
-def text_layers(model):
-    return model.model.language_model.layers
 
-
-@contextlib.contextmanager
-def torch_hooks():
-    handles = []
-    try:
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def example_prompt(td, item):

@@ -11,7 +11,6 @@ their transformers attribute paths. One CPU thread, tiny models only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from hones_nn.runner.pipeline import Runner  # noqa: E402
 from hones_nn.runner.shards import ShardedRun  # noqa: E402
 from hones_nn.runner.tables import read_table, write_head_table, write_neuron_table  # noqa: E402
 from hones_nn.tasks.base import clean_generation  # noqa: E402
+from torch_hooks import text_layers, torch_hooks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,24 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 # (plain PyTorch: no nnsight, no hones_nn intervention code)
 
 
-def text_layers(model):
-    """The decoder layers of a transformers 5.22 VLM (all four classes: model.language_model.layers)."""
-    return model.model.language_model.layers
-
 
 def n_heads(model) -> int:
     return model.config.text_config.num_attention_heads
 
 
-@contextlib.contextmanager
-def torch_hooks():
-    """Collect hook handles; remove them all on exit, whatever happens."""
-    handles = []
-    try:
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def mean_replace_pre_hook(head: int, num_heads: int, rows=None):
