@@ -45,3 +45,37 @@ def test_batches_have_answer_only_labels_and_task_shares(tmp_path):
         kept = row[row != -100]
         assert len(kept) >= 2 and kept[-1] == eos  # the answer, then </s>
         assert torch.equal(kept, ids[row != -100])
+
+
+def test_qwen_architecture_trains_and_loads_through_the_same_pipeline(tmp_path):
+    """tiny-qwen2.5-vl is trained by the same script; its export loads with load_model and
+    its batches carry the Qwen inputs, answer-only labels ending in <|im_end|>."""
+    from hones_nn.data.synthetic import SyntheticWorld
+    from hones_nn.models.adapters import adapter_for
+    from hones_nn.models.embedded import tiny_qwen_processor
+    from hones_nn.models.loading import load_model
+
+    config = _config(tmp_path / "q", architecture="qwen2.5-vl")
+    processor = tiny_qwen_processor()
+    scenes = SyntheticWorld(0).scenes({"train": 20})["train"]
+    from hones_nn.models.embedded import tiny_qwen_config
+
+    batch = make_batch(processor, scenes, step=0, config=config, adapter=adapter_for(tiny_qwen_config(processor.tokenizer)))
+    assert {"pixel_values", "image_grid_thw", "mm_token_type_ids", "labels"} <= set(batch)
+    assert batch["image_grid_thw"].tolist() == [[1, 6, 6]] * config.batch_size  # 9 merged image tokens each
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for row in batch["labels"]:
+        kept = row[row != -100]
+        assert len(kept) >= 2 and kept[-1] == eos
+
+    final = train(config)
+    loaded = load_model(str(final))
+    assert type(loaded.model).__name__ == "Qwen2_5_VLForConditionalGeneration" and loaded.family == "qwen"
+    assert loaded.sizes.num_layers == 4 and loaded.sizes.d_ff == 1024
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="qwen2.5-vl"):
+        _config(tmp_path, architecture="gpt2")

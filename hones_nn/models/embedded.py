@@ -5,6 +5,13 @@ multimodal projector + Llama language model, ``LlavaProcessor`` with
 ``CLIPImageProcessorPil``), so every recipe that runs on it runs unchanged on
 llava-hf/llava-1.5-7b-hf.
 
+A second shipped architecture, ``tiny-qwen2.5-vl``, is a
+``Qwen2_5_VLForConditionalGeneration`` of the same language-model size (4 layers x 8 heads
+x 1,024 MLP neurons), trained by the same script (``--architecture qwen2.5-vl``): its
+vision tower is Qwen's windowed ViT over 8-pixel patches merged 2 x 2 (9 image tokens of
+16 x 16 pixels), its inputs are built by :class:`hones_nn.models.qwen_inputs.QwenVLInputs`
+(no torchvision here) and its prompts use the Qwen chat template.
+
 Size, and why: the language model has 4 layers x 1,024 MLP neurons = 4,096 neurons
 (the paper's top 1% is then 41 neurons, a set whose masking is measurable) and
 4 layers x 8 heads = 32 heads (head dim 16). The vision tower is 2 CLIP layers of width
@@ -31,7 +38,10 @@ from hones_nn.data.synthetic import IMAGE_SIZE, PATCH_SIZE
 from hones_nn.models.tokenizer import build_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
-EMBEDDED_MODELS = {"tiny-llava": EMBEDDED_DIR / "tiny-llava"}
+EMBEDDED_MODELS = {
+    "tiny-llava": EMBEDDED_DIR / "tiny-llava",
+    "tiny-qwen2.5-vl": EMBEDDED_DIR / "tiny-qwen2.5-vl",
+}
 DEFAULT_MODEL = "tiny-llava"
 
 # llava-hf's template, reduced to what our tokenizer knows: "USER: <image>\n{text} ASSISTANT:"
@@ -127,8 +137,12 @@ def reinitialise(model: LlavaForConditionalGeneration, seed: int) -> None:
     prototypes). std = 1/sqrt(fan_in) keeps activations O(1); embeddings get N(0, 0.1)
     as in the prototype that learned.
     """
+    _lecun_init([model.model.language_model, model.model.multi_modal_projector, model.lm_head], seed)
+
+
+@torch.no_grad()
+def _lecun_init(parts, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
-    parts = [model.model.language_model, model.model.multi_modal_projector, model.lm_head]
     for part in parts:
         for module in part.modules():
             if isinstance(module, torch.nn.Linear):
@@ -149,3 +163,73 @@ def build_untrained_tiny_llava(seed: int = 0, sizes: dict | None = None):
     reinitialise(model, seed)
     model.eval()
     return model, processor
+
+
+# ---------------------------------------------------------------------- Qwen2.5-VL
+
+TINY_QWEN_VISION = {"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 4}
+
+
+def tiny_qwen_processor():
+    """Our WordPiece vocabulary + Qwen's special tokens, with ``Qwen2VLImageProcessorPil``
+    fixed to 48 x 48 pixels (6 x 6 patches of 8 pixels, merged 2 x 2: 9 image tokens)."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from hones_nn.models.qwen_inputs import QWEN_CHAT_TEMPLATE, QwenVLInputs
+    from hones_nn.models.tiny import qwen_tokenizer
+
+    pixels = IMAGE_SIZE * IMAGE_SIZE
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+        patch_size=PATCH_SIZE, temporal_patch_size=2, merge_size=2,
+    )
+    return QwenVLInputs(image_processor, qwen_tokenizer(), chat_template=QWEN_CHAT_TEMPLATE)
+
+
+def tiny_qwen_config(tokenizer):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
+
+    from hones_nn.models.tiny import QWEN_SPECIAL_TOKENS
+
+    s = TINY_LLAVA_SIZES
+    vision = Qwen2_5_VLVisionConfig(
+        **TINY_QWEN_VISION, out_hidden_size=s["text_hidden"], patch_size=PATCH_SIZE, spatial_merge_size=2,
+        temporal_patch_size=2, window_size=IMAGE_SIZE, fullatt_block_indexes=[TINY_QWEN_VISION["depth"] - 1],
+    )
+    head_dim = s["text_hidden"] // s["text_heads"]
+    # the rotary half-dimension split over (temporal, height, width), as Qwen's [16, 24, 24] of 64
+    half = head_dim // 2
+    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    text = Qwen2_5_VLTextConfig(
+        vocab_size=len(tokenizer), hidden_size=s["text_hidden"], intermediate_size=s["text_mlp"],
+        num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"],
+        num_key_value_heads=s["text_kv_heads"], max_position_embeddings=512, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
+def build_untrained_tiny_qwen(seed: int = 0):
+    """A freshly initialised tiny Qwen2.5-VL and its input builder (the starting point of training)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    processor = tiny_qwen_processor()
+    config = tiny_qwen_config(processor.tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    _lecun_init([model.model.language_model, model.model.visual.merger, model.lm_head], seed)
+    model.eval()
+    return model, processor
+
+
+BUILDERS = {"llava": build_untrained_tiny_llava, "qwen2.5-vl": build_untrained_tiny_qwen}

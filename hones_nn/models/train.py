@@ -36,7 +36,8 @@ from hones_nn.data.synthetic import (
     sample_scene,
     vqa_for,
 )
-from hones_nn.models.embedded import build_untrained_tiny_llava
+from hones_nn.models.adapters import adapter_for
+from hones_nn.models.embedded import BUILDERS
 from hones_nn.tasks.prompts import NO_WORD, TASK_NAMES, YES_WORD, instruction
 from hones_nn.utils.io import atomic_write_json, atomic_write_with
 
@@ -56,6 +57,15 @@ class TrainConfig:
     stop_at: int = 0  # stop (and export) at this step of the `steps` schedule; 0: run it all
     init_from: str = ""  # start from a training checkpoint's model.safetensors instead of a fresh init
     task_weights: str = "1,1,1,1"  # relative share of vqa,ocr,caption,retrieval examples per batch
+    architecture: str = "llava"  # llava (tiny-llava) or qwen2.5-vl (tiny-qwen2.5-vl)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in BUILDERS:
+            raise ValueError(f"--architecture {self.architecture!r}: choose one of {', '.join(BUILDERS)}")
+
+    @property
+    def family(self) -> str:
+        return "qwen" if self.architecture.startswith("qwen") else "llava"
 
 
 def _user_prompt(processor, text: str) -> str:
@@ -63,15 +73,15 @@ def _user_prompt(processor, text: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
-def training_example(task: str, scene, rng: random.Random, scenes) -> tuple[str, str]:
+def training_example(task: str, scene, rng: random.Random, scenes, family: str = "llava") -> tuple[str, str]:
     """(instruction, answer) of one training example of ``task`` for ``scene``."""
     if task == "vqa":
         qa = vqa_for(scene, rng)
-        return instruction("llava", "vqa", question=qa["question"]), qa["answer"]
+        return instruction(family, "vqa", question=qa["question"]), qa["answer"]
     if task == "ocr":
-        return instruction("llava", "ocr"), scene.word
+        return instruction(family, "ocr"), scene.word
     if task == "caption":
-        return instruction("llava", "caption"), rng.choice(captions_for(scene))
+        return instruction(family, "caption"), rng.choice(captions_for(scene))
     if task == "retrieval":
         if rng.random() < 0.5:
             candidate, answer = rng.choice(captions_for(scene)), YES_WORD
@@ -83,7 +93,7 @@ def training_example(task: str, scene, rng: random.Random, scenes) -> tuple[str,
                 while other.content_key == scene.content_key:
                     other = sample_scene(rng)
             candidate, answer = rng.choice(captions_for(other)), NO_WORD
-        return instruction("llava", "retrieval", candidate=candidate), answer
+        return instruction(family, "retrieval", candidate=candidate), answer
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -99,16 +109,20 @@ def batch_tasks(config: TrainConfig) -> list[str]:
     return [task for task, n in zip(TASK_NAMES, counts) for _ in range(n)]
 
 
-def make_batch(processor, scenes, step: int, config: TrainConfig):
+def make_batch(processor, scenes, step: int, config: TrainConfig, adapter=None):
     rng = random.Random(f"train-batch:{config.seed}:{step}")
     tokenizer = processor.tokenizer
     images, prompts, answers = [], [], []
+    texts = []
     for task in batch_tasks(config):
         scene = rng.choice(scenes)[0]
-        text, answer = training_example(task, scene, rng, scenes)
+        text, answer = training_example(task, scene, rng, scenes, config.family)
         images.append(Image.fromarray(render(scene).pixels))
-        prompts.append(_user_prompt(processor, text))
+        texts.append(text)
         answers.append(answer)
+    if config.architecture != "llava":
+        return _adapter_batch(adapter, processor, images, texts, answers)
+    prompts = [_user_prompt(processor, text) for text in texts]
     enc = processor(images=images, text=prompts, return_tensors="pt", padding=True)
     # append answer + </s> to each left-padded prompt, then pad on the right
     rows, labels = [], []
@@ -126,6 +140,16 @@ def make_batch(processor, scenes, step: int, config: TrainConfig):
         attention[i, : len(r)] = 1
         label_tensor[i, : len(r)] = torch.tensor(lab)
     return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": enc["pixel_values"], "labels": label_tensor}
+
+
+def _adapter_batch(adapter, processor, images, texts, answers) -> dict:
+    """A teacher-forced batch built by the architecture adapter (the same encoding every
+    recipe evaluates with): left-padded prompt + answer + EOS, loss on answer and EOS only.
+    (tiny-llava's shipped recipe keeps its original right-padded batches, so its numbers
+    reproduce exactly.)"""
+    enc = adapter.encode(processor, images, texts, answers=answers)
+    labels = enc.inputs["input_ids"].masked_fill(~enc.answer_mask, -100)
+    return {**enc.inputs, "labels": labels}
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
@@ -160,7 +184,8 @@ def train(config: TrainConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
-    model, processor = build_untrained_tiny_llava(seed=config.seed)
+    model, processor = BUILDERS[config.architecture](seed=config.seed)
+    adapter = adapter_for(model.config)
     if config.init_from:
         model.load_state_dict(load_file(config.init_from))
     world = SyntheticWorld(config.seed)
@@ -172,7 +197,8 @@ def train(config: TrainConfig) -> Path:
         progress = json.loads((ckpt / "progress.json").read_text())
         # what does not change the numbers may differ between a run and its resumption
         free = ("out", "threads", "checkpoint_every", "stop_at")
-        if {k: v for k, v in progress["config"].items() if k not in free} != {
+        saved = {"architecture": "llava", **progress["config"]}  # written before the option existed
+        if {k: v for k, v in saved.items() if k not in free} != {
             k: v for k, v in asdict(config).items() if k not in free
         }:
             raise SystemExit(
@@ -185,13 +211,13 @@ def train(config: TrainConfig) -> Path:
         print(f"resuming from step {start}")
     model.train()
     end = config.stop_at or config.steps
-    bar = tqdm(range(start, end), initial=start, total=end, desc="training tiny-llava")
+    bar = tqdm(range(start, end), initial=start, total=end, desc=f"training tiny-{config.architecture}")
     t0 = time.perf_counter() - elapsed
     running = []
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
-        batch = make_batch(processor, scenes, step, config)
+        batch = make_batch(processor, scenes, step, config, adapter)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -226,16 +252,29 @@ def train(config: TrainConfig) -> Path:
     return final
 
 
-def recipe_phases(out: str, threads: int = 0) -> list[TrainConfig]:
-    """The shipped tiny-llava's recipe: two phases, run one after the other.
+def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> list[TrainConfig]:
+    """The shipped models' recipes: phases run one after the other, each from the last's weights.
 
+    tiny-llava:
     Phase 1: all four tasks in equal shares, AdamW lr 2e-3 with a 6,000-step cosine
     schedule, stopped at step 2,500 (VQA, OCR and caption were then at or near their
     targets; retrieval's NDCG@5 was 0.44). Phase 2: from phase 1's weights, a fresh
     3,500-step schedule at lr 1e-3 with retrieval given half of every batch
     (weights vqa:ocr:caption:retrieval = 1:1:1:3), new optimizer, seed 1.
+
+    tiny-qwen2.5-vl (``architecture="qwen2.5-vl"``): the same phase 1, then a shorter
+    phase 2 (2,000 steps), as far as this session's CPU budget went.
     """
     root = Path(out)
+    if architecture == "qwen2.5-vl":
+        phase1 = TrainConfig(out=str(root / "phase1"), seed=0, steps=6000, stop_at=2500, lr=2e-3, warmup=300,
+                             task_weights="1,1,1,1", threads=threads, architecture=architecture)
+        phase2 = TrainConfig(out=str(root / "phase2"), seed=1, steps=2000, lr=1e-3, warmup=100,
+                             task_weights="1,1,1,3", threads=threads, architecture=architecture,
+                             init_from=str(root / "phase1" / "checkpoint" / "model.safetensors"))
+        return [phase1, phase2]
+    if architecture != "llava":
+        raise ValueError(f"no training recipe for {architecture!r}; choose llava or qwen2.5-vl")
     phase1 = TrainConfig(out=str(root / "phase1"), seed=0, steps=6000, stop_at=2500, lr=2e-3, warmup=300,
                          task_weights="1,1,1,1", threads=threads)
     phase2 = TrainConfig(out=str(root / "phase2"), seed=1, steps=3500, lr=1e-3, warmup=100, task_weights="1,1,1,3",
@@ -243,9 +282,9 @@ def recipe_phases(out: str, threads: int = 0) -> list[TrainConfig]:
     return [phase1, phase2]
 
 
-def train_recipe(out: str, threads: int = 0) -> Path:
-    """Run both phases (each resumable) and put the final model in OUT/model."""
-    phases = recipe_phases(out, threads)
+def train_recipe(out: str, threads: int = 0, architecture: str = "llava") -> Path:
+    """Run every phase (each resumable) and put the final model in OUT/model."""
+    phases = recipe_phases(out, threads, architecture)
     finals = [train(config) for config in phases]
     final = Path(out) / "model"
     if final.exists():
@@ -265,8 +304,8 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", action="store_true",
-                        help="Run the shipped tiny-llava's two-phase recipe into OUT (other options but "
-                             "--threads are ignored).")
+                        help="Run the shipped model's recipe into OUT (tiny-llava, or tiny-qwen2.5-vl with "
+                             "--architecture qwen2.5-vl; other options but --threads are ignored).")
     for field, default in asdict(TrainConfig(out="")).items():
         if field == "out":
             parser.add_argument("--out", required=True)
@@ -274,7 +313,7 @@ def main(argv=None) -> None:
             parser.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
     args = vars(parser.parse_args(argv))
     if args.pop("recipe"):
-        final = train_recipe(args["out"], threads=args["threads"])
+        final = train_recipe(args["out"], threads=args["threads"], architecture=args["architecture"])
     else:
         final = train(TrainConfig(**args))
     print(f"saved {final}")
