@@ -105,3 +105,53 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     for label in ("base:", "masked (HONES top 1%):", "random control:"):
         assert re.search(re.escape(label) + r"\s+\d\.\d{3}", mask), (label, mask)
     assert re.search(r"relative drop:\s+[+-]\d+\.\d%", mask), mask
+
+
+COMPARE_STEER = NOTEBOOKS / "02_compare_and_steer.ipynb"
+
+
+@pytest.mark.slow
+def test_compare_and_steer_notebook_runs(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    for module in ("ipykernel", "matplotlib", "pandas"):
+        pytest.importorskip(module)
+
+    home, scratch = tmp_path / "hones_home", tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("HONES_NN_HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(scratch))
+
+    nb = nbformat.read(COMPARE_STEER, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    start = time.perf_counter()
+    client.execute()
+    print(f"{COMPARE_STEER.name} executed in {time.perf_counter() - start:.1f} s")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not [o for o in cell.outputs if o.get("output_type") == "error"]
+
+    cells = _cells_by_tag(nb)
+    compare_html = _data(cells["compare"], "text/html")[0]
+    assert _body_rows(compare_html) == 2 and "hones" in compare_html and "dla" in compare_html
+    assert "top 1% = 41 neurons masked on 60 test images" in _stdout(cells["compare"])
+    assert re.search(r"shared top-1% neurons: \d+ of 41", _stdout(cells["agreement"]))
+    assert re.search(r"Spearman correlation of all scores: -?\d\.\d{3}", _stdout(cells["agreement"]))
+    assert _body_rows(_data(cells["groups"], "text/html")[0]) >= 4  # at least the four task-specific groups
+    overlap_html = _data(cells["overlap"], "text/html")[0]
+    assert _body_rows(overlap_html) == 15 and "GENERAL" in overlap_html
+    assert "dominant salient group per task" in _stdout(cells["overlap"])
+    steer_html = _data(cells["steer"], "text/html")[0]
+    assert _body_rows(steer_html) == 4
+    for condition in ("base", "fixed-amp", "grid", "ours"):
+        assert f"<td>{condition}</td>" in steer_html, condition
+    assert _body_rows(_data(cells["bootstrap"], "text/html")[0]) == 3
+
+    assert len(_data(cells["plots"], "image/png")) == 4
+    for name in ("heads", "layers", "groups", "steering"):
+        for suffix in (".png", ".svg"):
+            files = list(scratch.glob(f"hones_compare_steer_*/figures/{name}{suffix}"))
+            assert files and files[0].stat().st_size > 1000, (name, suffix)
+    assert list(scratch.glob("hones_compare_steer_*/steer-vqa/scales.safetensors"))
+    assert list(scratch.glob("hones_compare_steer_*/overlap/overlap.parquet"))
