@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Run the three benchmarks with their default settings, then write benchmarks/RESULTS.md.
+# Run the benchmarks with their default settings, then write benchmarks/RESULTS.md and the
+# README's generated performance block.
 #
-#   bash benchmarks/run_all.sh                 # defaults (1 torch thread; each < 2 min on a quiet machine)
+#   bash benchmarks/run_all.sh                 # defaults (1 torch thread; ~15 min in all on 2 cores)
 #   bash benchmarks/run_all.sh --threads 4     # extra arguments go to every benchmark
 #   bash benchmarks/run_all.sh --quick         # smoke test
 #
-# Results: benchmarks/results/{trace_overhead,head_batching,hones_attribution}.json
+# Results: benchmarks/results/{throughput,head_screen,trace_overhead,head_batching,hones_attribution}.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
 
-for bench in trace_overhead head_batching hones_attribution; do
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+for bench in throughput head_screen trace_overhead head_batching hones_attribution; do
     echo "=== ${bench} ==="
     "${PYTHON}" "benchmarks/bench_${bench}.py" "$@"
     echo

@@ -42,11 +42,10 @@ import nnsight
 import numpy as np
 import torch
 
-from hones_nn.evaluation.engine import encode_prompts
 from hones_nn.interventions.base import SiteEdit, apply_edits
 from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
 from hones_nn.runner.shards import ShardedRun
-from hones_nn.runner.sweep import make_intervention
+from hones_nn.runner.sweep import encode_rows, make_intervention
 from hones_nn.runner.tables import ScoreTable
 from hones_nn.tasks.retrieval import decision_token_ids
 
@@ -151,10 +150,12 @@ def contributions(ctx: RunContext, item_ids: list[int], conditions: list, mode: 
     out = torch.zeros(len(items), len(conditions), sizes.num_layers, sizes.d_ff, dtype=torch.float64)
     rows = [(i, c) for i in range(len(items)) for c in range(len(conditions))]
     num_heads = sizes.num_heads
+    encodings: dict = {}  # the previous batch's encoding, reused when it holds the same prompts
     for start in range(0, len(rows), ctx.batch_size):
         chunk = rows[start : start + ctx.batch_size]
         prompts = [hones_prompt(ctx.td.task, items[i]) for i, _ in chunk]
-        enc = encode_prompts(ctx.loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat)
+        enc = encode_rows(ctx.loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat,
+                          cache=encodings)
         inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
 
         class _Rows:  # the condition of each row, for make_intervention

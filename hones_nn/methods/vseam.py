@@ -29,6 +29,45 @@ def head_conditions(ctx: RunContext) -> list:
     return [None] + all_heads(sizes.num_layers, sizes.num_heads)
 
 
+def exact_head_utilities(ctx: RunContext, heads: list, utility: str = "metric", caption_corpus: bool = False,
+                         desc: str | None = None) -> tuple[float, np.ndarray]:
+    """(base utility, intervened utility per head in ``heads``): the exact V-SEAM sweep.
+
+    ``heads`` is any list of (layer, head) pairs (all of them for V-SEAM, the screen's top N
+    for ``atp-screen``); the clean run is always condition 0. Shards are checkpointed under
+    a key that includes the head list, so a subset run never resumes from a full one."""
+    if caption_corpus and (ctx.td.task.name != "caption" or utility != "metric"):
+        raise ValueError("--caption-corpus applies to --task caption with --utility metric only")
+    heads = [(int(layer), int(head)) for layer, head in heads]
+    conditions = [None] + heads
+    sizes = ctx.sizes
+    config = {"method": "vseam", **ctx.run_config()}
+    if heads != all_heads(sizes.num_layers, sizes.num_heads):
+        config["heads"] = [list(h) for h in heads]
+    run = ShardedRun(ctx.checkpoint_dir, config, ctx.td.n, int(ctx.options.get("shard_size", 16)))
+
+    def compute(shard: range) -> dict[str, np.ndarray]:
+        if caption_corpus:
+            return {"bleu_stats": caption_stats(ctx, list(shard), conditions)}
+        values = sweep(ctx.engine, ctx.td, list(shard), conditions, utility=utility,
+                       batch_size=ctx.batch_size, mode="mean")
+        return {"utilities": values}
+
+    parts = run.run(compute, desc=desc or f"V-SEAM heads ({ctx.td.task.name})", progress=ctx.progress)
+    if caption_corpus:
+        from hones_nn.tasks.metrics import bleu4_from_stats
+
+        stats = sum(p["bleu_stats"] for p in parts)  # [conditions, n_stats]
+        per_condition = np.array([bleu4_from_stats(s) for s in stats])
+        base, intervened = float(per_condition[0]), per_condition[1:]
+    else:
+        utilities = np.concatenate([p["utilities"] for p in parts], axis=0)  # [N, 1 + len(heads)]
+        base = float(utilities[:, 0].mean())
+        intervened = utilities[:, 1:].mean(axis=0)
+    run.cleanup()
+    return base, np.asarray(intervened, dtype=np.float64)
+
+
 @register_method
 class VSeamHeads(Method):
     name = "vseam"
@@ -40,38 +79,15 @@ class VSeamHeads(Method):
     def attribute(self, ctx: RunContext) -> MethodResult:
         utility = ctx.options.get("utility", "metric")
         caption_corpus = bool(ctx.options.get("caption_corpus", False))
-        if caption_corpus and (ctx.td.task.name != "caption" or utility != "metric"):
-            raise ValueError("--caption-corpus applies to --task caption with --utility metric only")
-        conditions = head_conditions(ctx)
         sizes = ctx.sizes
-        run = ShardedRun(ctx.checkpoint_dir, {"method": "vseam", **ctx.run_config()}, ctx.td.n,
-                         int(ctx.options.get("shard_size", 16)))
-
-        def compute(shard: range) -> dict[str, np.ndarray]:
-            if caption_corpus:
-                return {"bleu_stats": caption_stats(ctx, list(shard), conditions)}
-            values = sweep(ctx.engine, ctx.td, list(shard), conditions, utility=utility,
-                           batch_size=ctx.batch_size, mode="mean")
-            return {"utilities": values}
-
-        parts = run.run(compute, desc=f"V-SEAM heads ({ctx.td.task.name})", progress=ctx.progress)
-        if caption_corpus:
-            from hones_nn.tasks.metrics import bleu4_from_stats
-
-            stats = sum(p["bleu_stats"] for p in parts)  # [conditions, n_stats]
-            per_condition = np.array([bleu4_from_stats(s) for s in stats])
-            base, intervened = per_condition[0], per_condition[1:]
-        else:
-            utilities = np.concatenate([p["utilities"] for p in parts], axis=0)  # [N, 1 + L*H]
-            base = float(utilities[:, 0].mean())
-            intervened = utilities[:, 1:].mean(axis=0)
+        heads = all_heads(sizes.num_layers, sizes.num_heads)
+        base, intervened = exact_head_utilities(ctx, heads, utility, caption_corpus)
         scores = (base - intervened).reshape(sizes.num_layers, sizes.num_heads)
-        run.cleanup()
         return MethodResult(
             scores=scores,
             kind="heads",
             extra={"base_utility": float(base), "intervened": intervened.reshape(sizes.num_layers, sizes.num_heads)},
-            meta={"utility": utility, "caption_corpus": caption_corpus},
+            meta={"utility": utility, "caption_corpus": caption_corpus, "screen": None},
         )
 
 

@@ -53,6 +53,74 @@ def _rows_for(task, items, n_conditions: int, utility: str) -> list[Row]:
     return rows
 
 
+def _prompt_key(prompt) -> tuple:
+    return (prompt.image_index, prompt.user_text, prompt.answer)
+
+
+def expand_encoding(enc, index: Sequence[int]):
+    """The encoding whose row k is row ``index[k]`` of ``enc``: per-row tensors are indexed;
+    Qwen's flattened ``pixel_values`` ([patches, dim], ``image_grid_thw`` patches per image)
+    are regrouped image by image."""
+    from hones_nn.models.adapters import Encoded
+
+    idx = torch.as_tensor(list(index), dtype=torch.long)
+    n = enc.inputs["input_ids"].shape[0]
+    inputs = {}
+    for key, value in enc.inputs.items():
+        if not torch.is_tensor(value):
+            inputs[key] = value
+        elif key == "pixel_values" and "image_grid_thw" in enc.inputs:
+            counts = enc.inputs["image_grid_thw"].prod(-1).tolist()
+            blocks = torch.split(value, counts, dim=0)
+            inputs[key] = torch.cat([blocks[i] for i in idx.tolist()], dim=0)
+        elif value.shape[0] == n:
+            inputs[key] = value.index_select(0, idx)
+        else:
+            raise ValueError(f"cannot expand input {key!r} of shape {tuple(value.shape)} by rows")
+    return Encoded(
+        inputs,
+        enc.last_prompt_index.index_select(0, idx),
+        None if enc.answer_mask is None else enc.answer_mask.index_select(0, idx),
+        [enc.answer_ids[i] for i in idx.tolist()],
+        [enc.prompts[i] for i in idx.tolist()] if enc.prompts else [],
+    )
+
+
+def encode_rows(loaded, images, prompts: Sequence, with_answers: bool = False, reference_compat: bool = False,
+                cache: dict | None = None):
+    """``encode_prompts`` of ``prompts``, each distinct prompt processed once.
+
+    A sweep batch holds few prompts under many conditions (2 examples x 32 heads): the
+    image processor and tokenizer run on the distinct prompts, whose rows are then
+    repeated. Left padding goes to the longest distinct prompt, which is the longest row,
+    so the tensors equal those of encoding every row (tested). ``cache`` (a dict the
+    caller keeps across batches) reuses the previous batch's encoding when the batch holds
+    the same prompts in the same order: with batches smaller than the conditions of one
+    example (B = 1 ... 32 for 33 conditions), consecutive batches repeat one prompt."""
+    signature = (tuple(_prompt_key(p) for p in prompts), with_answers, reference_compat)
+    if cache is not None and signature in cache:
+        return cache[signature]
+    enc = _encode_distinct(loaded, images, prompts, with_answers, reference_compat)
+    if cache is not None:
+        cache.clear()  # only the last batch: the sweep's rows come example by example
+        cache[signature] = enc
+    return enc
+
+
+def _encode_distinct(loaded, images, prompts, with_answers, reference_compat):
+    keys, unique, index = {}, [], []
+    for prompt in prompts:
+        key = _prompt_key(prompt)
+        if key not in keys:
+            keys[key] = len(unique)
+            unique.append(prompt)
+        index.append(keys[key])
+    enc = encode_prompts(loaded, images, unique, with_answers=with_answers, reference_compat=reference_compat)
+    if len(unique) == len(prompts):
+        return enc
+    return expand_encoding(enc, index)
+
+
 def make_intervention(conditions, rows: Sequence[Row], num_heads: int, mode: str, seed: int = 0,
                       row_keys=None, valid_lengths=None):
     """The head intervention of a batch whose row k runs under ``conditions[rows[k].condition]``.
@@ -101,11 +169,12 @@ def _run_rows(engine: Engine, td, items, conditions, utility: str, batch_size: i
     texts: dict[tuple[int, int], str] = {}
     scores: dict[tuple[int, int, int], float] = {}
     with_answers = utility in ("logprob", "prob") and task.generative
+    cache: dict = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         prompts = [items[r.item].prompts[r.prompt] for r in chunk]
-        enc = encode_prompts(engine.loaded, td.images, prompts, with_answers=with_answers,
-                             reference_compat=task.reference_compat)
+        enc = encode_rows(engine.loaded, td.images, prompts, with_answers=with_answers,
+                          reference_compat=task.reference_compat, cache=cache)
         intervention = make_intervention(conditions, chunk, num_heads, mode, seed)
         if with_answers:
             values = teacher_forced_scores(engine, enc, intervention, utility).tolist()

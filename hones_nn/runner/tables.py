@@ -5,6 +5,10 @@ important; ties broken by lower layer, then lower index). Every neuron of the la
 model is listed, so users choose their own k.
 
 Heads: ``layer``, ``head``, ``score``, ``rank``, ``base_utility``, ``intervened_utility``.
+Exact (``vseam``) and AtP-screened (``atp-screen``) head tables share this schema; a
+screened table's metadata says ``screen``, ``verified_heads`` and ``rank_rule`` (its
+unverified heads hold screen estimates, rank below the verified ones and have a NaN
+``intervened_utility``; see ``hones_nn.methods.atp_screen``).
 
 File metadata (Parquet key-value, all strings): method, task, model id, revision or
 weights hash, dataset and split, number of examples, seed, utility, the versions of
@@ -106,10 +110,20 @@ def write_neuron_table(path: str | Path, scores: np.ndarray, meta: dict) -> Path
     return atomic_write_with(path, lambda p: pq.write_table(table, p))
 
 
-def write_head_table(path: str | Path, scores: np.ndarray, base_utility: float, intervened: np.ndarray, meta: dict) -> Path:
+def write_head_table(path: str | Path, scores: np.ndarray, base_utility: float, intervened: np.ndarray, meta: dict,
+                     ranks: np.ndarray | None = None) -> Path:
+    """``ranks`` (flattened row-major, a permutation of 1..L*H) overrides the ranks derived
+    from ``scores``: the screened table (``atp-screen``) ranks its verified heads above the
+    unverified ones whatever their scores; ``intervened`` may then hold NaN (not measured)."""
     scores = np.asarray(scores, dtype=np.float64)
     layers, heads = scores.shape
-    ranks = rank_scores(scores)
+    if ranks is None:
+        ranks = rank_scores(scores)
+    else:
+        rank_scores(scores)  # the finiteness check
+        ranks = np.asarray(ranks).reshape(-1)
+        if sorted(ranks.tolist()) != list(range(1, layers * heads + 1)):
+            raise ValueError(f"ranks must be a permutation of 1..{layers * heads}")
     table = pa.table(
         {
             "layer": np.repeat(np.arange(layers, dtype=np.int32), heads),
