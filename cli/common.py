@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import sys
@@ -44,6 +45,88 @@ def data_options(fn):
     return fn
 
 
+_REMOTE: contextvars.ContextVar = contextvars.ContextVar("hones_cli_remote", default=None)
+
+
+def current_remote():
+    """The RemoteSettings of the running command (None: run locally)."""
+    return _REMOTE.get()
+
+
+def remote_options(fn):
+    """--remote, --ndif-host, --dry-run, --remote-timeout.
+
+    The command body reads the settings with :func:`current_remote` and hands them to
+    its Engine / Runner. The API key comes from NDIF_API_KEY or nnsight's config and is
+    never printed. --dry-run runs every request in-process (serialized exactly as it would
+    be sent: nothing is sent), writes tables to a temporary folder, then prints the number
+    of requests, the bytes up and down, and whether the server hosts the model."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, remote, ndif_host, dry_run, remote_timeout, **kwargs):
+        if not remote:
+            if dry_run:
+                raise ValueError("--dry-run goes with --remote")
+            return fn(*args, **kwargs)
+        import tempfile
+
+        from hones_nn.runner.remote import RemoteSettings, check_server, model_hosted, summary_lines
+
+        settings = RemoteSettings(mode="plan" if dry_run else "ndif", host=ndif_host, timeout_s=remote_timeout)
+        if not dry_run:
+            check_server(settings.host)  # a clear error before any work
+        token = _REMOTE.set(settings)
+        tmp = None
+        try:
+            if dry_run:  # tables and checkpoints of a dry run go to a scratch folder
+                tmp = tempfile.TemporaryDirectory(prefix="hones-dry-run-")
+                for key in ("out_dir",):
+                    if key in kwargs:
+                        kwargs[key] = tmp.name
+                if kwargs.get("out"):  # a table file or an output folder: same name, in the scratch folder
+                    import os
+
+                    kwargs["out"] = os.path.join(tmp.name, os.path.basename(os.path.normpath(str(kwargs["out"]))))
+            result = fn(*args, **kwargs)
+        finally:
+            _REMOTE.reset(token)
+            if tmp is not None:
+                tmp.cleanup()
+        for line in summary_lines(settings):
+            click.echo(line, err=True)
+        for session in settings.sessions:  # fails loudly if the model ran a forward here, not on the server
+            session.assert_no_local_forward()
+        if dry_run:
+            sessions = [s for s in settings.sessions if s.model_key]
+            if sessions:
+                try:
+                    check_server(settings.host)
+                    ok, message = model_hosted(settings.host, sessions[0].model_key, sessions[0].repo_id)
+                except Exception as exc:  # noqa: BLE001 - the check's own message is the answer
+                    ok, message = False, str(exc)
+                click.echo(("server check: " if ok else "server check FAILED: ") + message, err=True)
+                if not ok:
+                    sys.exit(3)
+        return result
+
+    options = [
+        click.option("--remote", is_flag=True, default=False,
+                     help="Run every trace on an NDIF server (nnsight remote execution)."),
+        click.option("--ndif-host", default=None,
+                     help="NDIF server URL (default: $NDIF_HOST, else nnsight's configured host). The API key comes "
+                          "from $NDIF_API_KEY or nnsight's config."),
+        click.option("--dry-run", is_flag=True, default=False,
+                     help="With --remote: send nothing; run the requests in-process and print how many there would "
+                          "be, the bytes up and down, and whether the server hosts the model."),
+        click.option("--remote-timeout", type=float, default=1800.0, show_default=True,
+                     help="Seconds one remote request may take (a timed-out job stays in the checkpoint: rerun to "
+                          "re-attach)."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 task_option = click.option("--task", required=True, type=click.Choice(TASK_NAMES), help="The task.")
 
 
@@ -67,10 +150,23 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError, KeyError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            click.echo(f"error: {message}", err=True)
+            click.echo(f"error: {_redact(message)}", err=True)
             sys.exit(2)
+        except RuntimeError as exc:  # remote failures: the server's message, never a key
+            from hones_nn.runner.remote import BackendMismatchError, RemoteRunError
+
+            if not isinstance(exc, (RemoteRunError, BackendMismatchError)):
+                raise
+            click.echo(f"error: {_redact(str(exc))}", err=True)
+            sys.exit(3)
 
     return wrapper
+
+
+def _redact(text: str) -> str:
+    from hones_nn.runner.remote import redact
+
+    return redact(text)
 
 
 def print_table(rows: list[dict], columns: list[str], floatfmt: str = "{:.4f}") -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from hones_nn.cli.common import emit_json, friendly_errors, load, model_options, print_table
+from hones_nn.cli.common import current_remote, remote_options
 from hones_nn.tasks.prompts import TASK_NAMES
 
 
@@ -33,6 +34,7 @@ def _csv(value: str) -> list[str]:
 @click.option("--skip-bad", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @friendly_errors
+@remote_options
 def compare_cmd(methods, tasks, top_ratio, model_name, dtype, device, device_map, trust_remote_code, data, out_dir,
                 discovery_limit, test_limit, batch_size, utility, top_heads, seed, skip_bad, as_json):
     """Rank with each method on discovery, mask each top ratio on test, print the tables.
@@ -51,7 +53,7 @@ def compare_cmd(methods, tasks, top_ratio, model_name, dtype, device, device_map
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
     loaded = load(model_name, dtype, device, device_map, trust_remote_code)
-    runner = Runner(loaded=loaded, out_dir=Path(out_dir), batch_size=batch_size, seed=seed, progress=not as_json,
+    runner = Runner(loaded=loaded, remote=current_remote(), out_dir=Path(out_dir), batch_size=batch_size, seed=seed, progress=not as_json,
                     data=data, split="discovery", limit=discovery_limit, skip_bad=skip_bad)
     log = (lambda *_: None) if as_json else click.echo
     rows = compare(runner, method_list, task_list, top_ratio=top_ratio, test_limit=test_limit, utility=utility,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, model_options, task_option
+from hones_nn.cli.common import current_remote, remote_options
+from hones_nn.cli.fuzzy import concept_eval_options
 
 
 @click.command("evaluate")
@@ -20,9 +22,11 @@ from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, 
 @click.option("--steer", "steer", default=None,
               help="Apply learned neuron scales (a scales.safetensors from `hones-nn steer`); reports base and steered.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@concept_eval_options
 @friendly_errors
+@remote_options
 def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
-                 reference_compat, split, mask, top_ratio, seeds, random_control, steer, as_json):
+                 reference_compat, split, mask, top_ratio, seeds, random_control, steer, as_json, concept_opts=None):
     """Evaluate a task (greedy decoding; retrieval by Yes/No logits).
 
     \b
@@ -37,8 +41,12 @@ def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code,
     loaded = load(model_name, dtype, device, device_map, trust_remote_code)
     td = prepare_task(loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad,
                       reference_compat=reference_compat)
-    engine = Engine(loaded)
+    engine = Engine(loaded, remote=current_remote())
     progress = not as_json
+    if concept_opts is not None:  # --edit (weights) and --modulate (fuzzy sets), see cli/fuzzy.py
+        concept_opts.apply_edit(loaded)
+        if concept_opts.modulate:
+            return concept_opts.run_modulation(loaded, td, engine, batch_size, as_json)
     if steer is not None:
         from hones_nn.steering.io import load_scales
         from hones_nn.steering.report import steered_evaluation

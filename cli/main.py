@@ -28,9 +28,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from hones_nn.cli import compare, data, evaluate, overlap, plot, rank, steer, train
+    from hones_nn.cli import compare, data, edit, evaluate, fuzzy, overlap, plot, rank, steer, train
 
-    for module in (data, evaluate, rank, compare, train, steer, overlap, plot):
+    for module in (data, evaluate, rank, compare, train, steer, overlap, plot, fuzzy, edit):
         module.register(cli)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, model_options, print_table, task_option
+from hones_nn.cli.common import current_remote, remote_options
 
 
 def _split_paths(values) -> list[str]:
@@ -40,6 +41,7 @@ def _split_paths(values) -> list[str]:
               help="Folder for overlap.parquet, overlap.json and groups/<group>.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @friendly_errors
+@remote_options
 def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, device_map, trust_remote_code, data, limit,
                 batch_size, skip_bad, reference_compat, split, random_draws, random_for, cells, seed, out_dir,
                 as_json):
@@ -97,7 +99,7 @@ def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, devic
     for t, td in task_data.items():
         if td.n == 0:
             raise ValueError(f"no {t} examples on split {split!r}")
-    result = overlap_evaluation(Engine(loaded), task_data, groups, draws=random_draws, seed=seed,
+    result = overlap_evaluation(Engine(loaded, remote=current_remote()), task_data, groups, draws=random_draws, seed=seed,
                                 random_for=random_for, cells=cells, batch_size=batch_size, progress=progress)
     meta = {"model_id": loaded.model_id, "weights_hash": loaded.weights_hash, "top_ratio": top_ratio,
             "tasks": tasks, "split": split, "limit": limit, "data_dir": next(iter(task_data.values())).data_dir,
@@ -273,6 +275,7 @@ def _tok(text: str) -> str:
 @click.option("--out", default=None, help="Also write the JSON report to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
 @friendly_errors
+@remote_options
 def lens_cmd(task, group_specs, groups_file, top_ratio, norm, top_k, model_name, dtype, device, device_map,
              trust_remote_code, data, limit, batch_size, skip_bad, reference_compat, split, out, as_json):
     """MLP logit lens of neuron groups (HONES 5.2, appendix E.4, Fig. 4/9).
@@ -300,7 +303,7 @@ def lens_cmd(task, group_specs, groups_file, top_ratio, norm, top_k, model_name,
         groups[name] = neurons
     td = prepare_task(loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad,
                       reference_compat=reference_compat)
-    report = logit_lens(Engine(loaded), td, groups, norm=norm, batch_size=batch_size, progress=not as_json)
+    report = logit_lens(Engine(loaded, remote=current_remote()), td, groups, norm=norm, batch_size=batch_size, progress=not as_json)
     doc = {**report.as_json(top_k), "model": loaded.model_id, "split": split}
     if out:
         from hones_nn.utils.io import atomic_write_json

@@ -59,21 +59,67 @@ def _to_device(inputs: dict, device) -> dict:
 
 
 class Engine:
-    """Runs prompts on a loaded model through nnsight (one trace per batch)."""
+    """Runs prompts on a loaded model through nnsight (one trace per batch).
 
-    def __init__(self, loaded, max_new_tokens: int = MAX_NEW_TOKENS, min_new_tokens: int = 0):
+    ``remote`` (a :class:`hones_nn.runner.remote.RemoteSettings`) runs every trace on
+    NDIF (or rehearses the remote serialization in-process with ``mode="local"``): the
+    envoy is then nnsight's ``TransformersModel`` built from the model's id or path,
+    whose traces all go through the HONES remote backend (see ``hones_nn.runner.remote``).
+    """
+
+    def __init__(self, loaded, max_new_tokens: int = MAX_NEW_TOKENS, min_new_tokens: int = 0, remote=None):
         from nnsight import NNsight
 
         self.loaded = loaded
         self.adapter = loaded.adapter
         self.model = loaded.model
-        self.envoy = NNsight(loaded.model)
+        self.remote = None  # the RemoteSession of a remote engine
+        if remote is not None:
+            from hones_nn.runner.remote import RemoteSession, build_remote_model
+
+            self.remote = RemoteSession(remote)
+            self.envoy = build_remote_model(loaded, self.remote)
+            if remote.mode == "ndif":  # the local weights must never run a forward: count any that does
+                session = self.remote
+
+                def _count_local_forward(module, args, session=session):
+                    session.local_forwards += 1
+
+                loaded.model.register_forward_pre_hook(_count_local_forward)
+        else:
+            self.envoy = NNsight(loaded.model)
         self.max_new_tokens = max_new_tokens
         # EOS is forbidden for the first min_new_tokens steps (as transformers' min_new_tokens);
         # used to time fixed-length generations
         self.min_new_tokens = min_new_tokens
         self.device = next(loaded.model.parameters()).device
         self.tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+
+    def __getstate__(self) -> dict:
+        # A trace body that names the engine (``engine.envoy``) ships it with a remote
+        # request: send only what a body may use, never the local model or processor.
+        return {"envoy": self.envoy, "adapter": self.adapter, "device": self.device,
+                "max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens, "remote": None}
+
+    @property
+    def backend_name(self) -> str:
+        """'local', 'ndif' or 'remote-local' (the in-process rehearsal)."""
+        if self.remote is None:
+            return "local"
+        return "ndif" if self.remote.settings.mode == "ndif" else "remote-local"
+
+    def assert_backend(self) -> None:
+        """Fail loudly when a remote run's traces did not go through the remote backend."""
+        if self.remote is None:
+            return
+        from nnsight.modeling.mixins.remotable import Remotable
+
+        from hones_nn.runner.remote import BackendMismatchError
+
+        if not isinstance(self.envoy, Remotable):
+            raise BackendMismatchError(f"--remote was asked for, but the model wrapper {type(self.envoy).__name__} "
+                                       "cannot run remotely: its traces would have run locally")
+        self.remote.assert_no_local_forward()
 
     # ------------------------------------------------------------ generation
     @torch.no_grad()
@@ -95,16 +141,29 @@ class Engine:
         min_new = self.min_new_tokens
         saved_config = self.model.generation_config
         self.model.generation_config = greedy
+        edits = intervention.edits(batch_size)
         try:
-            with envoy.trace(**inputs, fn=self.model.generate, generation_config=greedy) as tracer:
-                steps = list().save()
-                for _ in tracer.iter[:]:
-                    apply_edits(envoy, adapter, intervention.edits(batch_size))
-                    logits = adapter.lm_head(envoy).output[:, -1]
-                    if len(steps) < min_new:  # what transformers' MinNewTokens processor does
-                        logits = logits.clone()
-                        logits[:, eos] = float("-inf")
-                    steps.append(logits.argmax(-1).cpu())
+            if self.remote is not None:
+                # the model's own generate, by name (a bound method cannot travel)
+                with envoy.generate(**inputs, generation_config=greedy) as tracer:
+                    steps = list().save()
+                    for _ in tracer.iter[:]:
+                        apply_edits(envoy, adapter, edits)
+                        logits = adapter.lm_head(envoy).output[:, -1]
+                        if len(steps) < min_new:  # what transformers' MinNewTokens processor does
+                            logits = logits.clone()
+                            logits[:, eos] = float("-inf")
+                        steps.append(logits.argmax(-1).cpu())
+            else:
+                with envoy.trace(**inputs, fn=self.model.generate, generation_config=greedy) as tracer:
+                    steps = list().save()
+                    for _ in tracer.iter[:]:
+                        apply_edits(envoy, adapter, intervention.edits(batch_size))
+                        logits = adapter.lm_head(envoy).output[:, -1]
+                        if len(steps) < min_new:  # what transformers' MinNewTokens processor does
+                            logits = logits.clone()
+                            logits[:, eos] = float("-inf")
+                        steps.append(logits.argmax(-1).cpu())
         finally:
             self.model.generation_config = saved_config
         tokens = torch.stack(list(steps), dim=1).tolist()

@@ -22,7 +22,7 @@ from typing import Any
 SITE_ORDER = {"o_proj_input": 0, "act_output": 1, "down_proj_input": 2}
 
 
-@dataclass
+@dataclass(init=False)
 class SiteEdit:
     """``fn(value)`` runs on the proxy of ``site`` in ``layer``: edit it in place, or read
     it and return something to keep (the caller ``.save()`` s what it needs)."""
@@ -31,7 +31,14 @@ class SiteEdit:
     site: str
     fn: Callable[[Any], Any]
 
-    def __post_init__(self) -> None:
+    # Written out, not generated: an intervention built inside a remote trace runs this on
+    # the NDIF server, which rebuilds project code from its source; a dataclass-generated
+    # __init__ has no source and ships as bytecode, which breaks across Python versions
+    # (a 3.11 client, a 3.12 server).
+    def __init__(self, layer: int, site: str, fn: Callable[[Any], Any]) -> None:
+        self.layer = layer
+        self.site = site
+        self.fn = fn
         if self.site not in SITE_ORDER:
             raise ValueError(f"unknown site {self.site!r}; sites are {', '.join(SITE_ORDER)}")
 
@@ -52,13 +59,17 @@ def apply_edits(model, adapter, edits: Iterable[SiteEdit]) -> list:
     edits = list(edits)
     order = sorted(range(len(edits)), key=lambda k: (edits[k].layer, SITE_ORDER[edits[k].site], k))
     results: list = [None] * len(edits)
-    cache: dict[tuple[int, str], Any] = {}
+    value, current = None, None
     for k in order:
         edit = edits[k]
         key = (edit.layer, edit.site)
-        if key not in cache:
-            cache[key] = site_value(model, adapter, edit.layer, edit.site)
-        results[k] = edit.fn(cache[key])
+        if key != current:
+            # one site at a time: the previous site's tensor is released as soon as its last
+            # edit ran (holding every layer's activation until the trace ends doubled the
+            # peak memory of a read-every-layer recipe such as HONES)
+            value, current = None, key
+            value = site_value(model, adapter, edit.layer, edit.site)
+        results[k] = edit.fn(value)
     return results
 
 

@@ -47,6 +47,7 @@ class Runner:
     limit: int | None = None
     skip_bad: bool = False
     reference_compat: bool = False
+    remote: object | None = None  # hones_nn.runner.remote.RemoteSettings: run every trace on NDIF
     _engine: Engine | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,7 +65,7 @@ class Runner:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(self.loaded)
+            self._engine = Engine(self.loaded, remote=self.remote)
         return self._engine
 
     def context(self, task: str, options: dict) -> RunContext:
@@ -91,25 +92,44 @@ class Runner:
             "seconds": round(seconds, 3),
             "seconds_per_example": round(seconds / max(1, ctx.td.n), 5),
             "config": {k: v for k, v in config.items()},
+            "backend": self.engine.backend_name,
         }
+        if self.engine.remote is not None:  # mode and host only: never the API key
+            meta["remote"] = {**self.engine.remote.settings.describe(), **self.engine.remote.stats.as_dict()}
         clash = sorted(k for k in set(meta) & set(extra) - {"options"} if meta[k] != extra[k])
         if clash:
             raise ValueError(f"method {method!r} reports metadata {clash} that differ from the runner's; rename them")
         return {**meta, **extra}
 
     def heads(self, task: str, utility: str = "metric", caption_corpus: bool = False,
-              out: str | Path | None = None) -> ScoreTable:
-        """V-SEAM head scores for ``task``, written to ``out`` (Parquet)."""
+              out: str | Path | None = None, screen: str | None = None,
+              verify_top: int | None = None) -> ScoreTable:
+        """V-SEAM head scores for ``task``, written to ``out`` (Parquet).
+
+        ``screen="atp"``: attribution-patching pre-screen of every head, then the top
+        ``verify_top`` heads (default 4 x K_h; 0 = screen only) scored exactly; same table
+        schema (see ``hones_nn.methods.atp_screen`` for how ranks and scores are filled)."""
         # the reference code scores caption heads by the drop of corpus BLEU
         caption_corpus = caption_corpus or (self.reference_compat and task == "caption" and utility == "metric")
         options = {"utility": utility, "caption_corpus": caption_corpus}
+        method, default_name = "vseam", f"{task}.heads.parquet"
+        if screen not in (None, "none"):
+            if screen != "atp":
+                raise ValueError(f"unknown head screen {screen!r}; the only screen is 'atp'")
+            sizes = self.loaded.adapter.sizes(self.loaded.model)
+            if verify_top is None:
+                verify_top = 4 * default_top_heads(sizes.num_layers, sizes.num_heads)
+            options["verify_top"] = int(verify_top)
+            method, default_name = "atp-screen", f"{task}.heads-atp.parquet"
         ctx = self.context(task, options)
         start = time.perf_counter()
-        result = get_method("vseam")().attribute(ctx)
+        result = get_method(method)().attribute(ctx)
         seconds = time.perf_counter() - start
-        path = Path(out) if out else self.out_dir / f"{task}.heads.parquet"
-        meta = self._meta(ctx, "vseam", result.meta, seconds)
-        write_head_table(path, result.scores, result.extra["base_utility"], result.extra["intervened"], meta)
+        self.engine.assert_backend()
+        path = Path(out) if out else self.out_dir / default_name
+        meta = self._meta(ctx, method, result.meta, seconds)
+        write_head_table(path, result.scores, result.extra["base_utility"], result.extra["intervened"], meta,
+                         ranks=result.extra.get("ranks"))
         return read_table(path)
 
     def rank(self, task: str, method: str, heads: ScoreTable | str | Path | None = None,
@@ -131,11 +151,18 @@ class Runner:
                 raise ValueError(f"{table.path} is a {table.kind} table; --heads needs a table from `hones-nn heads`")
             check_table_matches(table, (sizes.num_layers, sizes.num_heads), model_id=self.loaded.model_id, task=task,
                                 weights_hash=self.loaded.weights_hash)
+            verified = table.meta.get("verified_heads") or []
+            if table.meta.get("screen") and 0 < len(verified) < opts["top_heads"]:
+                raise ValueError(
+                    f"{table.path} is an AtP-screened table with {len(verified)} exactly scored heads, fewer than "
+                    f"K_h = {opts['top_heads']}: HONES would weight the others by screen estimates (other units). "
+                    f"Recompute it with --verify-top >= {opts['top_heads']} or pass --top-heads {len(verified)}")
             opts["heads_table"] = table
         ctx = self.context(task, opts)
         start = time.perf_counter()
         result = cls().attribute(ctx)
         seconds = time.perf_counter() - start
+        self.engine.assert_backend()
         path = Path(out) if out else self.out_dir / f"{task}.{method}.parquet"
         opts_meta = {k: (str(v.path) if isinstance(v, ScoreTable) else v) for k, v in opts.items()}
         meta = self._meta(ctx, method, {**result.meta, "options": opts_meta}, seconds)

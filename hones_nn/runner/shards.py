@@ -6,6 +6,11 @@ safetensors under ``<checkpoint_dir>/<run key>/``; a rerun of the same command (
 key: method, model, data, split, config) skips finished shards. Shards are reduced in
 shard order, so an interrupted and resumed run ends with the same numbers as an
 uninterrupted one, bit for bit.
+
+Remote runs (``--remote``) also keep ``jobs.json`` there: the NDIF job id of every
+request of an unfinished shard (label ``shard-K/req-J``), so a restarted run re-attaches
+to jobs already submitted instead of submitting them again; a shard's entries are
+dropped once its result file is written.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from hones_nn.runner.remote import JobJournal, request_scope
 from hones_nn.utils.io import atomic_write_json, atomic_write_with
 
 
@@ -39,10 +45,12 @@ class ShardedRun:
         self.n_items = n_items
         self.shard_size = shard_size
         self.dir = None
+        self.journal = None
         if checkpoint_dir is not None:
             self.dir = Path(checkpoint_dir) / run_key(config)
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.dir / "run.json", {"config": config, "n_items": n_items, "shard_size": shard_size})
+            self.journal = JobJournal(self.dir / "jobs.json")
 
     @property
     def shards(self) -> list[range]:
@@ -60,10 +68,12 @@ class ShardedRun:
             if self.dir is not None and self._path(k).exists():
                 results.append({n: t.numpy() for n, t in load_file(self._path(k)).items()})
                 continue
-            result = compute(shard)
+            with request_scope(f"shard-{k:05d}", self.journal):
+                result = compute(shard)
             tensors = {n: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for n, v in result.items()}
             if self.dir is not None:
                 atomic_write_with(self._path(k), lambda p, t=tensors: save_file(t, p))
+                self.journal.drop_prefix(f"shard-{k:05d}/")
             results.append({n: t.numpy() for n, t in tensors.items()})
             bar.update(1)
         bar.close()

@@ -1,0 +1,226 @@
+"""`--remote` against a real NDIF server on 127.0.0.1 (the local stack of start.sh).
+
+End to end: `hones-nn rank --method hones --remote` and `hones-nn evaluate --remote` on
+the embedded model equal the local runs (tolerance 1e-5). Faults: a request raising on the
+server, a client timeout (then re-attach), the server stopped mid-run (then resume), a
+model the server does not have. Security: a planted NDIF_API_KEY appears in no output and
+no file the run wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ndif
+
+KEY = "hones-planted-key-7f3a9c1e5b2d"
+
+
+def hones(*args, env=None, timeout=900):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "hones_nn.cli", *args], capture_output=True, text=True,
+                         env=environment, timeout=timeout)
+    out.seconds = time.perf_counter() - started
+    return out
+
+
+def max_diff(a: Path, b: Path) -> float:
+    from hones_nn.runner.tables import read_table
+
+    return float(np.abs(read_table(a).matrix() - read_table(b).matrix()).max())
+
+
+def summary(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith(("remote (", "dry run:", "server check"))]
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def local_rank(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    res = hones("rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--out-dir", str(out), "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_rank_hones_remote_equals_local_and_leaks_no_key(ndif_host, local_rank, tmp_path, capsys):
+    out = tmp_path / "remote"
+    res = hones("rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--out-dir", str(out), "--remote",
+                "--ndif-host", ndif_host, env={"NDIF_API_KEY": KEY})
+    assert res.returncode == 0, res.stderr[-3000:]
+    heads = max_diff(local_rank / "vqa.heads.parquet", out / "vqa.heads.parquet")
+    neurons = max_diff(local_rank / "vqa.hones.parquet", out / "vqa.hones.parquet")
+    with capsys.disabled():
+        print(f"\n[ndif] rank --method hones --remote --limit 4: {res.seconds:.1f}s; {summary(res.stderr)}; "
+              f"max |remote - local|: heads {heads:.3g}, neurons {neurons:.3g}")
+    assert heads <= 1e-5 and neurons <= 1e-5
+    from hones_nn.runner.tables import read_table
+
+    assert read_table(out / "vqa.hones.parquet").meta["backend"] == "ndif"
+    # the planted key: in no output, no file the run wrote (tables, metadata, checkpoints)
+    assert KEY not in res.stdout and KEY not in res.stderr
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_evaluate_remote_equals_local(ndif_host, local_rank, capsys):
+    args = ["evaluate", "--task", "vqa", "--limit", "12", "--mask", str(local_rank / "vqa.hones.parquet"), "--json"]
+    local = hones(*args)
+    remote = hones(*args, "--remote", "--ndif-host", ndif_host, env={"NDIF_API_KEY": KEY})
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr[-3000:]
+    a, b = json.loads(local.stdout), json.loads(remote.stdout)
+    with capsys.disabled():
+        print(f"\n[ndif] evaluate --remote --limit 12 --mask: {remote.seconds:.1f}s (local {local.seconds:.1f}s); "
+              f"{summary(remote.stderr)}; base {b['base_metric']} masked {b['masked_metric']}")
+    for key in ("base_metric", "masked_metric", "relative_drop", "n", "k"):
+        assert abs(a[key] - b[key]) <= 1e-5, key
+    assert KEY not in remote.stdout and KEY not in remote.stderr
+    # retrieval reads logits (no generation): scores equal too
+    args = ["evaluate", "--task", "retrieval", "--limit", "2", "--json"]
+    a, b = hones(*args), hones(*args, "--remote", "--ndif-host", ndif_host)
+    assert a.returncode == 0 and b.returncode == 0, b.stderr[-3000:]
+    assert abs(json.loads(a.stdout)["metric"] - json.loads(b.stdout)["metric"]) <= 1e-5
+
+
+def test_dry_run_counts_the_requests_and_sends_nothing(ndif_host, tmp_path, capsys):
+    args = ["rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--remote", "--ndif-host", ndif_host]
+    dry = hones(*args, "--out-dir", str(tmp_path / "dry"), "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    real = hones(*args, "--out-dir", str(tmp_path / "real"))
+    assert real.returncode == 0, real.stderr[-3000:]
+    with capsys.disabled():
+        print(f"\n[ndif] {summary(dry.stderr)} | {summary(real.stderr)}")
+    planned = int(summary(dry.stderr).split("dry run: ")[1].split(" request")[0])
+    sent = int(summary(real.stderr).split("): ")[1].split(" request")[0])
+    assert planned == sent
+    assert "server check: the server hosts" in dry.stderr
+    assert not (tmp_path / "dry").exists() or not list((tmp_path / "dry").rglob("*.parquet"))
+
+
+def _engine(ndif_host, **settings):
+    from hones_nn.evaluation.engine import Engine
+    from hones_nn.models.loading import load_model
+    from hones_nn.runner.remote import RemoteSettings
+
+    loaded = load_model("tiny-llava")
+    return loaded, Engine(loaded, remote=RemoteSettings(mode="ndif", host=ndif_host, **settings))
+
+
+def _inputs(loaded, n=2):
+    from hones_nn.evaluation.engine import encode_prompts
+    from hones_nn.evaluation.evaluate import prepare_task
+
+    td = prepare_task(loaded, "vqa", split="test", limit=n)
+    return encode_prompts(loaded, td.images, [item.prompts[0] for item in td.items]).inputs
+
+
+def test_server_side_error_shows_server_message_and_request(ndif_host, tmp_path, monkeypatch, capsys):
+    from hones_nn.interventions.neurons import NeuronMask
+    from hones_nn.runner.remote import JobJournal, RemoteRunError, request_scope
+
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    loaded, engine = _engine(ndif_host)
+    journal = JobJournal(tmp_path / "jobs.json")
+    with request_scope("shard-00007", journal), pytest.raises(RemoteRunError) as info:
+        engine.decision_scores(_inputs(loaded), NeuronMask([(0, 10**6)]))  # index out of range, on the server
+    message = str(info.value)
+    with capsys.disabled():
+        print(f"\n[ndif] server-side error -> {message[:400]}")
+    assert "reported an error" in message and "shard-00007/req-00000" in message and "job " in message
+    assert "index" in message.lower()  # the server's own message
+    assert KEY not in message
+    assert journal.get("shard-00007/req-00000") is None  # a failed job is not re-attached to
+
+
+def test_client_timeout_then_reattach_without_resubmitting(ndif_host, tmp_path, capsys):
+    from hones_nn.runner.remote import JobJournal, RemoteTimeoutError, request_scope
+
+    loaded, engine = _engine(ndif_host, timeout_s=0.05)
+    inputs = _inputs(loaded, 3)
+    journal = JobJournal(tmp_path / "jobs.json")
+    with request_scope("shard-00000", journal), pytest.raises(RemoteTimeoutError) as info:
+        engine.generate(inputs)
+    job = journal.get("shard-00000/req-00000")
+    assert job and job in str(info.value) and "rerun the same command to re-attach" in str(info.value)
+    # the rerun: same label, normal timeout -> re-attaches to the same job, submits nothing
+    engine.remote.settings.timeout_s = 600
+    with request_scope("shard-00000", JobJournal(tmp_path / "jobs.json")):
+        tokens = engine.generate(inputs)
+    from hones_nn.evaluation.engine import Engine
+
+    assert tokens == Engine(loaded).generate(inputs)
+    stats = engine.remote.stats
+    with capsys.disabled():
+        print(f"\n[ndif] client timeout -> {str(info.value)[:200]} ... re-attached: {stats.as_dict()}")
+    assert stats.reattached == 1 and stats.resubmitted == 0 and stats.requests == 2  # one submit, one re-attach
+
+
+def test_server_stopped_mid_run_then_resume(ndif_host, stack_control, tmp_path, capsys):
+    stop, start = stack_control
+    heads = tmp_path / "heads.parquet"
+    res = hones("heads", "--task", "vqa", "--limit", "16", "--utility", "logprob", "--out", str(heads))
+    assert res.returncode == 0, res.stderr[-2000:]
+    args = ["rank", "--task", "vqa", "--method", "hones", "--limit", "16", "--heads", str(heads), "--batch-size", "6",
+            "--option", "shard_size=2", "--json"]
+    local = hones(*args, "--out-dir", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-2000:]
+    remote_args = [*args, "--out-dir", str(tmp_path / "remote"), "--remote", "--ndif-host", ndif_host]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "hones_nn.cli", *remote_args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    checkpoints = tmp_path / "remote" / ".checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(checkpoints.rglob("shard-*.safetensors")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before the server could be stopped: " + proc.stderr.read()[-2000:]
+    stop()  # mid-run: at least one shard finished, others not
+    stopped_at = time.time()
+    _, err = proc.communicate(timeout=300)
+    done_before = len(list(checkpoints.rglob("shard-*.safetensors")))
+    with capsys.disabled():
+        print(f"\n[ndif] server stopped mid-run: exit {proc.returncode} after {time.time() - stopped_at:.1f}s, "
+              f"{done_before}/8 shards kept; error: {err.strip().splitlines()[-1][:300]}")
+    assert proc.returncode == 3 and ("unreachable" in err or "lost contact" in err), err[-2000:]
+    assert 1 <= done_before < 8
+    started = start()
+    with capsys.disabled():
+        print(f"[ndif] restarted: {started.strip()}")
+    resumed = hones(*remote_args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with capsys.disabled():
+        print(f"[ndif] resumed: {summary(resumed.stderr)}")
+    diff = max_diff(tmp_path / "local" / "vqa.hones.parquet", tmp_path / "remote" / "vqa.hones.parquet")
+    assert diff <= 1e-5
+    assert not checkpoints.exists() or not list(checkpoints.rglob("shard-*"))  # cleaned after the table
+
+
+def test_model_not_hosted_is_a_clear_error(ndif_host, tmp_path, capsys):
+    """A model the server cannot load (here: a copy without weights, server side)."""
+    from hones_nn.models.loading import resolve_model_path
+    from hones_nn.runner.remote import RemoteRunError, model_hosted
+
+    loaded, _ = _engine(ndif_host)
+    folder = tmp_path / "not-hosted"
+    shutil.copytree(resolve_model_path("tiny-llava")[0], folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    loaded.model_id = str(folder)
+    from hones_nn.evaluation.engine import Engine
+    from hones_nn.runner.remote import RemoteSettings
+
+    engine = Engine(loaded, remote=RemoteSettings(mode="ndif", host=ndif_host, deploy_timeout_s=20))
+    hosted, message = model_hosted(ndif_host, engine.remote.model_key, engine.remote.repo_id)
+    assert not hosted and "does not host" in message and str(folder) in message
+    with pytest.raises(RemoteRunError) as info:
+        engine.decision_scores(_inputs(loaded, 1))
+    with capsys.disabled():
+        print(f"\n[ndif] not hosted: dry-run check -> {message[:160]}...\n[ndif] run -> {str(info.value)[:300]}")
+    assert "did not deploy the model" in str(info.value)
