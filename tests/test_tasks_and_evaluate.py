@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -157,3 +158,36 @@ def test_shipped_model_meets_targets(task, benchmark_dir, embedded):
     """The issue's quality bar, on the whole synthetic test split (300 images per task)."""
     metric = _shipped_metric(task, embedded)
     assert metric >= TARGETS[task], f"{task}: {metric:.4f} < {TARGETS[task]}"
+
+
+# tiny-qwen2.5-vl, measured on all 300 test images: vqa 0.8530, ocr 0.0000, caption 0.9976,
+# retrieval 0.5154. It meets the VQA and caption targets; OCR and retrieval are not learned
+# (stated in the README): these guard what it does reach.
+QWEN_LEVELS = {"vqa": 0.85, "caption": 0.40}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(QWEN_LEVELS))
+def test_shipped_qwen_keeps_its_measured_level(task, benchmark_dir):
+    from hones_nn.evaluation.engine import Engine
+    from hones_nn.evaluation.evaluate import evaluate, prepare_task
+    from hones_nn.models.loading import load_model
+
+    loaded = load_model("tiny-qwen2.5-vl")
+    assert type(loaded.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    td = prepare_task(loaded, task, split="test")
+    assert td.n >= 300
+    metric = evaluate(Engine(loaded), td, batch_size=64, progress=False).metric
+    assert metric >= QWEN_LEVELS[task], f"{task}: {metric:.4f} < {QWEN_LEVELS[task]}"
+
+
+def test_hones_runs_on_the_shipped_qwen(tmp_path, benchmark_dir):
+    """The whole HONES path (V-SEAM heads, then neurons) on the trained Qwen2.5-VL, from the CLI."""
+    result = CliRunner().invoke(cli, ["rank", "--task", "vqa", "--method", "hones", "--model", "tiny-qwen2.5-vl",
+                                      "--limit", "4", "--out-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    from hones_nn.runner.tables import read_table
+
+    table = read_table(tmp_path / "vqa.hones.parquet")
+    assert table.meta["model_id"] == "tiny-qwen2.5-vl" and table.shape == (4, 1024)
+    assert np.isfinite(table.score).all() and (table.score != 0).any()

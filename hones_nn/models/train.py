@@ -265,14 +265,15 @@ def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> li
     retrieval 5/8 of every batch (1:1:1:5), seed 2, stopped at step 1,500 (retrieval
     0.984, VQA 0.895 on the 300 test images).
 
-    tiny-qwen2.5-vl (``architecture="qwen2.5-vl"``): the same phase 1, then a shorter
-    phase 2 (2,000 steps), as far as this session's CPU budget went.
+    tiny-qwen2.5-vl (``architecture="qwen2.5-vl"``): the same phase 1, then phase 2's
+    1:1:1:3 mix on a 2,000-step schedule stopped at step 1,000, as far as the CPU budget
+    of the session that trained it went.
     """
     root = Path(out)
     if architecture == "qwen2.5-vl":
         phase1 = TrainConfig(out=str(root / "phase1"), seed=0, steps=6000, stop_at=2500, lr=2e-3, warmup=300,
                              task_weights="1,1,1,1", threads=threads, architecture=architecture)
-        phase2 = TrainConfig(out=str(root / "phase2"), seed=1, steps=2000, lr=1e-3, warmup=100,
+        phase2 = TrainConfig(out=str(root / "phase2"), seed=1, steps=2000, stop_at=1000, lr=1e-3, warmup=100,
                              task_weights="1,1,1,3", threads=threads, architecture=architecture,
                              init_from=str(root / "phase1" / "checkpoint" / "model.safetensors"))
         return [phase1, phase2]
