@@ -72,6 +72,24 @@ def setup_torch(threads: int) -> None:
     torch.manual_seed(0)
 
 
+def begin(args) -> tuple[float, dict]:
+    """The start of every benchmark: quiet logs, pin torch's threads, start the clock.
+
+    Returns (the start time for the result's ``wall_s``, :func:`machine_info`)."""
+    quiet()
+    started = time.perf_counter()
+    setup_torch(args.threads)
+    return started, machine_info()
+
+
+def load(model_name: str):
+    """(LoadedModel, HF model, architecture adapter, model sizes) of the benchmarked model."""
+    from hones_nn.models.loading import load_model
+
+    loaded = load_model(model_name)
+    return loaded, loaded.model, loaded.adapter, loaded.adapter.sizes(loaded.model)
+
+
 def freeze_heap() -> None:
     """Move everything alive now (modules, model, data) out of the collector's sight:
     a full ``gc.collect()`` otherwise costs ~0.3 s with transformers + nnsight loaded."""

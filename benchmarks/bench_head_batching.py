@@ -57,24 +57,18 @@ def parse_args():
 
 def main() -> int:
     args = parse_args()
-    C.quiet()
-    started = time.perf_counter()
-    C.setup_torch(args.threads)
+    started, machine = C.begin(args)
 
     import numpy as np
     import torch
 
     from hones_nn.evaluation.engine import Engine
     from hones_nn.evaluation.evaluate import prepare_task
-    from hones_nn.models.loading import load_model
     from hones_nn.runner.sweep import all_heads, sweep
 
     from _hooks import one_head_hook
 
-    machine = C.machine_info()
-    loaded = load_model(args.model)
-    model, adapter = loaded.model, loaded.adapter
-    sizes = adapter.sizes(model)
+    loaded, model, adapter, sizes = C.load(args.model)
     n_needed = max(args.logprob_examples if "logprob" in args.utilities else 0,
                    args.metric_examples if "metric" in args.utilities else 0)
     td = prepare_task(loaded, args.task, data=args.data, split="discovery", limit=n_needed)

@@ -62,9 +62,7 @@ def top_set(matrix, k):
 
 def main() -> int:
     args = parse_args()
-    C.quiet()
-    started = time.perf_counter()
-    C.setup_torch(args.threads)
+    started, machine = C.begin(args)
 
     import numpy as np
     import torch
@@ -73,7 +71,6 @@ def main() -> int:
     from hones_nn.models.tiny import TINY_ARCHITECTURES, build_tiny_random
     from hones_nn.runner.pipeline import Runner, default_top_heads
 
-    machine = C.machine_info()
     tmp = tempfile.TemporaryDirectory(prefix="hones-bench-screen-")
     cases = []
     embedded = load_model(args.model)

@@ -50,24 +50,18 @@ def parse_args():
 
 def main() -> int:
     args = parse_args()
-    C.quiet()
-    started = time.perf_counter()
-    C.setup_torch(args.threads)
+    started, machine = C.begin(args)
 
     import numpy as np
     import torch
 
     from hones_nn.methods.hones import caption_idf, contributions, hones_prompt, select_heads, target_directions
-    from hones_nn.models.loading import load_model
     from hones_nn.runner.pipeline import Runner, default_top_heads
     from hones_nn.runner.tables import read_table, write_head_table
 
     from _hooks import read_down_proj_inputs, row_heads_hooks
 
-    machine = C.machine_info()
-    loaded = load_model(args.model)
-    model, adapter = loaded.model, loaded.adapter
-    sizes = adapter.sizes(model)
+    loaded, model, adapter, sizes = C.load(args.model)
     k = args.top_heads or default_top_heads(sizes.num_layers, sizes.num_heads)
     tmp = tempfile.TemporaryDirectory(prefix="hones-bench-")
     tmpdir = Path(tmp.name)

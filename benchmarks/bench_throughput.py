@@ -60,9 +60,7 @@ def parse_args():
 
 def main() -> int:
     args = parse_args()
-    C.quiet()
-    started = time.perf_counter()
-    C.setup_torch(args.threads)
+    started, machine = C.begin(args)
 
     import resource
 
@@ -72,15 +70,11 @@ def main() -> int:
     import hones_nn.runner.sweep as sweep_module
     from hones_nn.evaluation.engine import encode_prompts
     from hones_nn.methods.hones import contributions, hones_prompt, target_directions
-    from hones_nn.models.loading import load_model
     from hones_nn.runner.estimates import activation_bytes, measure_peak_bytes, model_shape
     from hones_nn.runner.pipeline import Runner, default_top_heads
     from hones_nn.runner.sweep import Row, all_heads, make_intervention, sweep, teacher_forced_scores
 
-    machine = C.machine_info()
-    loaded = load_model(args.model)
-    model, adapter = loaded.model, loaded.adapter
-    sizes = adapter.sizes(model)
+    loaded, model, adapter, sizes = C.load(args.model)
     k = default_top_heads(sizes.num_layers, sizes.num_heads)
     n_items = max(args.head_examples, args.hones_examples, args.gen_examples)
     runner = Runner(loaded, out_dir="/tmp/hones-bench-throughput", progress=False, data=args.data, limit=n_items)

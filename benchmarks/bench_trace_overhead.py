@@ -59,9 +59,7 @@ def parse_args():
 
 def main() -> int:
     args = parse_args()
-    C.quiet()
-    started = time.perf_counter()
-    C.setup_torch(args.threads)
+    started, machine = C.begin(args)
 
     import torch
 
@@ -73,7 +71,6 @@ def main() -> int:
 
     from _hooks import row_heads_hooks
 
-    machine = C.machine_info()
     loaded = load_model(args.model)
     sizes = loaded.adapter.sizes(loaded.model)
     need = max(args.batch_sizes + args.gen_batch_sizes)

@@ -41,6 +41,31 @@ def _data(cell, mime: str) -> list:
             if o.get("output_type") in ("execute_result", "display_data") and mime in o.get("data", {})]
 
 
+def _execute(path: Path, tmp_path, monkeypatch):
+    """Run a notebook top to bottom in a fresh kernel; (the executed notebook, HONES_NN_HOME, TMPDIR)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    for module in ("ipykernel", "matplotlib", "pandas"):
+        pytest.importorskip(module)
+
+    home, scratch = tmp_path / "hones_home", tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("HONES_NN_HOME", str(home))  # the kernel inherits the environment
+    monkeypatch.setenv("TMPDIR", str(scratch))
+
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError on the first failing cell
+    print(f"{path.name} executed in {time.perf_counter() - start:.1f} s")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.execution_count is not None
+            assert not [o for o in cell.outputs if o.get("output_type") == "error"]
+    return nb, home, scratch
+
+
 def test_notebooks_are_stored_without_outputs():
     nbformat = pytest.importorskip("nbformat")
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
@@ -53,28 +78,7 @@ def test_notebooks_are_stored_without_outputs():
 
 @pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    for module in ("ipykernel", "matplotlib", "pandas"):
-        pytest.importorskip(module)
-
-    home, scratch = tmp_path / "hones_home", tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setenv("HONES_NN_HOME", str(home))  # the kernel inherits the environment
-    monkeypatch.setenv("TMPDIR", str(scratch))
-
-    nb = nbformat.read(QUICKSTART, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    start = time.perf_counter()
-    client.execute()  # raises CellExecutionError on the first failing cell
-    seconds = time.perf_counter() - start
-    print(f"{QUICKSTART.name} executed in {seconds:.1f} s")
-
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.execution_count is not None
-            assert not [o for o in cell.outputs if o.get("output_type") == "error"]
+    nb, home, scratch = _execute(QUICKSTART, tmp_path, monkeypatch)
 
     # the default benchmark was built in HONES_NN_HOME, the score tables under TMPDIR
     assert list((home / "benchmarks").glob("*/hones_dataset.json"))
@@ -112,25 +116,7 @@ COMPARE_STEER = NOTEBOOKS / "02_compare_and_steer.ipynb"
 
 @pytest.mark.slow
 def test_compare_and_steer_notebook_runs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    for module in ("ipykernel", "matplotlib", "pandas"):
-        pytest.importorskip(module)
-
-    home, scratch = tmp_path / "hones_home", tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setenv("HONES_NN_HOME", str(home))
-    monkeypatch.setenv("TMPDIR", str(scratch))
-
-    nb = nbformat.read(COMPARE_STEER, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    start = time.perf_counter()
-    client.execute()
-    print(f"{COMPARE_STEER.name} executed in {time.perf_counter() - start:.1f} s")
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert not [o for o in cell.outputs if o.get("output_type") == "error"]
+    nb, _, scratch = _execute(COMPARE_STEER, tmp_path, monkeypatch)
 
     cells = _cells_by_tag(nb)
     compare_html = _data(cells["compare"], "text/html")[0]
