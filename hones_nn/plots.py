@@ -527,9 +527,11 @@ def plot_steering(report, out_prefix, formats=("png", "svg"), size=None, dpi: in
             ax.errorbar(x[has_err], values[has_err], yerr=err[:, has_err], fmt="none", ecolor="black", capsize=3,
                         linewidth=1.0)
         lo, hi = float((values - err[0]).min()), float((values + err[1]).max())
-        span = max(hi - lo, 1e-3 * max(abs(hi), 1.0))
-        # a zoomed y axis: the differences are a few points of a metric near its base value
+        # a zoomed y axis: the differences are a few points of a metric near its base value (at
+        # least one point of it, so equal bars do not blow rounding up into an offset axis)
+        span = max(hi - lo, 1e-2 * max(abs(hi), 1.0))
         ax.set_ylim(max(0.0, lo - 0.6 * span) if lo >= 0 else lo - 0.6 * span, hi + 0.35 * span)
+        ax.ticklabel_format(axis="y", useOffset=False)
         for xi, v, u in zip(x, values, values + err[1]):
             ax.text(xi, u + 0.02 * span, f"{v:.4f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x)
