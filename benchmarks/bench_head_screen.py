@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
+from hones_nn.utils.stats import spearman  # noqa: E402
+
 NAME = "head_screen"
 
 
@@ -44,12 +46,6 @@ def parse_args():
     args.retrieval_examples = args.retrieval_examples or (1 if q else 4)
     args.random_examples = args.random_examples or (2 if q else 16)
     return args
-
-
-def spearman(a, b) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
 
 
 def top_set(matrix, k):

@@ -67,7 +67,7 @@ def token_report(loaded, sets: FuzzySets, k: int = 10, per_set: int = 5, fractio
 
 def spearman_matrix(sets: FuzzySets, names: list[str] | None = None) -> tuple[list[str], np.ndarray]:
     """Spearman rho between the memberships of every pair of sets (over the union of members)."""
-    from scipy.stats import spearmanr
+    from hones_nn.utils.stats import spearman_matrix as rank_correlations
 
     names = names or sets.names
     f = sets.frame[sets.frame["in_set"] & sets.frame["concept"].isin(names)]
@@ -82,8 +82,7 @@ def spearman_matrix(sets: FuzzySets, names: list[str] | None = None) -> tuple[li
             matrix[i, index[(layer, neuron)]] = mu
     if len(names) == 1:
         return names, np.ones((1, 1))
-    rho = spearmanr(matrix, axis=1).statistic
-    return names, np.atleast_2d(np.asarray(rho, dtype=np.float64))
+    return names, rank_correlations(matrix)
 
 
 def layer_distribution(sets: FuzzySets, num_layers: int) -> dict[str, list[int]]:
