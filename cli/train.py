@@ -8,7 +8,8 @@ import click
 @click.command("train-embedded", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def train_embedded(args):
-    """Reproduce the embedded tiny LLaVA: `hones-nn train-embedded --recipe --out DIR`.
+    """Reproduce a shipped model: `hones-nn train-embedded --recipe --out DIR` (tiny-llava),
+    `... --recipe --architecture qwen2.5-vl --out DIR` (tiny-qwen2.5-vl).
 
     Without --recipe, one training run with the options of
     `python -m hones_nn.models.train --help`. Resumable: rerun the same command.

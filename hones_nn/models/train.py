@@ -1,7 +1,8 @@
-"""Reproducible training of the embedded tiny LLaVA on the synthetic train split.
+"""Reproducible training of the embedded models (tiny LLaVA, tiny Qwen2.5-VL) on the synthetic train split.
 
-    python -m hones_nn.models.train --out runs/tiny-llava --steps 6000
-    hones-nn train-embedded --out runs/tiny-llava          (the same, from the CLI)
+    python -m hones_nn.models.train --out runs/tiny-llava --steps 6000       (one run)
+    hones-nn train-embedded --recipe --out runs/tiny-llava                  (the shipped recipe)
+    hones-nn train-embedded --recipe --architecture qwen2.5-vl --out runs/tiny-qwen
 
 Each step draws 32 examples, the four tasks in equal numbers, from the train half of the
 scene space (never an evaluation image, see ``in_train_space``). Labels are drawn per
