@@ -434,9 +434,9 @@ def _push_result(result: dict, tracer) -> None:
 
 
 def _saved_bytes(tracer) -> int:
-    """Compressed size of the values a trace saved (what a server would send back)."""
-    import io
-
+    """Estimated size of what a server would send back for this trace: the raw bytes of
+    every saved tensor (and the text of any other saved value), zstd-compressed as the
+    server compresses its answer. Nothing is pickled."""
     import torch
     import zstandard
     from nnsight.tracing.tracer import _saves
@@ -445,13 +445,24 @@ def _saved_bytes(tracer) -> int:
     if frame is None:
         return 0
     saves = _saves()
-    values = {k: v for k, v in frame.f_locals.items() if id(v) in saves}
-    buffer = io.BytesIO()
-    try:
-        torch.save(values, buffer)
-    except Exception:  # noqa: BLE001 - an unpicklable local: no estimate
-        return 0
-    return len(zstandard.ZstdCompressor(level=3).compress(buffer.getvalue()))
+    chunks: list[bytes] = []
+
+    def collect(value) -> None:
+        if isinstance(value, torch.Tensor):
+            chunks.append(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item)
+        else:
+            chunks.append(repr(value).encode())
+
+    for value in frame.f_locals.values():
+        if id(value) in saves:
+            collect(value)
+    return len(zstandard.ZstdCompressor(level=3).compress(b"".join(chunks)))
 
 
 def _message(exc) -> str:
