@@ -298,15 +298,7 @@ def update_readme(readme: Path, block: str) -> bool:
 
 
 def build(results_dir: Path) -> str:
-    files = sorted(results_dir.glob("*.json"))
-    data = {}
-    for f in files:
-        try:
-            d = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            print(f"skipping {f}: {exc}", file=sys.stderr)
-            continue
-        data[d.get("benchmark", f.stem)] = d
+    data = load_results(results_dir)
     names = [n for n in ORDER if n in data] + sorted(n for n in data if n not in ORDER)
     lines = ["## Benchmarks", "",
              "Ratios of two timings taken in the same run on the same inputs (medians of interleaved repeats "

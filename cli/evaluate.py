@@ -36,7 +36,7 @@ def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code,
     """
     from hones_nn.evaluation.engine import Engine
     from hones_nn.evaluation.evaluate import evaluate, masked_evaluation, prepare_task
-    from hones_nn.runner.tables import check_table_matches, read_table, top_k_for_ratio
+    from hones_nn.runner.tables import read_neuron_table, top_k_for_ratio
 
     loaded = load(model_name, dtype, device, device_map, trust_remote_code)
     td = prepare_task(loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad,
@@ -75,11 +75,7 @@ def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code,
             result = masked_evaluation(engine, td, None, random_seeds=seeds, k=k, batch_size=batch_size,
                                        progress=progress)
         else:
-            table = read_table(mask)
-            if table.kind != "neurons":
-                raise ValueError(f"{mask} is a {table.kind} table; --mask needs a neuron score table from `hones-nn rank`")
-            check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id,
-                                weights_hash=loaded.weights_hash)
+            table = read_neuron_table(mask, loaded, "--mask")
             neurons = table.top_ratio(top_ratio)
             result = masked_evaluation(engine, td, neurons, random_seeds=seeds if random_control else 0,
                                        batch_size=batch_size, progress=progress)

@@ -77,7 +77,7 @@ def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, devic
         task_sets,
         write_overlap,
     )
-    from hones_nn.runner.tables import check_table_matches, top_k_for_ratio
+    from hones_nn.runner.tables import check_neuron_table_for, top_k_for_ratio
 
     paths = _split_paths(scores) + _split_paths(more_scores)
     if not paths:
@@ -87,10 +87,8 @@ def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, devic
     tables = load_task_tables(paths)
     tasks = list(tables)
     loaded = load(model_name, dtype, device, device_map, trust_remote_code)
-    sizes = loaded.sizes
     for table in tables.values():
-        check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id,
-                            weights_hash=loaded.weights_hash)
+        check_neuron_table_for(table, loaded)
     sets = task_sets(tables, top_ratio)
     groups = membership_groups(sets)
     progress = not as_json
@@ -194,16 +192,11 @@ def _pairs_from_json(data, path) -> list[tuple[int, int]] | None:
 def resolve_group(spec: str, task: str, groups_file: str | None, top_ratio: float, loaded) -> tuple[str, list]:
     """(display name, neurons) of one --group value (see `hones-nn lens --help`)."""
     from hones_nn.evaluation.overlap import find_group, read_groups
-    from hones_nn.runner.tables import check_table_matches, read_table
+    from hones_nn.runner.tables import read_neuron_table
 
-    sizes = loaded.sizes
     path = Path(spec)
     if path.suffix == ".parquet" and path.exists():
-        table = read_table(path)
-        if table.kind != "neurons":
-            raise ValueError(f"{path} is a {table.kind} table; a group is a neuron table's top --top-ratio")
-        check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id,
-                            weights_hash=loaded.weights_hash)
+        table = read_neuron_table(path, loaded, "a --group given as a table")
         label = f"{table.meta.get('task')}.{table.meta.get('method')} top-{100 * top_ratio:g}%"
         return label, table.top_ratio(top_ratio)
     name = None

@@ -245,13 +245,9 @@ def select_neurons(loaded, spec: str, source_word: str, top_k: int, readout: Rea
             neurons = list(zip(rows["layer"].astype(int), rows["neuron"].astype(int)))
             desc = f"fuzzy set {source_word!r} top {len(neurons)} by membership"
         else:
-            from hones_nn.runner.tables import check_table_matches, read_table
+            from hones_nn.runner.tables import read_neuron_table
 
-            table = read_table(path)
-            if table.kind != "neurons":
-                raise ValueError(f"--neurons {spec} is a {table.kind} table; give a neuron score table")
-            check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id,
-                                weights_hash=loaded.weights_hash)
+            table = read_neuron_table(path, loaded, "--neurons")
             neurons = table.top(top_k)
             desc = f"top {top_k} of {path.name} ({table.meta.get('method')})"
     for layer, neuron in neurons:
@@ -376,17 +372,13 @@ def save_edit(path: str | Path, edit: NeuronEdit, meta: dict, report: dict | Non
 
 
 def load_edit(path: str | Path) -> NeuronEdit:
-    from safetensors import safe_open
+    from hones_nn.utils.io import read_safetensors
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--edit {path}: no such file; make one with `hones-nn edit ... --out FILE`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get(META_KEY, "null"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - a wrong file type
-        raise ValueError(f"--edit {path} is not a safetensors file ({exc}); make one with `hones-nn edit`") from None
+    tensors, raw = read_safetensors(path, f"--edit {path}", "; make one with `hones-nn edit`")
+    meta = json.loads(raw.get(META_KEY, "null"))
     if meta is None or not {"layers", "neurons", "delta"} <= set(tensors):
         raise ValueError(f"--edit {path} is not a hones-nn edit (no {META_KEY} metadata); make one with `hones-nn edit`")
     neurons = list(zip(tensors["layers"].tolist(), tensors["neurons"].tolist()))

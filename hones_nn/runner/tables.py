@@ -229,6 +229,23 @@ def check_table_matches(table: ScoreTable, shape: tuple[int, int], model_id: str
         raise ValueError(f"{table.path} was computed for task {table.meta.get('task')!r}, not {task!r}")
 
 
+def read_neuron_table(path, loaded, purpose: str) -> ScoreTable:
+    """The neuron score table at ``path``, checked to be one (not a head table) and to have
+    been computed on ``loaded``'s model; ``purpose`` completes the error ("--mask needs ...")."""
+    table = read_table(path)
+    if table.kind != "neurons":
+        raise ValueError(f"{path} is a {table.kind} table; {purpose} needs a neuron score table from `hones-nn rank`")
+    check_neuron_table_for(table, loaded)
+    return table
+
+
+def check_neuron_table_for(table: ScoreTable, loaded) -> None:
+    """A clear error unless the neuron ``table`` was computed on ``loaded``'s model."""
+    sizes = loaded.sizes
+    check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id,
+                        weights_hash=loaded.weights_hash)
+
+
 def finite_or_raise(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} is {value}; the run diverged or had no valid examples")

@@ -112,7 +112,7 @@ def check_neurons(neurons, num_layers: int, d_ff: int, source: str = "neurons") 
 def select_neurons(loaded, scores: str | None = None, top_k: int | None = None, top_ratio: float | None = None,
                    neurons_file: str | None = None, task: str | None = None) -> tuple[list[tuple[int, int]], dict]:
     """The neurons to steer and a description of where they came from (for the metadata)."""
-    from hones_nn.runner.tables import check_table_matches, read_table, top_k_for_ratio
+    from hones_nn.runner.tables import read_neuron_table, top_k_for_ratio
 
     sizes = loaded.sizes
     if (scores is None) == (neurons_file is None):
@@ -122,11 +122,7 @@ def select_neurons(loaded, scores: str | None = None, top_k: int | None = None, 
             raise ValueError("--top-k / --top-ratio select from a score table; with --neurons every listed neuron is used")
         chosen = check_neurons(read_neuron_file(neurons_file), sizes.num_layers, sizes.d_ff, str(neurons_file))
         return chosen, {"source": "file", "path": str(neurons_file), "k": len(chosen)}
-    table = read_table(scores)
-    if table.kind != "neurons":
-        raise ValueError(f"{scores} is a {table.kind} table; steering needs a neuron score table from `hones-nn rank`")
-    check_table_matches(table, (sizes.num_layers, sizes.d_ff), model_id=loaded.model_id,
-                        weights_hash=loaded.weights_hash)
+    table = read_neuron_table(scores, loaded, "steering")
     if top_k is not None and top_ratio is not None:
         raise ValueError("give --top-k or --top-ratio, not both")
     if top_k is None:
@@ -198,24 +194,17 @@ def _json_default(value):
 
 
 def load_scales(path: str | Path) -> ScalesFile:
-    from safetensors import safe_open
+    from hones_nn.utils.io import read_safetensors
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"scales file {path} does not exist; learn one with `hones-nn steer`")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = handle.metadata() or {}
-            keys = set(handle.keys())
-            if not {"scales", "neurons"} <= keys:
-                raise ValueError(f"{path} is not a hones-nn scales file (tensors {sorted(keys)})")
-            scales = handle.get_tensor("scales").float()
-            neurons_t = handle.get_tensor("neurons")
-            delta = handle.get_tensor("delta").float() if "delta" in keys else scales - 1.0
-    except ValueError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types for a corrupt header
-        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    tensors, raw = read_safetensors(path, str(path))
+    if not {"scales", "neurons"} <= set(tensors):
+        raise ValueError(f"{path} is not a hones-nn scales file (tensors {sorted(tensors)})")
+    scales = tensors["scales"].float()
+    neurons_t = tensors["neurons"]
+    delta = tensors["delta"].float() if "delta" in tensors else scales - 1.0
     meta = {}
     for key, value in raw.items():
         if key.startswith(META_PREFIX):

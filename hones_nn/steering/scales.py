@@ -62,7 +62,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -71,7 +70,7 @@ from hones_nn.interventions.neurons import NeuronScale
 from hones_nn.methods.grad import frozen_parameters
 from hones_nn.tasks.base import Prompt
 from hones_nn.tasks.retrieval import decision_token_ids
-from hones_nn.utils.io import atomic_write_with
+from hones_nn.utils.io import atomic_write_with, read_safetensors
 
 
 @dataclass
@@ -288,9 +287,7 @@ def _write_checkpoint(path: Path, state: dict) -> None:
 
 
 def _read_checkpoint(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    tensors, meta = read_safetensors(path, f"steering checkpoint {path}", "; delete it to redo that epoch")
     opt_state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("optimizer.")}
     return {"fingerprint": meta.get("fingerprint"), "epoch": int(meta.get("epoch", 0)), "delta": tensors["delta"],
             "optimizer": {"state": {0: opt_state} if opt_state else {}, "param_groups": json.loads(meta["param_groups"])},

@@ -1,6 +1,6 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then rename.
-
-A run killed mid-write leaves either the old file or the new one, never half of one.
+"""Atomic file writes (a temp file in the same folder, fsync, then rename: a run killed
+mid-write leaves either the old file or the new one, never half of one), and the one
+safetensors reader of the files we write (steering scales, edits).
 """
 
 from __future__ import annotations
@@ -41,3 +41,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_safetensors(path: str | os.PathLike, label: str, hint: str = "") -> tuple[dict, dict[str, str]]:
+    """(tensors, string metadata) of a safetensors file; a ValueError naming ``label`` (and
+    ending with ``hint``, e.g. how to make a good file) when it is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a corrupt header
+        raise ValueError(f"{label} is not a readable safetensors file ({exc}){hint}") from None
