@@ -38,23 +38,23 @@ def quiet() -> None:
         import datasets
 
         datasets.disable_progress_bars()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the benchmark runs (numbers are noisy)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (torch.set_num_threads); 0 keeps torch's default")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (torch.set_num_threads); 0 keeps torch's default"
+    )
     p.add_argument("--model", default="tiny-llava", help="model name or folder for hones_nn.models.load_model")
     p.add_argument("--data", default=None, help="benchmark folder (default: the cached synthetic benchmark)")
     p.add_argument("--task", default="vqa", help="task whose discovery split feeds the benchmark")
@@ -141,9 +141,10 @@ def ratio(a: float, b: float) -> float:
 
 def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except Exception:
         return None
 
 
@@ -199,12 +200,10 @@ def machine_info() -> dict:
 
 
 def command_line() -> str:
-    script = Path(sys.argv[0])
-    try:
-        script = script.resolve().relative_to(REPO_ROOT)
-    except ValueError:
-        pass
-    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+    """The command that ran this benchmark: ``python -m benchmarks.<name> ARGS`` (run from the
+    repository root, as benchmarks/run_all.sh does)."""
+    module = sys.modules["__main__"].__spec__.name
+    return " ".join(["python", "-m", module, *map(shlex.quote, sys.argv[1:])])
 
 
 def _jsonable(value):
@@ -226,8 +225,17 @@ def _jsonable(value):
     return str(value)
 
 
-def write_result(name: str, args, settings: dict, results: dict, summary: list[dict], machine: dict,
-                 started: float, notes: list[str] | None = None, model: dict | None = None) -> Path:
+def write_result(
+    name: str,
+    args,
+    settings: dict,
+    results: dict,
+    summary: list[dict],
+    machine: dict,
+    started: float,
+    notes: list[str] | None = None,
+    model: dict | None = None,
+) -> Path:
     """Write benchmarks/results/<name>.json (or --out) and return its path.
 
     ``summary``: the rows report.py turns into a table: dicts with ``what``, ``ratio``,
@@ -267,16 +275,6 @@ def model_info(loaded) -> dict:
         "dtype": str(next(loaded.model.parameters()).dtype),
         "device": str(next(loaded.model.parameters()).device),
     }
-
-
-def encode_prompts(loaded, images, prompts, with_answers: bool = False, reference_compat: bool = False):
-    """The library's batch encoder (``encode_prompts``; ``encode`` before it was renamed)."""
-    from hones_nn.evaluation import engine
-
-    fn = getattr(engine, "encode_prompts", None)
-    if fn is not None:
-        return fn(loaded, images, prompts, with_answers=with_answers, reference_compat=reference_compat)
-    return engine.encode(loaded, images, prompts, with_answers=with_answers)
 
 
 def ms(seconds: float) -> float:

@@ -78,6 +78,7 @@ def read_down_proj_inputs(model, adapter, num_layers: int, store: dict, fn=None)
     fn = fn or (lambda layer, z: z[:, -1].detach().clone())
     handles = []
     for layer in range(num_layers):
+
         def hook(_module, args, layer=layer):
             store[layer] = fn(layer, args[0])
 

@@ -24,11 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
-
-from hones_nn.utils.stats import spearman  # noqa: E402
+from benchmarks import _common as C
+from hones_nn.utils.stats import spearman
 
 NAME = "head_screen"
 
@@ -63,9 +60,10 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from hones_nn.embedded.tiny_random import TINY_ARCHITECTURES, build_tiny_random
+    from hones_nn.methods.base import default_top_heads
     from hones_nn.models.loading import load_model
-    from hones_nn.models.tiny import TINY_ARCHITECTURES, build_tiny_random
-    from hones_nn.runner.pipeline import Runner, default_top_heads
+    from hones_nn.runner.pipeline import Runner
 
     tmp = tempfile.TemporaryDirectory(prefix="hones-bench-screen-")
     cases = []
@@ -98,15 +96,20 @@ def main() -> int:
         for mult in (4, 2):
             nv = min(mult * k, sizes.num_layers * sizes.num_heads)
             t0 = time.perf_counter()
-            screened[mult] = runner.heads(task, utility=utility, screen="atp", verify_top=nv,
-                                          out=out / f"screened{mult}.parquet")
+            screened[mult] = runner.heads(
+                task, utility=utility, screen="atp", verify_top=nv, out=out / f"screened{mult}.parquet"
+            )
             timed[f"screened_{mult}k"] = time.perf_counter() - t0
         ex = exact.matrix()
         est = np.asarray(screen_only.meta["screen_scores"])
         exact_top = top_set(ex, k)
         row = {
-            "model": name, "task": task, "utility": utility, "examples": exact.meta["n_examples"],
-            "heads": sizes.num_layers * sizes.num_heads, "top_heads": k,
+            "model": name,
+            "task": task,
+            "utility": utility,
+            "examples": exact.meta["n_examples"],
+            "heads": sizes.num_layers * sizes.num_heads,
+            "top_heads": k,
             "spearman_screen_vs_exact": spearman(est.reshape(-1), ex.reshape(-1)),
             "recall_at_k_screen": len(top_set(est, k) & exact_top) / k,
             "seconds": timed,
@@ -117,28 +120,46 @@ def main() -> int:
             top = {layer * sizes.num_heads + h for layer, h in table.top(k)}
             row[f"recall_at_k_screened_{mult}k"] = len(top & exact_top) / k
             row[f"verified_{mult}k"] = len(table.meta["verified_heads"])
-            row[f"exact_top_k_within_verified_{mult}k"] = len(
-                exact_top & {layer * sizes.num_heads + h for layer, h in table.meta["verified_heads"]}) / k
+            row[f"exact_top_k_within_verified_{mult}k"] = (
+                len(exact_top & {layer * sizes.num_heads + h for layer, h in table.meta["verified_heads"]}) / k
+            )
         results.append(row)
-        print(f"  {name:<24} {task:<9} {utility:<7} n={row['examples']:<3} spearman {row['spearman_screen_vs_exact']:+.3f}"
-              f"  recall@{k} screen {row['recall_at_k_screen']:.2f}, screened(4K) {row['recall_at_k_screened_4k']:.2f},"
-              f" screened(2K) {row['recall_at_k_screened_2k']:.2f}; time exact {timed['exact']:.1f}s, screen "
-              f"{timed['screen']:.1f}s, screened 4K {timed['screened_4k']:.1f}s, 2K {timed['screened_2k']:.1f}s",
-              flush=True)
-        summary.append({"what": f"{name} {task} {utility}: screened(2K_h) / exact time",
-                        "a_ms": C.ms(timed["screened_2k"]), "b_ms": C.ms(timed["exact"]),
-                        "ratio": row["screened_over_exact_time"][2],
-                        "note": f"spearman {row['spearman_screen_vs_exact']:+.2f}, recall@K_h screen "
-                                f"{row['recall_at_k_screen']:.2f}, screened {row['recall_at_k_screened_2k']:.2f}"})
-    settings = {"examples": args.examples, "retrieval_examples": args.retrieval_examples,
-                "random_examples": args.random_examples, "batch_size": args.batch_size,
-                "threads": torch.get_num_threads(), "data": args.data or "synthetic (default)", "task": "several"}
-    notes = ["screen utility: teacher-forced log-prob of the gold answer (retrieval: Yes-No logit-diff margin), "
-             "whatever --utility the exact scores use",
-             "recall@K_h = |top-K_h(screen) & top-K_h(exact)| / K_h; K_h = default_top_heads (a quarter of the "
-             "heads on tiny models)"]
-    path = C.write_result(NAME, args, settings, {"cases": results}, summary, machine, started, notes,
-                          C.model_info(embedded))
+        print(
+            f"  {name:<24} {task:<9} {utility:<7} n={row['examples']:<3} "
+            f"spearman {row['spearman_screen_vs_exact']:+.3f}"
+            f"  recall@{k} screen {row['recall_at_k_screen']:.2f}, screened(4K) {row['recall_at_k_screened_4k']:.2f},"
+            f" screened(2K) {row['recall_at_k_screened_2k']:.2f}; time exact {timed['exact']:.1f}s, screen "
+            f"{timed['screen']:.1f}s, screened 4K {timed['screened_4k']:.1f}s, 2K {timed['screened_2k']:.1f}s",
+            flush=True,
+        )
+        summary.append(
+            {
+                "what": f"{name} {task} {utility}: screened(2K_h) / exact time",
+                "a_ms": C.ms(timed["screened_2k"]),
+                "b_ms": C.ms(timed["exact"]),
+                "ratio": row["screened_over_exact_time"][2],
+                "note": f"spearman {row['spearman_screen_vs_exact']:+.2f}, recall@K_h screen "
+                f"{row['recall_at_k_screen']:.2f}, screened {row['recall_at_k_screened_2k']:.2f}",
+            }
+        )
+    settings = {
+        "examples": args.examples,
+        "retrieval_examples": args.retrieval_examples,
+        "random_examples": args.random_examples,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "data": args.data or "synthetic (default)",
+        "task": "several",
+    }
+    notes = [
+        "screen utility: teacher-forced log-prob of the gold answer (retrieval: Yes-No logit-diff margin), "
+        "whatever --utility the exact scores use",
+        "recall@K_h = |top-K_h(screen) & top-K_h(exact)| / K_h; K_h = default_top_heads (a quarter of the "
+        "heads on tiny models)",
+    ]
+    path = C.write_result(
+        NAME, args, settings, {"cases": results}, summary, machine, started, notes, C.model_info(embedded)
+    )
     print(f"\nwrote {path} ({time.perf_counter() - started:.1f} s)")
     tmp.cleanup()
     return 0

@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 NAME = "hones_attribution"
 
@@ -36,7 +34,9 @@ def parse_args():
     p.add_argument("--examples", type=int, default=None, help="discovery examples attributed")
     p.add_argument("--top-heads", type=int, default=None, help="K_h (default: the Runner's default for the model)")
     p.add_argument("--batch-size", type=int, default=32, help="rows per forward (the Runner's default is 32)")
-    p.add_argument("--heads-table", default=None, help="a V-SEAM head table (Parquet) to use instead of a synthetic one")
+    p.add_argument(
+        "--heads-table", default=None, help="a V-SEAM head table (Parquet) to use instead of a synthetic one"
+    )
     p.add_argument("--skip-rank", action="store_true", help="do not time Runner.rank end to end")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the hooks cross-check")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the hooks cross-check")
@@ -55,11 +55,13 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from hones_nn.methods.hones import caption_idf, contributions, hones_prompt, select_heads, target_directions
-    from hones_nn.runner.pipeline import Runner, default_top_heads
-    from hones_nn.runner.tables import read_table, write_head_table
-
-    from _hooks import read_down_proj_inputs, row_heads_hooks
+    from benchmarks._hooks import read_down_proj_inputs, row_heads_hooks
+    from hones_nn.engine.encoding import encode_prompts
+    from hones_nn.engine.tables import read_table, write_head_table
+    from hones_nn.methods.base import default_top_heads
+    from hones_nn.methods.hones import contributions, select_heads, target_directions
+    from hones_nn.runner.pipeline import Runner
+    from hones_nn.tasks.targets import caption_idf
 
     loaded, model, adapter, sizes = C.load(args.model)
     k = args.top_heads or default_top_heads(sizes.num_layers, sizes.num_heads)
@@ -72,14 +74,30 @@ def main() -> int:
     else:
         rng = np.random.default_rng(0)
         scores = rng.normal(size=(sizes.num_layers, sizes.num_heads))
-        path = write_head_table(tmpdir / "heads.parquet", scores, 0.0, np.zeros_like(scores),
-                                {"model_id": loaded.model_id, "weights_hash": loaded.weights_hash, "task": args.task,
-                                 "method": "synthetic-benchmark"})
+        path = write_head_table(
+            tmpdir / "heads.parquet",
+            scores,
+            0.0,
+            np.zeros_like(scores),
+            {
+                "model_id": loaded.model_id,
+                "weights_hash": loaded.weights_hash,
+                "task": args.task,
+                "method": "synthetic-benchmark",
+            },
+        )
         table = read_table(path)
         table_source = "synthetic: N(0, 1) scores, numpy seed 0"
 
-    runner = Runner(loaded, out_dir=tmpdir / "runs", batch_size=args.batch_size, progress=False, data=args.data,
-                    split="discovery", limit=args.examples)
+    runner = Runner(
+        loaded,
+        out_dir=tmpdir / "runs",
+        batch_size=args.batch_size,
+        progress=False,
+        data=args.data,
+        split="discovery",
+        limit=args.examples,
+    )
     ctx = runner.context(args.task, {"top_heads": k, "heads_table": table})
     ctx.checkpoint_dir = None  # contributions() alone: no shard files
     heads, weights = select_heads(ctx, table, k, random_heads=False)
@@ -89,13 +107,14 @@ def main() -> int:
     ids = list(range(ctx.td.n))
     engine = ctx.engine
     rows = [(i, c) for i in ids for c in range(len(conditions))]
-    chunks = [rows[s: s + args.batch_size] for s in range(0, len(rows), args.batch_size)]
-    proj = torch.stack([u @ adapter.down_proj(model, layer).weight.detach().float().cpu()
-                        for layer in range(sizes.num_layers)])  # [L, n, d_ff]
+    chunks = [rows[s : s + args.batch_size] for s in range(0, len(rows), args.batch_size)]
+    proj = torch.stack(
+        [u @ adapter.down_proj(model, layer).weight.detach().float().cpu() for layer in range(sizes.num_layers)]
+    )  # [L, n, d_ff]
 
     def encode_chunk(chunk):
-        prompts = [hones_prompt(ctx.td.task, ctx.td.items[i]) for i, _ in chunk]
-        enc = C.encode_prompts(loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat)
+        prompts = [ctx.td.task.attribution_prompt(ctx.td.items[i]) for i, _ in chunk]
+        enc = encode_prompts(loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat)
         return {k_: v.to(engine.device) if torch.is_tensor(v) else v for k_, v in enc.inputs.items()}
 
     pre_encoded = [encode_chunk(chunk) for chunk in chunks]
@@ -121,9 +140,12 @@ def main() -> int:
             inputs = encode_chunk(chunk)
             row_proj = proj[:, [i for i, _ in chunk]]
             store = {}
-            with row_heads_hooks(model, adapter, [conditions[c] for _, c in chunk], sizes.num_heads), \
-                    read_down_proj_inputs(model, adapter, sizes.num_layers, store,
-                                          lambda layer, z: (z[:, -1].float() * row_proj[layer]).cpu()):
+            with (
+                row_heads_hooks(model, adapter, [conditions[c] for _, c in chunk], sizes.num_heads),
+                read_down_proj_inputs(
+                    model, adapter, sizes.num_layers, store, lambda layer, z: (z[:, -1].float() * row_proj[layer]).cpu()
+                ),
+            ):
                 model(**inputs)
             c = torch.stack([store[layer] for layer in range(sizes.num_layers)], dim=1)
             for (i, cond), value in zip(chunk, c):
@@ -134,15 +156,16 @@ def main() -> int:
 
     def rank():
         rank_count[0] += 1
-        return runner.rank(args.task, "hones", heads=table, top_heads=k,
-                           out=tmpdir / f"rank-{rank_count[0]}.parquet")
+        return runner.rank(args.task, "hones", heads=table, top_heads=k, out=tmpdir / f"rank-{rank_count[0]}.parquet")
 
     fns = {"hones": hones, "plain_enc": plain_enc, "plain_fwd": plain_fwd, "hooks": hooks}
     if not args.skip_rank:
         fns["rank"] = rank
-    print(f"[hones_attribution] model={args.model} task={args.task} threads={torch.get_num_threads()} "
-          f"examples={len(ids)} K_h={len(heads)} rows={len(rows)} batches={len(chunks)} "
-          f"batch_size={args.batch_size} repeats={args.repeats}")
+    print(
+        f"[hones_attribution] model={args.model} task={args.task} threads={torch.get_num_threads()} "
+        f"examples={len(ids)} K_h={len(heads)} rows={len(rows)} batches={len(chunks)} "
+        f"batch_size={args.batch_size} repeats={args.repeats}"
+    )
     if args.warmup:  # warm every path on one batch's worth of work (the Runner once, small)
         few = ids[: max(1, args.batch_size // len(conditions))]
         for _ in range(args.warmup):
@@ -161,9 +184,17 @@ def main() -> int:
     med = {name: v["median_s"] for name, v in r.items()}
     per_example = {name: C.ms(t / len(ids)) for name, t in med.items()}
     results = {
-        "examples": len(ids), "top_heads": len(heads), "heads": [list(h) for h in heads], "conditions": len(conditions),
-        "rows": len(rows), "batches": len(chunks), "median_s": med, "times_s": {n: v["times_s"] for n, v in r.items()},
-        "ms_per_example": per_example, "hooks_allclose": ok, "hooks_max_abs_diff": diff,
+        "examples": len(ids),
+        "top_heads": len(heads),
+        "heads": [list(h) for h in heads],
+        "conditions": len(conditions),
+        "rows": len(rows),
+        "batches": len(chunks),
+        "median_s": med,
+        "times_s": {n: v["times_s"] for n, v in r.items()},
+        "ms_per_example": per_example,
+        "hooks_allclose": ok,
+        "hooks_max_abs_diff": diff,
         "max_abs_effect_of_head_replacement": effect,
         "ratios": {
             "hones/plain_enc": C.ratio(med["hones"], med["plain_enc"]),
@@ -178,29 +209,70 @@ def main() -> int:
         results["ratios"]["rank/plain_enc"] = C.ratio(med["rank"], med["plain_enc"])
         results["ratios"]["rank/hones"] = C.ratio(med["rank"], med["hones"])
 
-    labels = {"hones": "contributions() (nnsight)", "plain_enc": "plain HF forwards + encode",
-              "plain_fwd": "plain HF forwards (pre-encoded)", "hooks": "torch hooks, same computation",
-              "rank": "Runner.rank(..., 'hones') end to end"}
-    print(f"\nHONES attribution: {len(ids)} examples x (1 + K_h={len(heads)}) = {len(rows)} rows, "
-          f"{len(chunks)} forwards of <= {args.batch_size} rows")
-    C.print_table([[labels[name], f"{t:.2f}", f"{per_example[name]:.1f}", f"{C.ratio(t, med['plain_enc']):.3f}",
-                    f"{C.ratio(t, med['plain_fwd']):.3f}"] for name, t in med.items()],
-                  ["variant", "median s", "ms/example", "/ plain+encode", "/ plain fwd"])
-    print(f"  hooks vs contributions(): allclose={ok} (max |diff| {diff:.2e}); "
-          f"max |c(head replaced) - c(clean)| = {effect:.2e}")
+    labels = {
+        "hones": "contributions() (nnsight)",
+        "plain_enc": "plain HF forwards + encode",
+        "plain_fwd": "plain HF forwards (pre-encoded)",
+        "hooks": "torch hooks, same computation",
+        "rank": "Runner.rank(..., 'hones') end to end",
+    }
+    print(
+        f"\nHONES attribution: {len(ids)} examples x (1 + K_h={len(heads)}) = {len(rows)} rows, "
+        f"{len(chunks)} forwards of <= {args.batch_size} rows"
+    )
+    C.print_table(
+        [
+            [
+                labels[name],
+                f"{t:.2f}",
+                f"{per_example[name]:.1f}",
+                f"{C.ratio(t, med['plain_enc']):.3f}",
+                f"{C.ratio(t, med['plain_fwd']):.3f}",
+            ]
+            for name, t in med.items()
+        ],
+        ["variant", "median s", "ms/example", "/ plain+encode", "/ plain fwd"],
+    )
+    print(
+        f"  hooks vs contributions(): allclose={ok} (max |diff| {diff:.2e}); "
+        f"max |c(head replaced) - c(clean)| = {effect:.2e}"
+    )
 
-    summary = [{"what": f"{labels[name]} / plain HF forwards + encode", "a_ms": C.ms(med[name]),
-                "b_ms": C.ms(med["plain_enc"]), "ratio": C.ratio(med[name], med["plain_enc"])}
-               for name in med if name != "plain_enc"]
-    summary.append({"what": "contributions() (nnsight) / torch hooks (same computation)", "a_ms": C.ms(med["hones"]),
-                    "b_ms": C.ms(med["hooks"]), "ratio": C.ratio(med["hones"], med["hooks"]),
-                    "note": f"allclose: {ok} (max |diff| {diff:.1e})"})
-    settings = {"task": args.task, "split": "discovery", "examples": len(ids), "top_heads": len(heads),
-                "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup,
-                "threads": torch.get_num_threads(), "head_table": table_source,
-                "data": args.data or "synthetic (default)"}
-    notes = ["ratio = median time / median time of plain HF forwards (+ encoding) over the same rows and batches",
-             "rows = (example, condition) pairs, condition = clean or one of the top K_h heads mean-replaced"]
+    summary = [
+        {
+            "what": f"{labels[name]} / plain HF forwards + encode",
+            "a_ms": C.ms(med[name]),
+            "b_ms": C.ms(med["plain_enc"]),
+            "ratio": C.ratio(med[name], med["plain_enc"]),
+        }
+        for name in med
+        if name != "plain_enc"
+    ]
+    summary.append(
+        {
+            "what": "contributions() (nnsight) / torch hooks (same computation)",
+            "a_ms": C.ms(med["hones"]),
+            "b_ms": C.ms(med["hooks"]),
+            "ratio": C.ratio(med["hones"], med["hooks"]),
+            "note": f"allclose: {ok} (max |diff| {diff:.1e})",
+        }
+    )
+    settings = {
+        "task": args.task,
+        "split": "discovery",
+        "examples": len(ids),
+        "top_heads": len(heads),
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "threads": torch.get_num_threads(),
+        "head_table": table_source,
+        "data": args.data or "synthetic (default)",
+    }
+    notes = [
+        "ratio = median time / median time of plain HF forwards (+ encoding) over the same rows and batches",
+        "rows = (example, condition) pairs, condition = clean or one of the top K_h heads mean-replaced",
+    ]
     path = C.write_result(NAME, args, settings, results, summary, machine, started, notes, C.model_info(loaded))
     print(f"\nwrote {path} ({time.perf_counter() - started:.1f} s)")
     tmp.cleanup()

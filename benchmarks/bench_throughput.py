@@ -4,7 +4,7 @@ For each batch size B (rows per forward, 1..64), on the SAME rows and the same b
 
   heads (teacher-forced, --utility logprob): rows = (example, condition) pairs, conditions =
     clean + every head (V-SEAM's L*H + 1)
-      sweep        hones_nn.runner.sweep.sweep (nnsight trace per batch, per-row head mean
+      sweep        hones_nn.engine.sweep.sweep (nnsight trace per batch, per-row head mean
                    replacement, log-prob read-out; each distinct prompt encoded once, and a
                    batch repeating the previous batch's prompts reuses its encoding)
       sweep_v0     the same with every row of every batch encoded (before this change)
@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 NAME = "throughput"
 
@@ -67,12 +64,13 @@ def main() -> int:
     import numpy as np
     import torch
 
-    import hones_nn.runner.sweep as sweep_module
-    from hones_nn.evaluation.engine import encode_prompts
-    from hones_nn.methods.hones import contributions, hones_prompt, target_directions
+    import hones_nn.engine.sweep as sweep_module
+    from hones_nn.engine.encoding import encode_prompts
+    from hones_nn.engine.sweep import Row, all_heads, make_intervention, sweep, teacher_forced_scores
+    from hones_nn.methods.base import default_top_heads
+    from hones_nn.methods.hones import contributions, target_directions
     from hones_nn.runner.estimates import activation_bytes, measure_peak_bytes, model_shape
-    from hones_nn.runner.pipeline import Runner, default_top_heads
-    from hones_nn.runner.sweep import Row, all_heads, make_intervention, sweep, teacher_forced_scores
+    from hones_nn.runner.pipeline import Runner
 
     loaded, model, adapter, sizes = C.load(args.model)
     k = default_top_heads(sizes.num_layers, sizes.num_heads)
@@ -97,11 +95,12 @@ def main() -> int:
         return [Row(i, 0, c) for i in range(n) for c in range(len(head_conds))]
 
     def chunks_of(rows, bs):
-        return [rows[s: s + bs] for s in range(0, len(rows), bs)]
+        return [rows[s : s + bs] for s in range(0, len(rows), bs)]
 
     def encode(prompts, with_answers):
-        enc = encode_prompts(loaded, td.images, prompts, with_answers=with_answers,
-                             reference_compat=td.task.reference_compat)
+        enc = encode_prompts(
+            loaded, td.images, prompts, with_answers=with_answers, reference_compat=td.task.reference_compat
+        )
         return enc
 
     def plain_loop(batches_prompts, with_answers, pre=None):
@@ -110,6 +109,7 @@ def main() -> int:
             for b, prompts in enumerate(batches_prompts):
                 inputs = pre[b] if pre is not None else encode(prompts, with_answers).inputs
                 model(**inputs)
+
         return run
 
     original_encode_rows = sweep_module.encode_rows
@@ -117,8 +117,10 @@ def main() -> int:
     def every_row_encode(loaded_, images, prompts, cache=None, **kw):
         return encode_prompts(loaded_, images, prompts, **kw)
 
-    print(f"[throughput] model={args.model} task={args.task} threads={torch.get_num_threads()} "
-          f"batch sizes {args.batch_sizes} repeats={args.repeats}")
+    print(
+        f"[throughput] model={args.model} task={args.task} threads={torch.get_num_threads()} "
+        f"batch sizes {args.batch_sizes} repeats={args.repeats}"
+    )
     per_batch, summary = {}, []
     head_ids = list(range(args.head_examples))
     hrows = head_rows(args.head_examples)
@@ -128,7 +130,7 @@ def main() -> int:
         # ---------------- heads, teacher-forced
         hb = [[td.items[r.item].prompts[0] for r in ch] for ch in chunks_of(hrows, bs)]
         hpre = [encode(p, True).inputs for p in hb]
-        ob = [[hones_prompt(td.task, td.items[i]) for i, _ in ch] for ch in chunks_of(hones_rows, bs)]
+        ob = [[td.task.attribution_prompt(td.items[i]) for i, _ in ch] for ch in chunks_of(hones_rows, bs)]
         opre = [encode(p, False).inputs for p in ob]
         ctx.batch_size = bs
 
@@ -145,16 +147,26 @@ def main() -> int:
         def hones_now():
             return contributions(ctx, hones_ids, hones_conds, mode="mean", u=u[hones_ids])
 
-        fns = {"sweep": sweep_now, "sweep_v0": sweep_v0, "heads_plain_fwd": plain_loop(hb, True, hpre),
-               "heads_plain_enc": plain_loop(hb, True), "hones": hones_now,
-               "hones_plain_fwd": plain_loop(ob, False, opre), "hones_plain_enc": plain_loop(ob, False)}
+        fns = {
+            "sweep": sweep_now,
+            "sweep_v0": sweep_v0,
+            "heads_plain_fwd": plain_loop(hb, True, hpre),
+            "heads_plain_enc": plain_loop(hb, True),
+            "hones": hones_now,
+            "hones_plain_fwd": plain_loop(ob, False, opre),
+            "hones_plain_enc": plain_loop(ob, False),
+        }
         r = C.compare(fns, args.repeats, args.warmup)
         same = bool(np.array_equal(r["sweep"]["value"], r["sweep_v0"]["value"]))
         med = {name: v["median_s"] for name, v in r.items()}
         n_head_traces, n_hones_traces = len(hb), len(ob)
         entry = {
-            "head_rows": len(hrows), "head_traces": n_head_traces, "hones_rows": len(hones_rows),
-            "hones_traces": n_hones_traces, "median_s": med, "times_s": {n: v["times_s"] for n, v in r.items()},
+            "head_rows": len(hrows),
+            "head_traces": n_head_traces,
+            "hones_rows": len(hones_rows),
+            "hones_traces": n_hones_traces,
+            "median_s": med,
+            "times_s": {n: v["times_s"] for n, v in r.items()},
             "sweep_equals_sweep_v0": same,
             "ratios": {
                 "heads/plain_fwd": C.ratio(med["sweep"], med["heads_plain_fwd"]),
@@ -168,9 +180,12 @@ def main() -> int:
                 "heads": C.ms((med["sweep"] - med["heads_plain_fwd"]) / n_head_traces),
                 "hones": C.ms((med["hones"] - med["hones_plain_fwd"]) / n_hones_traces),
             },
-            "rows_per_s": {"heads": len(hrows) / med["sweep"], "heads_plain_fwd": len(hrows) / med["heads_plain_fwd"],
-                           "hones": len(hones_rows) / med["hones"],
-                           "hones_plain_fwd": len(hones_rows) / med["hones_plain_fwd"]},
+            "rows_per_s": {
+                "heads": len(hrows) / med["sweep"],
+                "heads_plain_fwd": len(hrows) / med["heads_plain_fwd"],
+                "hones": len(hones_rows) / med["hones"],
+                "hones_plain_fwd": len(hones_rows) / med["hones_plain_fwd"],
+            },
         }
         # ---------------- memory of one batch of each kind (rows of the first batch)
         p0, o0 = hb[0], ob[0]
@@ -182,34 +197,64 @@ def main() -> int:
         for kind, fn, rows_, seq in (
             ("forward", plain_loop([o0], False, [enc_p.inputs]), len(o0), S_p),
             ("forward-logprob", lambda: teacher_forced_scores(engine, enc_a, assign, "logprob"), len(p0), S_a),
-            ("hones-batch", lambda: contributions(ctx, hones_ids[:n_mem], hones_conds, mode="mean",
-                                                  u=u[hones_ids[:n_mem]]),
-             min(bs, n_mem * len(hones_conds)), S_p),
+            (
+                "hones-batch",
+                lambda: contributions(ctx, hones_ids[:n_mem], hones_conds, mode="mean", u=u[hones_ids[:n_mem]]),
+                min(bs, n_mem * len(hones_conds)),
+                S_p,
+            ),
         ):
             measured, _ = measure_peak_bytes(fn)
             est_kind = "forward" if kind == "hones-batch" else kind
             estimate = rows_ * activation_bytes(shape, est_kind, seq, 4)
-            mem[kind] = {"rows": rows_, "tokens": seq, "measured_bytes": measured, "estimate_bytes": estimate,
-                         "estimate/measured": C.ratio(estimate, measured)}
+            mem[kind] = {
+                "rows": rows_,
+                "tokens": seq,
+                "measured_bytes": measured,
+                "estimate_bytes": estimate,
+                "estimate/measured": C.ratio(estimate, measured),
+            }
         entry["memory"] = mem
         per_batch[str(bs)] = entry
-        print(f"  B={bs:>2}: heads {entry['ratios']['heads/plain_fwd']:.3f} x plain fwd "
-              f"(before: {entry['ratios']['heads_v0/plain_fwd']:.3f}, same scores {same}), HONES "
-              f"{entry['ratios']['hones/plain_fwd']:.3f} x plain fwd; overhead/trace heads "
-              f"{entry['overhead_ms_per_trace']['heads']:+.1f} ms, hones {entry['overhead_ms_per_trace']['hones']:+.1f} ms;"
-              f" peak forward-logprob {mem['forward-logprob']['measured_bytes'] / 2**20:.1f} MiB "
-              f"(est {mem['forward-logprob']['estimate_bytes'] / 2**20:.1f})", flush=True)
-        summary.append({"what": f"B={bs}: heads sweep (logprob) / plain forwards", "a_ms": C.ms(med["sweep"]),
-                        "b_ms": C.ms(med["heads_plain_fwd"]), "ratio": entry["ratios"]["heads/plain_fwd"]})
-        summary.append({"what": f"B={bs}: HONES contributions / plain forwards", "a_ms": C.ms(med["hones"]),
-                        "b_ms": C.ms(med["hones_plain_fwd"]), "ratio": entry["ratios"]["hones/plain_fwd"]})
+        print(
+            f"  B={bs:>2}: heads {entry['ratios']['heads/plain_fwd']:.3f} x plain fwd "
+            f"(before: {entry['ratios']['heads_v0/plain_fwd']:.3f}, same scores {same}), HONES "
+            f"{entry['ratios']['hones/plain_fwd']:.3f} x plain fwd; overhead/trace heads "
+            f"{entry['overhead_ms_per_trace']['heads']:+.1f} ms, "
+            f"hones {entry['overhead_ms_per_trace']['hones']:+.1f} ms;"
+            f" peak forward-logprob {mem['forward-logprob']['measured_bytes'] / 2**20:.1f} MiB "
+            f"(est {mem['forward-logprob']['estimate_bytes'] / 2**20:.1f})",
+            flush=True,
+        )
+        summary.append(
+            {
+                "what": f"B={bs}: heads sweep (logprob) / plain forwards",
+                "a_ms": C.ms(med["sweep"]),
+                "b_ms": C.ms(med["heads_plain_fwd"]),
+                "ratio": entry["ratios"]["heads/plain_fwd"],
+            }
+        )
+        summary.append(
+            {
+                "what": f"B={bs}: HONES contributions / plain forwards",
+                "a_ms": C.ms(med["hones"]),
+                "b_ms": C.ms(med["hones_plain_fwd"]),
+                "ratio": entry["ratios"]["hones/plain_fwd"],
+            }
+        )
 
     # ---------------- generation (the paper's metric utility)
     gen = {}
     gen_ids = list(range(args.gen_examples))
     grows = head_rows(args.gen_examples)
-    greedy = dict(max_new_tokens=engine.max_new_tokens, do_sample=False, num_beams=1, repetition_penalty=1.0,
-                  pad_token_id=pad, eos_token_id=eos)
+    greedy = dict(
+        max_new_tokens=engine.max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        repetition_penalty=1.0,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
     for bs in args.gen_batch_sizes:
         gb = [[td.items[r.item].prompts[0] for r in ch] for ch in chunks_of(grows, bs)]
         gpre = [encode(p, False).inputs for p in gb]
@@ -224,15 +269,28 @@ def main() -> int:
         r = C.compare({"sweep_gen": sweep_gen, "hf_gen": hf_gen}, args.repeats, args.warmup)
         med = {name: v["median_s"] for name, v in r.items()}
         steps = [int(out.shape[1] - inputs["input_ids"].shape[1]) for out, inputs in zip(r["hf_gen"]["value"], gpre)]
-        gen[str(bs)] = {"rows": len(grows), "traces": len(gb), "median_s": med,
-                        "times_s": {n: v["times_s"] for n, v in r.items()},
-                        "hf_steps_per_batch": steps,
-                        "ratio": C.ratio(med["sweep_gen"], med["hf_gen"]),
-                        "note": "HF generate runs clean (no intervention); the sweep intervenes on every row"}
-        print(f"  generation B={bs:>2}: sweep(metric) {gen[str(bs)]['ratio']:.3f} x model.generate "
-              f"({len(gb)} batches, HF steps {steps[:4]}{'...' if len(steps) > 4 else ''})", flush=True)
-        summary.append({"what": f"B={bs}: heads sweep (metric, generation) / model.generate",
-                        "a_ms": C.ms(med["sweep_gen"]), "b_ms": C.ms(med["hf_gen"]), "ratio": gen[str(bs)]["ratio"]})
+        gen[str(bs)] = {
+            "rows": len(grows),
+            "traces": len(gb),
+            "median_s": med,
+            "times_s": {n: v["times_s"] for n, v in r.items()},
+            "hf_steps_per_batch": steps,
+            "ratio": C.ratio(med["sweep_gen"], med["hf_gen"]),
+            "note": "HF generate runs clean (no intervention); the sweep intervenes on every row",
+        }
+        print(
+            f"  generation B={bs:>2}: sweep(metric) {gen[str(bs)]['ratio']:.3f} x model.generate "
+            f"({len(gb)} batches, HF steps {steps[:4]}{'...' if len(steps) > 4 else ''})",
+            flush=True,
+        )
+        summary.append(
+            {
+                "what": f"B={bs}: heads sweep (metric, generation) / model.generate",
+                "a_ms": C.ms(med["sweep_gen"]),
+                "b_ms": C.ms(med["hf_gen"]),
+                "ratio": gen[str(bs)]["ratio"],
+            }
+        )
 
     # nnsight overhead of one empty trace (B=1), explicitly
     inputs1 = encode([td.items[0].prompts[0]], False).inputs
@@ -247,21 +305,41 @@ def main() -> int:
             pass
 
     r = C.compare({"hf": hf1, "nn_empty": nn1}, max(5, 3 * args.repeats), args.warmup)
-    empty = {"hf_ms": C.ms(r["hf"]["median_s"]), "nn_empty_ms": C.ms(r["nn_empty"]["median_s"]),
-             "overhead_ms": C.ms(r["nn_empty"]["median_s"] - r["hf"]["median_s"])}
+    empty = {
+        "hf_ms": C.ms(r["hf"]["median_s"]),
+        "nn_empty_ms": C.ms(r["nn_empty"]["median_s"]),
+        "overhead_ms": C.ms(r["nn_empty"]["median_s"] - r["hf"]["median_s"]),
+    }
     maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results = {"per_batch": per_batch, "generation": gen, "empty_trace_b1": empty, "maxrss_mib": maxrss_mib,
-               "head_conditions": len(head_conds), "hones_conditions": len(hones_conds), "top_heads": k,
-               "memory_method": "torch.profiler profile_memory=True: peak of the running sum of CPU allocations "
-                                "minus frees during one batch (weights excluded); maxrss: resource.getrusage"}
-    settings = {"task": args.task, "split": "discovery", "batch_sizes": args.batch_sizes,
-                "gen_batch_sizes": args.gen_batch_sizes, "head_examples": args.head_examples,
-                "hones_examples": args.hones_examples, "gen_examples": args.gen_examples,
-                "repeats": args.repeats, "warmup": args.warmup, "threads": torch.get_num_threads(),
-                "data": args.data or "synthetic (default)"}
-    notes = ["ratio = median time / median time of plain HF forwards over the same rows and batches (pre-encoded)",
-             "sweep_v0 = the sweep encoding every row (before encode_rows); its scores must equal sweep's",
-             f"empty nnsight trace at B=1: {empty['overhead_ms']:+.2f} ms over a plain forward"]
+    results = {
+        "per_batch": per_batch,
+        "generation": gen,
+        "empty_trace_b1": empty,
+        "maxrss_mib": maxrss_mib,
+        "head_conditions": len(head_conds),
+        "hones_conditions": len(hones_conds),
+        "top_heads": k,
+        "memory_method": "torch.profiler profile_memory=True: peak of the running sum of CPU allocations "
+        "minus frees during one batch (weights excluded); maxrss: resource.getrusage",
+    }
+    settings = {
+        "task": args.task,
+        "split": "discovery",
+        "batch_sizes": args.batch_sizes,
+        "gen_batch_sizes": args.gen_batch_sizes,
+        "head_examples": args.head_examples,
+        "hones_examples": args.hones_examples,
+        "gen_examples": args.gen_examples,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "threads": torch.get_num_threads(),
+        "data": args.data or "synthetic (default)",
+    }
+    notes = [
+        "ratio = median time / median time of plain HF forwards over the same rows and batches (pre-encoded)",
+        "sweep_v0 = the sweep encoding every row (before encode_rows); its scores must equal sweep's",
+        f"empty nnsight trace at B=1: {empty['overhead_ms']:+.2f} ms over a plain forward",
+    ]
     path = C.write_result(NAME, args, settings, results, summary, machine, started, notes, C.model_info(loaded))
     print(f"\nwrote {path} ({time.perf_counter() - started:.1f} s)")
     bad = [b for b, e in per_batch.items() if not e["sweep_equals_sweep_v0"]]

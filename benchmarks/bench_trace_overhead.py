@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from benchmarks import _common as C
 
 NAME = "trace_overhead"
 
@@ -39,13 +36,19 @@ NAME = "trace_overhead"
 def parse_args():
     p = C.base_parser(__doc__.split("\n", 1)[0])
     p.add_argument("--batch-sizes", default=None, help="comma-separated forward batch sizes (default 1,8,32,64)")
-    p.add_argument("--gen-batch-sizes", default=None,
-                   help="comma-separated generation batch sizes (default: the forward ones); '' skips generation")
+    p.add_argument(
+        "--gen-batch-sizes",
+        default=None,
+        help="comma-separated generation batch sizes (default: the forward ones); '' skips generation",
+    )
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation length cap (default Engine's 24)")
     p.add_argument("--gen-repeats", type=int, default=None, help="timed repeats of generation variants")
-    p.add_argument("--no-scale-repeats", action="store_true",
-                   help="same repeats at every batch size (default: small batches, being cheap and relatively "
-                        "noisier, get more repeats: max(R, min(cap*R, round(8R / B))), cap 8 forward, 4 generation)")
+    p.add_argument(
+        "--no-scale-repeats",
+        action="store_true",
+        help="same repeats at every batch size (default: small batches, being cheap and relatively "
+        "noisier, get more repeats: max(R, min(cap*R, round(8R / B))), cap 8 forward, 4 generation)",
+    )
     args = p.parse_args()
     quick = args.quick
     args.batch_sizes = [int(b) for b in (args.batch_sizes or ("1,8" if quick else "1,8,32,64")).split(",") if b]
@@ -63,13 +66,13 @@ def main() -> int:
 
     import torch
 
-    from hones_nn.evaluation.engine import MAX_NEW_TOKENS, Engine
-    from hones_nn.evaluation.evaluate import prepare_task
+    from benchmarks._hooks import row_heads_hooks
+    from hones_nn.engine.core import MAX_NEW_TOKENS, Engine
+    from hones_nn.engine.encoding import encode_prompts
     from hones_nn.interventions.base import apply_edits
     from hones_nn.interventions.heads import HeadMeanReplacement
     from hones_nn.models.loading import load_model
-
-    from _hooks import row_heads_hooks
+    from hones_nn.tasks.task_data import prepare_task
 
     loaded = load_model(args.model)
     sizes = loaded.adapter.sizes(loaded.model)
@@ -86,8 +89,9 @@ def main() -> int:
     C.freeze_heap()
 
     def batch(bs):
-        enc = C.encode_prompts(loaded, td.images, [td.items[i].prompts[0] for i in range(bs)],
-                               reference_compat=td.task.reference_compat)
+        enc = encode_prompts(
+            loaded, td.images, [td.items[i].prompts[0] for i in range(bs)], reference_compat=td.task.reference_compat
+        )
         return {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
 
     def reps(base, bs, cap=8):
@@ -99,8 +103,10 @@ def main() -> int:
 
     # ------------------------------------------------------------ forward
     forward_rows, results_fwd = [], {}
-    print(f"[trace_overhead] model={args.model} task={args.task} threads={torch.get_num_threads()} "
-          f"repeats={args.repeats} (x up to 8 for small batches) warmup={args.warmup}")
+    print(
+        f"[trace_overhead] model={args.model} task={args.task} threads={torch.get_num_threads()} "
+        f"repeats={args.repeats} (x up to 8 for small batches) warmup={args.warmup}"
+    )
     for bs in args.batch_sizes:
         inputs = batch(bs)
         assign = assignments(bs)
@@ -136,40 +142,71 @@ def main() -> int:
                 out = adapter.lm_head(envoy).output[:, -1].save()
             return out
 
-        r = C.compare({"hf": hf, "nn_empty": nn_empty, "nn_logits": nn_logits, "nn_engine": nn_engine,
-                       "hf_hook": hf_hook, "nn_interv": nn_interv}, reps(args.repeats, bs), args.warmup)
+        r = C.compare(
+            {
+                "hf": hf,
+                "nn_empty": nn_empty,
+                "nn_logits": nn_logits,
+                "nn_engine": nn_engine,
+                "hf_hook": hf_hook,
+                "nn_interv": nn_interv,
+            },
+            reps(args.repeats, bs),
+            args.warmup,
+        )
         # sanity: the traces compute what the plain calls compute
         same_clean = torch.allclose(r["nn_logits"]["value"], r["hf"]["value"], atol=1e-4, rtol=1e-4)
         same_interv = torch.allclose(r["nn_interv"]["value"], r["hf_hook"]["value"], atol=1e-4, rtol=1e-4)
         med = {k: v["median_s"] for k, v in r.items()}
         mins = {k: v["min_s"] for k, v in r.items()}
         results_fwd[str(bs)] = {
-            "seq_len": int(inputs["input_ids"].shape[1]), "repeats": reps(args.repeats, bs),
+            "seq_len": int(inputs["input_ids"].shape[1]),
+            "repeats": reps(args.repeats, bs),
             "median_s": med,
             "times_s": {k: v["times_s"] for k, v in r.items()},
             "logits_match_hf": bool(same_clean),
             "intervened_logits_match_hooks": bool(same_interv),
         }
         for variant, base in (("nn_empty", "hf"), ("nn_logits", "hf"), ("nn_engine", "hf"), ("nn_interv", "hf_hook")):
-            forward_rows.append({
-                "batch": bs, "variant": variant, "baseline": base,
-                "a_ms": C.ms(med[variant]), "b_ms": C.ms(med[base]),
-                "overhead_ms": C.ms(med[variant] - med[base]), "ratio": C.ratio(med[variant], med[base]),
-                "ratio_min": C.ratio(mins[variant], mins[base]),
-            })
+            forward_rows.append(
+                {
+                    "batch": bs,
+                    "variant": variant,
+                    "baseline": base,
+                    "a_ms": C.ms(med[variant]),
+                    "b_ms": C.ms(med[base]),
+                    "overhead_ms": C.ms(med[variant] - med[base]),
+                    "ratio": C.ratio(med[variant], med[base]),
+                    "ratio_min": C.ratio(mins[variant], mins[base]),
+                }
+            )
         if not (same_clean and same_interv):
-            print(f"  WARNING batch {bs}: nnsight and plain results differ "
-                  f"(clean {same_clean}, intervened {same_interv})")
+            print(
+                f"  WARNING batch {bs}: nnsight and plain results differ (clean {same_clean}, intervened {same_interv})"
+            )
 
     print("\nForward: nnsight trace vs plain HF forward (median ms; ratio = nnsight / HF)")
-    C.print_table([[r["batch"], f'{r["variant"]} vs {r["baseline"]}', f'{r["a_ms"]:.1f}', f'{r["b_ms"]:.1f}',
-                    f'{r["overhead_ms"]:+.1f}', f'{r["ratio"]:.3f}', f'{r["ratio_min"]:.3f}'] for r in forward_rows],
-                  ["batch", "variant", "nnsight ms", "HF ms", "overhead ms", "ratio", "ratio(min)"])
+    C.print_table(
+        [
+            [
+                r["batch"],
+                f"{r['variant']} vs {r['baseline']}",
+                f"{r['a_ms']:.1f}",
+                f"{r['b_ms']:.1f}",
+                f"{r['overhead_ms']:+.1f}",
+                f"{r['ratio']:.3f}",
+                f"{r['ratio_min']:.3f}",
+            ]
+            for r in forward_rows
+        ],
+        ["batch", "variant", "nnsight ms", "HF ms", "overhead ms", "ratio", "ratio(min)"],
+    )
 
     # ------------------------------------------------------------ generation
     gen_rows, results_gen = [], {}
-    gen_kwargs = dict(max_new_tokens=n_steps, do_sample=False, num_beams=1, repetition_penalty=1.0,
-                      pad_token_id=pad, eos_token_id=eos)
+    gen_kwargs = dict(
+        max_new_tokens=n_steps, do_sample=False, num_beams=1, repetition_penalty=1.0, pad_token_id=pad, eos_token_id=eos
+    )
     for bs in args.gen_batch_sizes:
         inputs = batch(bs)
         width = inputs["input_ids"].shape[1]
@@ -207,8 +244,12 @@ def main() -> int:
             steps = int(r["hf"]["value"].shape[1] - width)
             med = {k: v["median_s"] for k, v in r.items()}
             mins = {k: v["min_s"] for k, v in r.items()}
-            info = {"steps": steps, "repeats": reps(args.gen_repeats, bs, cap=4), "median_s": med,
-                    "times_s": {k: v["times_s"] for k, v in r.items()}}
+            info = {
+                "steps": steps,
+                "repeats": reps(args.gen_repeats, bs, cap=4),
+                "median_s": med,
+                "times_s": {k: v["times_s"] for k, v in r.items()},
+            }
             if mode == "natural":
                 # Engine cuts each row at EOS; HF's rows continue with padding after EOS
                 hf_ids = []
@@ -220,60 +261,124 @@ def main() -> int:
             entry[mode] = info
             pairs = [("nn", "hf")] + ([("nn_interv", "hf_hook")] if mode == "forced" else [])
             for variant, base in pairs:
-                gen_rows.append({
-                    "batch": bs, "mode": mode, "steps": steps,
-                    "variant": "Engine.generate" + (" + head intervention" if variant == "nn_interv" else ""),
-                    "baseline": "model.generate" + (" + hooks" if base == "hf_hook" else ""),
-                    "a_ms": C.ms(med[variant]), "b_ms": C.ms(med[base]),
-                    "overhead_ms": C.ms(med[variant] - med[base]), "ratio": C.ratio(med[variant], med[base]),
-                    "overhead_ms_per_step": C.ms((med[variant] - med[base]) / max(1, steps)),
-                    "ratio_min": C.ratio(mins[variant], mins[base]),
-                })
+                gen_rows.append(
+                    {
+                        "batch": bs,
+                        "mode": mode,
+                        "steps": steps,
+                        "variant": "Engine.generate" + (" + head intervention" if variant == "nn_interv" else ""),
+                        "baseline": "model.generate" + (" + hooks" if base == "hf_hook" else ""),
+                        "a_ms": C.ms(med[variant]),
+                        "b_ms": C.ms(med[base]),
+                        "overhead_ms": C.ms(med[variant] - med[base]),
+                        "ratio": C.ratio(med[variant], med[base]),
+                        "overhead_ms_per_step": C.ms((med[variant] - med[base]) / max(1, steps)),
+                        "ratio_min": C.ratio(mins[variant], mins[base]),
+                    }
+                )
         nat, frc = entry["natural"], entry["forced"]
         extra_steps = frc["steps"] - nat["steps"]
         if extra_steps > 0:
             d_forced = frc["median_s"]["nn"] - frc["median_s"]["hf"]
             d_natural = nat["median_s"]["nn"] - nat["median_s"]["hf"]
             entry["per_step_overhead_ms_differential"] = C.ms((d_forced - d_natural) / extra_steps)
-            entry["hf_ms_per_step_differential"] = C.ms(
-                (frc["median_s"]["hf"] - nat["median_s"]["hf"]) / extra_steps)
+            entry["hf_ms_per_step_differential"] = C.ms((frc["median_s"]["hf"] - nat["median_s"]["hf"]) / extra_steps)
         results_gen[str(bs)] = entry
 
     if gen_rows:
-        print("\nGeneration: Engine.generate (nnsight, per-step loop) vs model.generate (median ms; ratio = nnsight / HF)")
-        C.print_table([[r["batch"], r["mode"], r["steps"], r["variant"] + " vs " + r["baseline"], f'{r["a_ms"]:.1f}',
-                        f'{r["b_ms"]:.1f}', f'{r["overhead_ms"]:+.1f}', f'{r["overhead_ms_per_step"]:+.2f}',
-                        f'{r["ratio"]:.3f}', f'{r["ratio_min"]:.3f}'] for r in gen_rows],
-                      ["batch", "mode", "steps", "variant", "nnsight ms", "HF ms", "overhead ms", "per step",
-                       "ratio", "ratio(min)"])
+        print(
+            "\nGeneration: Engine.generate (nnsight, per-step loop) vs model.generate (median ms; ratio = nnsight / HF)"
+        )
+        C.print_table(
+            [
+                [
+                    r["batch"],
+                    r["mode"],
+                    r["steps"],
+                    r["variant"] + " vs " + r["baseline"],
+                    f"{r['a_ms']:.1f}",
+                    f"{r['b_ms']:.1f}",
+                    f"{r['overhead_ms']:+.1f}",
+                    f"{r['overhead_ms_per_step']:+.2f}",
+                    f"{r['ratio']:.3f}",
+                    f"{r['ratio_min']:.3f}",
+                ]
+                for r in gen_rows
+            ],
+            [
+                "batch",
+                "mode",
+                "steps",
+                "variant",
+                "nnsight ms",
+                "HF ms",
+                "overhead ms",
+                "per step",
+                "ratio",
+                "ratio(min)",
+            ],
+        )
         for bs, e in results_gen.items():
             if "per_step_overhead_ms_differential" in e:
-                print(f"  batch {bs}: per-step nnsight overhead (forced - natural) = "
-                      f"{e['per_step_overhead_ms_differential']:+.2f} ms/step; HF step = "
-                      f"{e['hf_ms_per_step_differential']:.2f} ms/step")
+                print(
+                    f"  batch {bs}: per-step nnsight overhead (forced - natural) = "
+                    f"{e['per_step_overhead_ms_differential']:+.2f} ms/step; HF step = "
+                    f"{e['hf_ms_per_step_differential']:.2f} ms/step"
+                )
 
     summary = []
     for r in forward_rows:
-        summary.append({"what": f"forward B={r['batch']}: {r['variant']} / {r['baseline']}", "a_ms": r["a_ms"],
-                        "b_ms": r["b_ms"], "overhead_ms": r["overhead_ms"], "ratio": r["ratio"],
-                        "ratio_min": r["ratio_min"]})
+        summary.append(
+            {
+                "what": f"forward B={r['batch']}: {r['variant']} / {r['baseline']}",
+                "a_ms": r["a_ms"],
+                "b_ms": r["b_ms"],
+                "overhead_ms": r["overhead_ms"],
+                "ratio": r["ratio"],
+                "ratio_min": r["ratio_min"],
+            }
+        )
     for r in gen_rows:
-        summary.append({"what": f"generate B={r['batch']} {r['mode']} ({r['steps']} steps): {r['variant']} / "
-                                f"{r['baseline']}", "a_ms": r["a_ms"], "b_ms": r["b_ms"],
-                        "overhead_ms": r["overhead_ms"], "ratio": r["ratio"], "ratio_min": r["ratio_min"],
-                        "note": f"{r['overhead_ms_per_step']:+.2f} ms/step"})
-    settings = {"task": args.task, "split": "discovery", "batch_sizes": args.batch_sizes,
-                "gen_batch_sizes": args.gen_batch_sizes, "max_new_tokens": n_steps, "repeats": args.repeats,
-                "gen_repeats": args.gen_repeats, "scale_repeats": not args.no_scale_repeats, "warmup": args.warmup, "threads": torch.get_num_threads(),
-                "data": args.data or "synthetic (default)"}
+        summary.append(
+            {
+                "what": f"generate B={r['batch']} {r['mode']} ({r['steps']} steps): {r['variant']} / {r['baseline']}",
+                "a_ms": r["a_ms"],
+                "b_ms": r["b_ms"],
+                "overhead_ms": r["overhead_ms"],
+                "ratio": r["ratio"],
+                "ratio_min": r["ratio_min"],
+                "note": f"{r['overhead_ms_per_step']:+.2f} ms/step",
+            }
+        )
+    settings = {
+        "task": args.task,
+        "split": "discovery",
+        "batch_sizes": args.batch_sizes,
+        "gen_batch_sizes": args.gen_batch_sizes,
+        "max_new_tokens": n_steps,
+        "repeats": args.repeats,
+        "gen_repeats": args.gen_repeats,
+        "scale_repeats": not args.no_scale_repeats,
+        "warmup": args.warmup,
+        "threads": torch.get_num_threads(),
+        "data": args.data or "synthetic (default)",
+    }
     notes = [
         "ratio = median nnsight time / median plain HF time on the same encoded batch, variants interleaved",
         "nn_interv vs hf_hook: the same per-row head mean replacement (row r -> head r mod L*H)",
         "forced generation sets model.generation_config.min_new_tokens = max_new_tokens for both sides",
     ]
-    path = C.write_result(NAME, args, settings, {"forward": results_fwd, "generation": results_gen,
-                                                 "forward_rows": forward_rows, "generation_rows": gen_rows},
-                          summary, machine, started, notes, C.model_info(loaded))
+    path = C.write_result(
+        NAME,
+        args,
+        settings,
+        {"forward": results_fwd, "generation": results_gen, "forward_rows": forward_rows, "generation_rows": gen_rows},
+        summary,
+        machine,
+        started,
+        notes,
+        C.model_info(loaded),
+    )
     print(f"\nwrote {path} ({time.perf_counter() - started:.1f} s)")
     return 0
 

@@ -1,6 +1,6 @@
 """Turn benchmarks/results/*.json into benchmarks/RESULTS.md and the README's performance block.
 
-    python benchmarks/report.py [--results DIR] [--out FILE] [--readme FILE | --no-readme]
+    python -m benchmarks.report [--results DIR] [--out FILE] [--readme FILE | --no-readme]
 
 One short table per benchmark, with the exact command that produced it and the machine
 it ran on. Only ratios measured within one run are meant to be compared.
@@ -31,24 +31,24 @@ TITLES = {
 }
 BLURBS = {
     "throughput": "Same rows, same batches on both sides; ratio = median library time / median plain HF "
-                  "`model(**inputs)` time over pre-encoded batches (the limit). Heads: teacher-forced V-SEAM sweep "
-                  "(clean + all L*H heads per example); *before*: the same sweep encoding every row (scores must be "
-                  "identical). HONES: `contributions()` over clean + K_h heads. Overhead per trace = (library - "
-                  "plain) / traces. Memory: activation peak of one batch, torch profiler (`profile_memory=True`, "
-                  "running sum of CPU allocations - frees; weights excluded) next to `hones_nn.runner.estimates`.",
+    "`model(**inputs)` time over pre-encoded batches (the limit). Heads: teacher-forced V-SEAM sweep "
+    "(clean + all L*H heads per example); *before*: the same sweep encoding every row (scores must be "
+    "identical). HONES: `contributions()` over clean + K_h heads. Overhead per trace = (library - "
+    "plain) / traces. Memory: activation peak of one batch, torch profiler (`profile_memory=True`, "
+    "running sum of CPU allocations - frees; weights excluded) next to `hones_nn.runner.estimates`.",
     "head_screen": "Raw screen = first-order AtP estimates of every head (one forward + one backward); exact = "
-                   "V-SEAM over all heads with the same examples and utility. Spearman over all heads; recall@K_h = "
-                   "share of the exact top-K_h found. Screened = screen + exact verification of the top N heads "
-                   "(N = 2 K_h or 4 K_h); times are wall seconds of each `Runner.heads` call in one process.",
+    "V-SEAM over all heads with the same examples and utility. Spearman over all heads; recall@K_h = "
+    "share of the exact top-K_h found. Screened = screen + exact verification of the top N heads "
+    "(N = 2 K_h or 4 K_h); times are wall seconds of each `Runner.heads` call in one process.",
     "trace_overhead": "Same processor-batched batch (first B prompts of the discovery split) on both sides; "
-                      "ratio = nnsight / HF (1.00 = no overhead). `nn_interv` and `hf_hook` apply the same "
-                      "per-row head mean replacement. Generation: greedy, Engine's kwargs; *forced* runs all "
-                      "`max_new_tokens` steps on both sides.",
+    "ratio = nnsight / HF (1.00 = no overhead). `nn_interv` and `hf_hook` apply the same "
+    "per-row head mean replacement. Generation: greedy, Engine's kwargs; *forced* runs all "
+    "`max_new_tokens` steps on both sides.",
     "head_batching": "Same examples and conditions (clean + every head) on both sides; speed-up = reference "
-                     "loop time / batched `sweep` time. The scores must agree (`allclose`).",
+    "loop time / batched `sweep` time. The scores must agree (`allclose`).",
     "hones_attribution": "Same (example, condition) rows and batches on every line; ratio = time / plain HF "
-                         "forwards with encoding (1 + K_h forwards per example). The torch-hooks line recomputes "
-                         "the contributions without nnsight and must agree (`allclose`).",
+    "forwards with encoding (1 + K_h forwards per example). The torch-hooks line recomputes "
+    "the contributions without nnsight and must agree (`allclose`).",
 }
 
 
@@ -88,59 +88,126 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 def render_trace_overhead(d: dict) -> list[str]:
     res = d["results"]
     lines = ["Forward pass (median ms):", ""]
-    lines += _table(["B", "nnsight variant", "baseline", "nnsight ms", "baseline ms", "overhead ms", "ratio"],
-                    [[r["batch"], f"`{r['variant']}`", f"`{r['baseline']}`", _f(r["a_ms"], 1), _f(r["b_ms"], 1),
-                      _f(r["overhead_ms"], 1, True), _f(r["ratio"], 3)] for r in res.get("forward_rows", [])])
+    lines += _table(
+        ["B", "nnsight variant", "baseline", "nnsight ms", "baseline ms", "overhead ms", "ratio"],
+        [
+            [
+                r["batch"],
+                f"`{r['variant']}`",
+                f"`{r['baseline']}`",
+                _f(r["a_ms"], 1),
+                _f(r["b_ms"], 1),
+                _f(r["overhead_ms"], 1, True),
+                _f(r["ratio"], 3),
+            ]
+            for r in res.get("forward_rows", [])
+        ],
+    )
     gen = res.get("generation_rows", [])
     if gen:
         lines += ["", "Generation (median ms; `Engine.generate` vs `model.generate`, greedy):", ""]
-        lines += _table(["B", "mode", "steps", "intervention", "Engine ms", "HF ms", "overhead ms", "ms/step",
-                         "ratio"],
-                        [[r["batch"], r["mode"], r["steps"], "head (per step) / hooks" if "intervention" in r["variant"]
-                          else "none", _f(r["a_ms"], 1), _f(r["b_ms"], 1), _f(r["overhead_ms"], 1, True),
-                          _f(r["overhead_ms_per_step"], 2, True), _f(r["ratio"], 3)] for r in gen])
-        per_step = [(b, e["per_step_overhead_ms_differential"], e["hf_ms_per_step_differential"])
-                    for b, e in res.get("generation", {}).items() if "per_step_overhead_ms_differential" in e]
+        lines += _table(
+            ["B", "mode", "steps", "intervention", "Engine ms", "HF ms", "overhead ms", "ms/step", "ratio"],
+            [
+                [
+                    r["batch"],
+                    r["mode"],
+                    r["steps"],
+                    "head (per step) / hooks" if "intervention" in r["variant"] else "none",
+                    _f(r["a_ms"], 1),
+                    _f(r["b_ms"], 1),
+                    _f(r["overhead_ms"], 1, True),
+                    _f(r["overhead_ms_per_step"], 2, True),
+                    _f(r["ratio"], 3),
+                ]
+                for r in gen
+            ],
+        )
+        per_step = [
+            (b, e["per_step_overhead_ms_differential"], e["hf_ms_per_step_differential"])
+            for b, e in res.get("generation", {}).items()
+            if "per_step_overhead_ms_differential" in e
+        ]
         if per_step:
-            lines += ["", "Per-step nnsight overhead, (forced - natural) differential: "
-                      + "; ".join(f"B={b}: {_f(o, 2, True)} ms/step (HF step {_f(h, 2)} ms)" for b, o, h in per_step)
-                      + "."]
+            lines += [
+                "",
+                "Per-step nnsight overhead, (forced - natural) differential: "
+                + "; ".join(f"B={b}: {_f(o, 2, True)} ms/step (HF step {_f(h, 2)} ms)" for b, o, h in per_step)
+                + ".",
+            ]
     return lines
 
 
 def render_head_batching(d: dict) -> list[str]:
     rows = []
     for utility, v in d["results"].items():
-        rows.append([utility, v["examples"], v["conditions"], v["rows"],
-                     f"{v['forwards_or_generations']['reference']} / {v['forwards_or_generations']['batched']}",
-                     _f(v["reference_s"]), _f(v["batched_s"]), f"**{_f(v['speedup'])}x**",
-                     f"{'yes' if v['allclose'] else 'NO'} ({v['max_abs_diff']:.1e})"])
-    return _table(["utility", "examples", "conditions", "rows", "passes ref / batched", "reference s", "batched s",
-                   "speed-up", "allclose (max diff)"], rows)
+        rows.append(
+            [
+                utility,
+                v["examples"],
+                v["conditions"],
+                v["rows"],
+                f"{v['forwards_or_generations']['reference']} / {v['forwards_or_generations']['batched']}",
+                _f(v["reference_s"]),
+                _f(v["batched_s"]),
+                f"**{_f(v['speedup'])}x**",
+                f"{'yes' if v['allclose'] else 'NO'} ({v['max_abs_diff']:.1e})",
+            ]
+        )
+    return _table(
+        [
+            "utility",
+            "examples",
+            "conditions",
+            "rows",
+            "passes ref / batched",
+            "reference s",
+            "batched s",
+            "speed-up",
+            "allclose (max diff)",
+        ],
+        rows,
+    )
 
 
 def render_hones_attribution(d: dict) -> list[str]:
     res = d["results"]
-    labels = {"hones": "`contributions()` (nnsight)", "plain_enc": "plain HF forwards + encode (baseline)",
-              "plain_fwd": "plain HF forwards, pre-encoded", "hooks": "torch hooks, same computation",
-              "rank": "`Runner.rank(task, \"hones\")` end to end"}
+    labels = {
+        "hones": "`contributions()` (nnsight)",
+        "plain_enc": "plain HF forwards + encode (baseline)",
+        "plain_fwd": "plain HF forwards, pre-encoded",
+        "hooks": "torch hooks, same computation",
+        "rank": '`Runner.rank(task, "hones")` end to end',
+    }
     med = res["median_s"]
     base, fwd = med["plain_enc"], med["plain_fwd"]
-    rows = [[labels.get(name, name), _f(t), _f(res["ms_per_example"][name], 1), f"**{_f(t / base, 3)}**",
-             _f(t / fwd, 3)] for name, t in med.items()]
-    lines = [f"{res['examples']} examples x (1 + K_h = {res['top_heads']}) = {res['rows']} rows in {res['batches']} "
-             f"forwards of <= {d['settings'].get('batch_size')} rows; head table: {res.get('head_table')}.", ""]
+    rows = [
+        [labels.get(name, name), _f(t), _f(res["ms_per_example"][name], 1), f"**{_f(t / base, 3)}**", _f(t / fwd, 3)]
+        for name, t in med.items()
+    ]
+    lines = [
+        f"{res['examples']} examples x (1 + K_h = {res['top_heads']}) = {res['rows']} rows in {res['batches']} "
+        f"forwards of <= {d['settings'].get('batch_size')} rows; head table: {res.get('head_table')}.",
+        "",
+    ]
     lines += _table(["variant", "median s", "ms / example", "ratio to plain + encode", "ratio to plain fwd"], rows)
-    lines += ["", f"Cross-check torch hooks vs `contributions()`: allclose = {res['hooks_allclose']} "
-                  f"(max |diff| {res['hooks_max_abs_diff']:.1e}; head replacement changes contributions by up to "
-                  f"{res.get('max_abs_effect_of_head_replacement', float('nan')):.1e})."]
+    lines += [
+        "",
+        f"Cross-check torch hooks vs `contributions()`: allclose = {res['hooks_allclose']} "
+        f"(max |diff| {res['hooks_max_abs_diff']:.1e}; head replacement changes contributions by up to "
+        f"{res.get('max_abs_effect_of_head_replacement', float('nan')):.1e}).",
+    ]
     return lines
 
 
 def render_generic(d: dict) -> list[str]:
-    return _table(["what", "A ms", "B ms", "ratio", "note"],
-                  [[r.get("what"), _f(r.get("a_ms"), 1), _f(r.get("b_ms"), 1), _f(r.get("ratio"), 3),
-                    r.get("note", "")] for r in d.get("summary", [])])
+    return _table(
+        ["what", "A ms", "B ms", "ratio", "note"],
+        [
+            [r.get("what"), _f(r.get("a_ms"), 1), _f(r.get("b_ms"), 1), _f(r.get("ratio"), 3), r.get("note", "")]
+            for r in d.get("summary", [])
+        ],
+    )
 
 
 def _mib(x):
@@ -156,25 +223,48 @@ def throughput_rows(d: dict) -> list[list]:
         def rmin(a, b_):
             return _f(t[a] / t[b_], 3) if a in t and b_ in t and t[b_] else "n/a"
 
-        rows.append([b, f"**{_f(r['heads/plain_fwd'], 3)}** ({rmin('sweep', 'heads_plain_fwd')})",
-                     f"{_f(r['heads_v0/plain_fwd'], 3)} ({rmin('sweep_v0', 'heads_plain_fwd')})",
-                     "yes" if e["sweep_equals_sweep_v0"] else "NO",
-                     f"**{_f(r['hones/plain_fwd'], 3)}** ({rmin('hones', 'hones_plain_fwd')})",
-                     _f(o["heads"], 1, True), _f(o["hones"], 1, True),
-                     f"{e['rows_per_s']['heads']:.0f} / {e['rows_per_s']['heads_plain_fwd']:.0f}"])
+        rows.append(
+            [
+                b,
+                f"**{_f(r['heads/plain_fwd'], 3)}** ({rmin('sweep', 'heads_plain_fwd')})",
+                f"{_f(r['heads_v0/plain_fwd'], 3)} ({rmin('sweep_v0', 'heads_plain_fwd')})",
+                "yes" if e["sweep_equals_sweep_v0"] else "NO",
+                f"**{_f(r['hones/plain_fwd'], 3)}** ({rmin('hones', 'hones_plain_fwd')})",
+                _f(o["heads"], 1, True),
+                _f(o["hones"], 1, True),
+                f"{e['rows_per_s']['heads']:.0f} / {e['rows_per_s']['heads_plain_fwd']:.0f}",
+            ]
+        )
     return rows
 
 
-THROUGHPUT_HEADER = ["B", "heads / plain, median (min)", "heads before / plain", "same scores", "HONES / plain",
-                     "overhead ms/trace heads", "overhead ms/trace HONES", "head rows/s (lib / plain)"]
+THROUGHPUT_HEADER = [
+    "B",
+    "heads / plain, median (min)",
+    "heads before / plain",
+    "same scores",
+    "HONES / plain",
+    "overhead ms/trace heads",
+    "overhead ms/trace HONES",
+    "head rows/s (lib / plain)",
+]
 
 
 def memory_rows(d: dict) -> list[list]:
     rows = []
     for b, e in d["results"]["per_batch"].items():
         for kind, m in e["memory"].items():
-            rows.append([b, kind, m["rows"], m["tokens"], _mib(m["measured_bytes"]), _mib(m["estimate_bytes"]),
-                         _f(m["estimate/measured"], 2)])
+            rows.append(
+                [
+                    b,
+                    kind,
+                    m["rows"],
+                    m["tokens"],
+                    _mib(m["measured_bytes"]),
+                    _mib(m["estimate_bytes"]),
+                    _f(m["estimate/measured"], 2),
+                ]
+            )
     return rows
 
 
@@ -183,37 +273,85 @@ MEMORY_HEADER = ["B", "pass", "rows", "tokens", "measured MiB", "estimate MiB", 
 
 def render_throughput(d: dict) -> list[str]:
     res = d["results"]
-    lines = [f"Heads: {res['head_conditions']} conditions per example; HONES: {res['hones_conditions']} "
-             f"(K_h = {res['top_heads']}). Ratios to plain forwards (1.00 = the limit):", ""]
+    lines = [
+        f"Heads: {res['head_conditions']} conditions per example; HONES: {res['hones_conditions']} "
+        f"(K_h = {res['top_heads']}). Ratios to plain forwards (1.00 = the limit):",
+        "",
+    ]
     lines += _table(THROUGHPUT_HEADER, throughput_rows(d))
     gen = res.get("generation", {})
     if gen:
-        lines += ["", "Greedy generation (the paper's metric utility): `sweep(utility=\"metric\")` with a head "
-                      "replaced on every row vs clean `model.generate` on the same batches:", ""]
-        lines += _table(["B", "rows", "generations", "sweep s", "model.generate s", "ratio"],
-                        [[b, g["rows"], g["traces"], _f(g["median_s"]["sweep_gen"]), _f(g["median_s"]["hf_gen"]),
-                          f"**{_f(g['ratio'], 3)}**"] for b, g in gen.items()])
+        lines += [
+            "",
+            'Greedy generation (the paper\'s metric utility): `sweep(utility="metric")` with a head '
+            "replaced on every row vs clean `model.generate` on the same batches:",
+            "",
+        ]
+        lines += _table(
+            ["B", "rows", "generations", "sweep s", "model.generate s", "ratio"],
+            [
+                [
+                    b,
+                    g["rows"],
+                    g["traces"],
+                    _f(g["median_s"]["sweep_gen"]),
+                    _f(g["median_s"]["hf_gen"]),
+                    f"**{_f(g['ratio'], 3)}**",
+                ]
+                for b, g in gen.items()
+            ],
+        )
     e = res.get("empty_trace_b1", {})
-    lines += ["", f"An empty nnsight trace at B=1 costs {_f(e.get('overhead_ms'), 2, True)} ms over a plain forward "
-                  f"({_f(e.get('hf_ms'), 1)} ms). Process maxrss at the end: {_f(res.get('maxrss_mib'), 0)} MiB.",
-              "", "Activation memory of one batch:", ""]
+    lines += [
+        "",
+        f"An empty nnsight trace at B=1 costs {_f(e.get('overhead_ms'), 2, True)} ms over a plain forward "
+        f"({_f(e.get('hf_ms'), 1)} ms). Process maxrss at the end: {_f(res.get('maxrss_mib'), 0)} MiB.",
+        "",
+        "Activation memory of one batch:",
+        "",
+    ]
     lines += _table(MEMORY_HEADER, memory_rows(d))
     return lines
 
 
-SCREEN_HEADER = ["model", "task", "utility", "n", "heads", "K_h", "N verified 2K_h (4K_h)", "Spearman",
-                 "recall@K_h screen",
-                 "recall@K_h screened 2K_h (4K_h)", "exact s", "screen s", "screened 2K_h s (4K_h)"]
+SCREEN_HEADER = [
+    "model",
+    "task",
+    "utility",
+    "n",
+    "heads",
+    "K_h",
+    "N verified 2K_h (4K_h)",
+    "Spearman",
+    "recall@K_h screen",
+    "recall@K_h screened 2K_h (4K_h)",
+    "exact s",
+    "screen s",
+    "screened 2K_h s (4K_h)",
+]
 
 
 def screen_rows(d: dict) -> list[list]:
     rows = []
     for c in d["results"]["cases"]:
         t = c["seconds"]
-        rows.append([c["model"], c["task"], c["utility"], c["examples"], c["heads"], c["top_heads"],
-                     f"{c.get('verified_2k')} ({c.get('verified_4k')})", _f(c["spearman_screen_vs_exact"], 2, True), _f(c["recall_at_k_screen"], 2),
-                     f"{_f(c['recall_at_k_screened_2k'], 2)} ({_f(c['recall_at_k_screened_4k'], 2)})",
-                     _f(t["exact"], 1), _f(t["screen"], 1), f"{_f(t['screened_2k'], 1)} ({_f(t['screened_4k'], 1)})"])
+        rows.append(
+            [
+                c["model"],
+                c["task"],
+                c["utility"],
+                c["examples"],
+                c["heads"],
+                c["top_heads"],
+                f"{c.get('verified_2k')} ({c.get('verified_4k')})",
+                _f(c["spearman_screen_vs_exact"], 2, True),
+                _f(c["recall_at_k_screen"], 2),
+                f"{_f(c['recall_at_k_screened_2k'], 2)} ({_f(c['recall_at_k_screened_4k'], 2)})",
+                _f(t["exact"], 1),
+                _f(t["screen"], 1),
+                f"{_f(t['screened_2k'], 1)} ({_f(t['screened_4k'], 1)})",
+            ]
+        )
     return rows
 
 
@@ -221,9 +359,13 @@ def render_head_screen(d: dict) -> list[str]:
     return _table(SCREEN_HEADER, screen_rows(d))
 
 
-RENDER = {"trace_overhead": render_trace_overhead, "head_batching": render_head_batching,
-          "hones_attribution": render_hones_attribution, "throughput": render_throughput,
-          "head_screen": render_head_screen}
+RENDER = {
+    "trace_overhead": render_trace_overhead,
+    "head_batching": render_head_batching,
+    "hones_attribution": render_hones_attribution,
+    "throughput": render_throughput,
+    "head_screen": render_head_screen,
+}
 
 
 def load_results(results_dir: Path) -> dict:
@@ -241,44 +383,63 @@ def load_results(results_dir: Path) -> dict:
 def readme_block(results_dir: Path) -> str:
     """The README's generated performance block (between the markers)."""
     data = load_results(results_dir)
-    lines = [README_BEGIN,
-             "<!-- do not edit by hand: `python benchmarks/report.py` rewrites this block from "
-             "benchmarks/results/*.json -->", ""]
+    lines = [
+        README_BEGIN,
+        "<!-- do not edit by hand: `python -m benchmarks.report` rewrites this block from "
+        "benchmarks/results/*.json -->",
+        "",
+    ]
     tp, hs = data.get("throughput"), data.get("head_screen")
     if tp:
         m = tp.get("machine", {})
-        lines += [f"Throughput (`{tp.get('command')}`, {m.get('date_utc')}, {m.get('cpu_model')}, torch threads "
-                  f"{m.get('torch_threads')}, model {tp.get('model', {}).get('model_id')}"
-                  f"{', quick mode' if tp.get('quick') else ''}): library time / plain HF forward time for the same "
-                  "rows and batches.", ""]
+        lines += [
+            f"Throughput (`{tp.get('command')}`, {m.get('date_utc')}, {m.get('cpu_model')}, torch threads "
+            f"{m.get('torch_threads')}, model {tp.get('model', {}).get('model_id')}"
+            f"{', quick mode' if tp.get('quick') else ''}): library time / plain HF forward time for the same "
+            "rows and batches.",
+            "",
+        ]
         lines += _table(THROUGHPUT_HEADER, throughput_rows(tp))
         gen = tp["results"].get("generation", {})
         if gen:
-            lines += ["", "Greedy generation (metric utility), heads sweep / clean `model.generate`: "
-                      + ", ".join(f"B={b}: {_f(g['ratio'], 2)}" for b, g in gen.items()) + "."]
+            lines += [
+                "",
+                "Greedy generation (metric utility), heads sweep / clean `model.generate`: "
+                + ", ".join(f"B={b}: {_f(g['ratio'], 2)}" for b, g in gen.items())
+                + ".",
+            ]
         e = tp["results"].get("empty_trace_b1", {})
-        lines += ["", f"Empty nnsight trace: {_f(e.get('overhead_ms'), 2, True)} ms at B=1. Activation peaks "
-                      "(torch profiler, `profile_memory=True`) vs `hones-nn methods --model` estimates:", ""]
+        lines += [
+            "",
+            f"Empty nnsight trace: {_f(e.get('overhead_ms'), 2, True)} ms at B=1. Activation peaks "
+            "(torch profiler, `profile_memory=True`) vs `hones-nn methods --model` estimates:",
+            "",
+        ]
         big = max(tp["results"]["per_batch"], key=int)
         lines += _table(MEMORY_HEADER, [r for r in memory_rows(tp) if r[0] in ("1", big)])
         lines.append("")
     if hs:
         m = hs.get("machine", {})
-        lines += [f"AtP head screen vs exact V-SEAM (`{hs.get('command')}`, {m.get('date_utc')}"
-                  f"{', quick mode' if hs.get('quick') else ''}):", ""]
+        lines += [
+            f"AtP head screen vs exact V-SEAM (`{hs.get('command')}`, {m.get('date_utc')}"
+            f"{', quick mode' if hs.get('quick') else ''}):",
+            "",
+        ]
         lines += _table(SCREEN_HEADER, screen_rows(hs))
         lines.append("")
     try:
-        sys.path.insert(0, str(BENCH_DIR.parent))
         from hones_nn.runner.estimates import estimate_methods, human_bytes, model_shape
 
         shape = model_shape("llava-hf/llava-1.5-7b-hf")
         est = {e.method: e for e in estimate_methods(shape, ["vseam", "atp-screen", "hones", "grad"], 1, "bfloat16")}
-        lines += ["Estimated for LLaVA-1.5-7B in bfloat16, batch 1 (`hones-nn methods --model "
-                  "llava-hf/llava-1.5-7b-hf --dtype bfloat16`): "
-                  + "; ".join(f"{name} {e.passes}, peak {human_bytes(e.peak_bytes)}" for name, e in est.items())
-                  + ".", ""]
-    except Exception as exc:  # noqa: BLE001
+        lines += [
+            "Estimated for LLaVA-1.5-7B in bfloat16, batch 1 (`hones-nn methods --model "
+            "llava-hf/llava-1.5-7b-hf --dtype bfloat16`): "
+            + "; ".join(f"{name} {e.passes}, peak {human_bytes(e.peak_bytes)}" for name, e in est.items())
+            + ".",
+            "",
+        ]
+    except Exception as exc:
         print(f"no estimates in the README block: {exc!r}", file=sys.stderr)
     if not tp and not hs:
         lines += ["No results yet: run `bash benchmarks/run_all.sh`.", ""]
@@ -300,17 +461,27 @@ def update_readme(readme: Path, block: str) -> bool:
 def build(results_dir: Path) -> str:
     data = load_results(results_dir)
     names = [n for n in ORDER if n in data] + sorted(n for n in data if n not in ORDER)
-    lines = ["## Benchmarks", "",
-             "Ratios of two timings taken in the same run on the same inputs (medians of interleaved repeats "
-             "after warmup); absolute times depend on the machine and are given for context only. "
-             "Regenerate with `bash benchmarks/run_all.sh` (or one script, then `python benchmarks/report.py`).",
-             ""]
+    lines = [
+        "## Benchmarks",
+        "",
+        "Ratios of two timings taken in the same run on the same inputs (medians of interleaved repeats "
+        "after warmup); absolute times depend on the machine and are given for context only. "
+        "Regenerate with `bash benchmarks/run_all.sh` (or one script, then `python -m benchmarks.report`).",
+        "",
+    ]
     if not names:
         lines += ["No results yet: run `bash benchmarks/run_all.sh`.", ""]
     for name in names:
         d = data[name]
-        lines += [f"### {TITLES.get(name, name)}", "", BLURBS.get(name, ""), "",
-                  f"Command: `{d.get('command')}`  ", f"Run: {_machine(d)}", ""]
+        lines += [
+            f"### {TITLES.get(name, name)}",
+            "",
+            BLURBS.get(name, ""),
+            "",
+            f"Command: `{d.get('command')}`  ",
+            f"Run: {_machine(d)}",
+            "",
+        ]
         try:
             lines += RENDER.get(name, render_generic)(d)
         except (KeyError, TypeError) as exc:
@@ -324,8 +495,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--results", default=str(BENCH_DIR / "results"), help="folder of result JSON files")
     p.add_argument("--out", default=str(BENCH_DIR / "RESULTS.md"), help="markdown file to write")
-    p.add_argument("--readme", default=str(BENCH_DIR.parent / "README.md"),
-                   help="README whose generated performance block is replaced")
+    p.add_argument(
+        "--readme",
+        default=str(BENCH_DIR.parent / "README.md"),
+        help="README whose generated performance block is replaced",
+    )
     p.add_argument("--no-readme", action="store_true", help="leave the README alone")
     args = p.parse_args()
     text = build(Path(args.results))

@@ -14,7 +14,7 @@ PYTHON="${PYTHON:-python}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 for bench in throughput head_screen trace_overhead head_batching hones_attribution; do
     echo "=== ${bench} ==="
-    "${PYTHON}" "benchmarks/bench_${bench}.py" "$@"
+    "${PYTHON}" -m "benchmarks.bench_${bench}" "$@"
     echo
 done
-"${PYTHON}" benchmarks/report.py
+"${PYTHON}" -m benchmarks.report

@@ -37,7 +37,7 @@ hones-nn plot layers "$tables"/{vqa,ocr,caption,retrieval}.hones.parquet --out "
 hones-nn plot heads "$tables"/{vqa,ocr,caption,retrieval}.heads.parquet --out "$out/figures/heads"
 hones-nn plot groups "$out/overlap/overlap.parquet" --out "$out/figures/groups"
 hones-nn plot steering "$out"/steer/{vqa,ocr,caption,retrieval}/report.json --out "$out/figures/steering"
-python benchmarks/steering_report.py "$out" > "$out/RESULTS.md"
+python -m benchmarks.steering_report "$out" > "$out/RESULTS.md"
 cat "$out/RESULTS.md"
 # Sensitivity (not the default, labelled as such in the README): VQA scales trained 10 epochs
 # at lr 5e-3 instead of the reference's 2 epochs at 5e-4.

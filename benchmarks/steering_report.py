@@ -1,6 +1,6 @@
 """Markdown tables of benchmarks/steering_overlap.sh's outputs (steering, groups, lens).
 
-    python benchmarks/steering_report.py benchmarks/results/steering_overlap > RESULTS.md
+python -m benchmarks.steering_report benchmarks/results/steering_overlap > RESULTS.md
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ ORDER = ("base", "fixed-amp", "grid", "rand-neuron", "no-kl", "ours")
 
 
 def steering(out: Path) -> list[str]:
-    lines = ["### Steering (test split; scales learned on dev with the reference hyper-parameters)", "",
-             "| task | metric | test n | " + " | ".join(ORDER) + " | ours: max abs(delta), optimizer steps |",
-             "|---|---|---|" + "---|" * (len(ORDER) + 1)]
+    lines = [
+        "### Steering (test split; scales learned on dev with the reference hyper-parameters)",
+        "",
+        "| task | metric | test n | " + " | ".join(ORDER) + " | ours: max abs(delta), optimizer steps |",
+        "|---|---|---|" + "---|" * (len(ORDER) + 1),
+    ]
     boot, side = [], []
     for task in TASKS:
         path = out / "steer" / task / "report.json"
@@ -25,22 +28,40 @@ def steering(out: Path) -> list[str]:
         r = json.loads(path.read_text())
         metric = {c["condition"]: c["metric"] for c in r["conditions"]}
         trained = r["training"].get("ours", {})
-        lines.append(f"| {task} | {r['metric_name']} | {r['test']['n']} | "
-                     + " | ".join(f"{metric[c]:.4f}" if c in metric else "-" for c in ORDER)
-                     + f" | {trained.get('delta_abs_max', float('nan')):.4f}, {trained.get('steps')} |")
+        lines.append(
+            f"| {task} | {r['metric_name']} | {r['test']['n']} | "
+            + " | ".join(f"{metric[c]:.4f}" if c in metric else "-" for c in ORDER)
+            + f" | {trained.get('delta_abs_max', float('nan')):.4f}, {trained.get('steps')} |"
+        )
         for b in r["bootstrap"]["comparisons"]:
-            boot.append(f"| {task} | {b['baseline']} | {b['observed']:+.4f} | [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] | "
-                        f"{b['p_one_sided']:.3f} | {b['stars']} |")
+            boot.append(
+                f"| {task} | {b['baseline']} | {b['observed']:+.4f} | [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] | "
+                f"{b['p_one_sided']:.3f} | {b['stars']} |"
+            )
         for o in r["other_tasks"]:
             if "error" in o:
                 side.append(f"| {task} | {o['task']} | error: {o['error']} | | |")
             else:
-                side.append(f"| {task} | {o['task']} ({o['metric_name']}, n={o['n']}) | {o['base']:.4f} | "
-                            f"{o['steered']:.4f} | {o['change']:+.4f} |")
-    lines += ["", "Paired bootstrap (1,000 resamples) of ours minus each condition, p = P(gain <= 0):", "",
-              "| task | vs | gain | 95% CI | p | |", "|---|---|---|---|---|---|", *boot]
-    lines += ["", "The other tasks under each task's learned scales:", "",
-              "| steered for | other task | base | steered | change |", "|---|---|---|---|---|", *side]
+                side.append(
+                    f"| {task} | {o['task']} ({o['metric_name']}, n={o['n']}) | {o['base']:.4f} | "
+                    f"{o['steered']:.4f} | {o['change']:+.4f} |"
+                )
+    lines += [
+        "",
+        "Paired bootstrap (1,000 resamples) of ours minus each condition, p = P(gain <= 0):",
+        "",
+        "| task | vs | gain | 95% CI | p | |",
+        "|---|---|---|---|---|---|",
+        *boot,
+    ]
+    lines += [
+        "",
+        "The other tasks under each task's learned scales:",
+        "",
+        "| steered for | other task | base | steered | change |",
+        "|---|---|---|---|---|",
+        *side,
+    ]
     return lines
 
 
@@ -54,16 +75,27 @@ def groups(out: Path) -> list[str]:
     rows = doc["results"]
     table = paper_table(rows, list(TASKS))
     cols = list(table[0].keys())
-    lines = ["", "### Cross-task groups of the four HONES top-1% sets (relative drop %, test split)", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [
+        "",
+        "### Cross-task groups of the four HONES top-1% sets (relative drop %, test split)",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in table]
-    lines += ["", "Dominant salient group per task (largest drop among the shared groups holding the task), "
-              "with its matched random control:", ""]
+    lines += [
+        "",
+        "Dominant salient group per task (largest drop among the shared groups holding the task), "
+        "with its matched random control:",
+        "",
+    ]
     for task, d in doc["dominant"].items():
         if d:
             rnd = d.get("random_drop")
-            lines.append(f"- {task}: {d['name']} ({d['size']} neurons): drop {100 * d['relative_drop']:.2f}%"
-                         + (f", random same size {100 * rnd:.2f}%" if rnd is not None else ""))
+            lines.append(
+                f"- {task}: {d['name']} ({d['size']} neurons): drop {100 * d['relative_drop']:.2f}%"
+                + (f", random same size {100 * rnd:.2f}%" if rnd is not None else "")
+            )
         else:
             lines.append(f"- {task}: no shared group holds this task")
     return lines

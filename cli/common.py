@@ -15,14 +15,31 @@ from hones_nn.tasks.prompts import TASK_NAMES
 def model_options(fn):
     """--model, --dtype, --device, --device-map, --trust-remote-code."""
     options = [
-        click.option("--model", "model_name", default="tiny-llava", show_default=True,
-                     help="Hub id, local path, or an embedded model name (tiny-llava is shipped in the package)."),
-        click.option("--dtype", default=None, type=click.Choice(["float32", "float16", "bfloat16", "auto"]),
-                     help="Weights dtype (default: float32 on CPU; the checkpoint's own with 'auto')."),
+        click.option(
+            "--model",
+            "model_name",
+            default="tiny-llava",
+            show_default=True,
+            help="Hub id, local path, or an embedded model name (tiny-llava is shipped in the package).",
+        ),
+        click.option(
+            "--dtype",
+            default=None,
+            type=click.Choice(["float32", "float16", "bfloat16", "auto"]),
+            help="Weights dtype (default: float32 on CPU; the checkpoint's own with 'auto').",
+        ),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps ..."),
-        click.option("--device-map", default=None, help="Passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs."),
-        click.option("--trust-remote-code", is_flag=True, default=False,
-                     help="Allow model code from the hub to run (off by default)."),
+        click.option(
+            "--device-map",
+            default=None,
+            help="Passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs.",
+        ),
+        click.option(
+            "--trust-remote-code",
+            is_flag=True,
+            default=False,
+            help="Allow model code from the hub to run (off by default).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -31,14 +48,25 @@ def model_options(fn):
 
 def data_options(fn):
     options = [
-        click.option("--data", default=None,
-                     help="Benchmark folder (hones-nn layout). Default: the synthetic benchmark, built on first use."),
+        click.option(
+            "--data",
+            default=None,
+            help="Benchmark folder (hones-nn layout). Default: the synthetic benchmark, built on first use.",
+        ),
         click.option("--limit", type=int, default=None, help="Use only the first N items of the split."),
         click.option("--batch-size", type=int, default=32, show_default=True, help="Prompts per forward pass."),
-        click.option("--skip-bad", is_flag=True, default=False,
-                     help="Skip unusable items (corrupt image, empty answer) and report how many, instead of failing."),
-        click.option("--reference-compat", is_flag=True, default=False,
-                     help="Reproduce the official HONES code's choices instead of the paper's (see the docs)."),
+        click.option(
+            "--skip-bad",
+            is_flag=True,
+            default=False,
+            help="Skip unusable items (corrupt image, empty answer) and report how many, instead of failing.",
+        ),
+        click.option(
+            "--reference-compat",
+            is_flag=True,
+            default=False,
+            help="Reproduce the official HONES code's choices instead of the paper's (see the docs).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -70,7 +98,7 @@ def remote_options(fn):
             return fn(*args, **kwargs)
         import tempfile
 
-        from hones_nn.runner.remote import RemoteSettings, check_server, model_hosted, summary_lines
+        from hones_nn.engine.remote import RemoteSettings, check_server, model_hosted, summary_lines
 
         settings = RemoteSettings(mode="plan" if dry_run else "ndif", host=ndif_host, timeout_s=remote_timeout)
         if not dry_run:
@@ -102,7 +130,7 @@ def remote_options(fn):
                 try:
                     check_server(settings.host)
                     ok, message = model_hosted(settings.host, sessions[0].model_key, sessions[0].repo_id)
-                except Exception as exc:  # noqa: BLE001 - the check's own message is the answer
+                except Exception as exc:
                     ok, message = False, str(exc)
                 click.echo(("server check: " if ok else "server check FAILED: ") + message, err=True)
                 if not ok:
@@ -110,17 +138,32 @@ def remote_options(fn):
         return result
 
     options = [
-        click.option("--remote", is_flag=True, default=False,
-                     help="Run every trace on an NDIF server (nnsight remote execution)."),
-        click.option("--ndif-host", default=None,
-                     help="NDIF server URL (default: $NDIF_HOST, else nnsight's configured host). The API key comes "
-                          "from $NDIF_API_KEY or nnsight's config."),
-        click.option("--dry-run", is_flag=True, default=False,
-                     help="With --remote: send nothing; run the requests in-process and print how many there would "
-                          "be, the bytes up and down, and whether the server hosts the model."),
-        click.option("--remote-timeout", type=float, default=1800.0, show_default=True,
-                     help="Seconds one remote request may take (a timed-out job stays in the checkpoint: rerun to "
-                          "re-attach)."),
+        click.option(
+            "--remote",
+            is_flag=True,
+            default=False,
+            help="Run every trace on an NDIF server (nnsight remote execution).",
+        ),
+        click.option(
+            "--ndif-host",
+            default=None,
+            help="NDIF server URL (default: $NDIF_HOST, else nnsight's configured host). The API key comes "
+            "from $NDIF_API_KEY or nnsight's config.",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            default=False,
+            help="With --remote: send nothing; run the requests in-process and print how many there would "
+            "be, the bytes up and down, and whether the server hosts the model.",
+        ),
+        click.option(
+            "--remote-timeout",
+            type=float,
+            default=1800.0,
+            show_default=True,
+            help="Seconds one remote request may take (a timed-out job stays in the checkpoint: rerun to re-attach).",
+        ),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)
@@ -133,8 +176,9 @@ task_option = click.option("--task", required=True, type=click.Choice(TASK_NAMES
 def load(model_name, dtype, device, device_map, trust_remote_code):
     from hones_nn.models.loading import load_model
 
-    return load_model(model_name, dtype=dtype, device=device, device_map=device_map,
-                      trust_remote_code=trust_remote_code)
+    return load_model(
+        model_name, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code
+    )
 
 
 def emit_json(obj) -> None:
@@ -153,7 +197,7 @@ def friendly_errors(fn):
             click.echo(f"error: {_redact(message)}", err=True)
             sys.exit(2)
         except RuntimeError as exc:  # remote failures: the server's message, never a key
-            from hones_nn.runner.remote import BackendMismatchError, RemoteRunError
+            from hones_nn.engine.remote import BackendMismatchError, RemoteRunError
 
             if not isinstance(exc, (RemoteRunError, BackendMismatchError)):
                 raise
@@ -164,13 +208,14 @@ def friendly_errors(fn):
 
 
 def _redact(text: str) -> str:
-    from hones_nn.runner.remote import redact
+    from hones_nn.engine.remote import redact
 
     return redact(text)
 
 
 def print_table(rows: list[dict], columns: list[str], floatfmt: str = "{:.4f}") -> None:
     """A plain aligned text table."""
+
     def fmt(v):
         if isinstance(v, float):
             return floatfmt.format(v)

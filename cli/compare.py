@@ -6,8 +6,15 @@ from pathlib import Path
 
 import click
 
-from hones_nn.cli.common import emit_json, friendly_errors, load, model_options, print_table
-from hones_nn.cli.common import current_remote, remote_options
+from hones_nn.cli.common import (
+    current_remote,
+    emit_json,
+    friendly_errors,
+    load,
+    model_options,
+    print_table,
+    remote_options,
+)
 from hones_nn.tasks.prompts import TASK_NAMES
 
 
@@ -16,53 +23,103 @@ def _csv(value: str) -> list[str]:
 
 
 @click.command("compare")
-@click.option("--methods", default="hones,ap,ma,ape,dla,llm-knowledge,qrnca,group-patching,random", show_default=True,
-              help="Comma-separated method names (see `hones-nn methods`).")
+@click.option(
+    "--methods",
+    default="hones,ap,ma,ape,dla,llm-knowledge,qrnca,group-patching,random",
+    show_default=True,
+    help="Comma-separated method names (see `hones-nn methods`).",
+)
 @click.option("--tasks", default=",".join(TASK_NAMES), show_default=True, help="Comma-separated tasks.")
 @click.option("--top-ratio", type=float, default=0.01, show_default=True, help="Fraction of neurons masked per method.")
 @model_options
 @click.option("--data", default=None, help="Benchmark folder (default: the synthetic benchmark).")
-@click.option("--out", "out_dir", default="hones_compare", show_default=True,
-              help="Folder for score tables (reused when present) and compare.parquet.")
+@click.option(
+    "--out-dir",
+    "out_dir",
+    default="hones_compare",
+    show_default=True,
+    help="Folder for score tables (reused when present) and compare.parquet.",
+)
 @click.option("--discovery-limit", type=int, default=None, help="Rank on the first N discovery items only.")
 @click.option("--test-limit", type=int, default=None, help="Mask on the first N test items only.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--utility", type=click.Choice(["metric", "logprob", "prob"]), default="metric", show_default=True,
-              help="Head utility for HONES's V-SEAM step.")
-@click.option("--top-heads", type=int, default=None, help="K_h for HONES (default: 30, a quarter of the heads for tiny models).")
+@click.option(
+    "--utility",
+    type=click.Choice(["metric", "logprob", "prob"]),
+    default="metric",
+    show_default=True,
+    help="Head utility for HONES's V-SEAM step.",
+)
+@click.option(
+    "--top-heads", type=int, default=None, help="K_h for HONES (default: 30, a quarter of the heads for tiny models)."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-bad", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @friendly_errors
 @remote_options
-def compare_cmd(methods, tasks, top_ratio, model_name, dtype, device, device_map, trust_remote_code, data, out_dir,
-                discovery_limit, test_limit, batch_size, utility, top_heads, seed, skip_bad, as_json):
+def compare_cmd(
+    methods,
+    tasks,
+    top_ratio,
+    model_name,
+    dtype,
+    device,
+    device_map,
+    trust_remote_code,
+    data,
+    out_dir,
+    discovery_limit,
+    test_limit,
+    batch_size,
+    utility,
+    top_heads,
+    seed,
+    skip_bad,
+    as_json,
+):
     """Rank with each method on discovery, mask each top ratio on test, print the tables.
 
     \b
     Table 1: relative drop (%) of the task metric when the top neurons are masked
     Table 7: absolute metric after masking
     Table 9: localization time per discovery instance (s)
-    Score tables already in --out are reused; compare.parquet has one row per method x task.
+    Score tables already in --out-dir are reused; compare.parquet has one row per method x task.
     """
-    from hones_nn.evaluation.compare import compare, pivot
-    from hones_nn.runner.pipeline import Runner
+    import hones_nn as hn
+    from hones_nn.evaluation.compare import pivot
 
     method_list, task_list = _csv(methods), _csv(tasks)
     unknown = [t for t in task_list if t not in TASK_NAMES]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
-    loaded = load(model_name, dtype, device, device_map, trust_remote_code)
-    runner = Runner(loaded=loaded, remote=current_remote(), out_dir=Path(out_dir), batch_size=batch_size, seed=seed, progress=not as_json,
-                    data=data, split="discovery", limit=discovery_limit, skip_bad=skip_bad)
-    log = (lambda *_: None) if as_json else click.echo
-    rows = compare(runner, method_list, task_list, top_ratio=top_ratio, test_limit=test_limit, utility=utility,
-                   top_heads=top_heads, log=log)
+    model = load(model_name, dtype, device, device_map, trust_remote_code)
+    frame = hn.compare(
+        model,
+        method_list,
+        task_list,
+        top_ratio=top_ratio,
+        discovery_limit=discovery_limit,
+        test_limit=test_limit,
+        utility=utility,
+        top_heads=top_heads,
+        out_dir=out_dir,
+        log=(lambda *_: None) if as_json else click.echo,
+        remote=current_remote(),
+        batch_size=batch_size,
+        seed=seed,
+        progress=not as_json,
+        data=data,
+        skip_bad=skip_bad,
+    )
+    rows = frame.to_dict("records")
     if as_json:
         emit_json(rows)
         return
     columns = ["method", *task_list, "mean"]
-    click.echo(f"\nTable 1: relative drop (%) when masking the top {100 * top_ratio:g}% neurons (higher = more critical)")
+    click.echo(
+        f"\nTable 1: relative drop (%) when masking the top {100 * top_ratio:g}% neurons (higher = more critical)"
+    )
     print_table(pivot(rows, "relative_drop", method_list, task_list, 100.0), columns, floatfmt="{:.2f}")
     base = {t: next(r["base"] for r in rows if r["task"] == t) for t in task_list}
     click.echo("\nTable 7: metric after masking (base: " + ", ".join(f"{t} {v:.4f}" for t, v in base.items()) + ")")

@@ -16,11 +16,20 @@ def data_group() -> None:
 
 
 @data_group.command("build-synthetic")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the benchmark to.")
+@click.option(
+    "--out-dir", "out", required=True, type=click.Path(file_okay=False), help="Folder to write the benchmark to."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--n-images", type=int, default=1200, show_default=True,
-              help="Images of the evaluation splits, split discovery:dev:test = 7:2:3.")
-@click.option("--n-train", type=int, default=2000, show_default=True, help="Images of the train split (model training only).")
+@click.option(
+    "--n-images",
+    type=int,
+    default=1200,
+    show_default=True,
+    help="Images of the evaluation splits, split discovery:dev:test = 7:2:3.",
+)
+@click.option(
+    "--n-train", type=int, default=2000, show_default=True, help="Images of the train split (model training only)."
+)
 @friendly_errors
 def build_synthetic(out, seed, n_images, n_train):
     """Generate the synthetic four-task benchmark (deterministic for a seed)."""
@@ -48,8 +57,10 @@ def _report(report: dict, as_json: bool, out) -> None:
     if as_json:
         emit_json(report)
         return
-    click.echo(f"wrote {out}: {report.get('n_written')} image(s) of {report.get('n_records', report.get('n_input', '?'))}"
-               f" record(s); per split {report.get('splits', report.get('counts'))}")
+    click.echo(
+        f"wrote {out}: {report.get('n_written')} image(s) of {report.get('n_records', report.get('n_input', '?'))}"
+        f" record(s); per split {report.get('splits', report.get('counts'))}"
+    )
     if report.get("n_skipped"):
         click.echo(f"skipped {report['n_skipped']} bad record(s): {report.get('skipped_by_reason')}")
 
@@ -61,30 +72,52 @@ def _split_sizes(text: str | None) -> dict[str, int] | None:
     for part in text.split(","):
         name, _, count = part.partition("=")
         if not count.strip().isdigit():
-            raise ValueError(f"--split-sizes expects name=count pairs like discovery=700,dev=200,test=300, got {part!r}")
+            raise ValueError(
+                f"--split-sizes expects name=count pairs like discovery=700,dev=200,test=300, got {part!r}"
+            )
         sizes[name.strip()] = int(count)
     return sizes
 
 
 @data_group.command("import-hones")
-@click.option("--json", "json_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Official HONES unified records (e.g. hones_coco_dev_split.json).")
-@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), help="COCO train2014 image folder.")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--records",
+    "json_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Official HONES unified records, a JSON file (e.g. hones_coco_dev_split.json).",
+)
+@click.option(
+    "--images", required=True, type=click.Path(exists=True, file_okay=False), help="COCO train2014 image folder."
+)
+@click.option(
+    "--out-dir", "out", required=True, type=click.Path(file_okay=False), help="Folder to write the benchmark to."
+)
 @click.option("--split", default="dev", show_default=True, help="Split the records go to.")
-@click.option("--split-sizes", default=None, help="Instead: partition image-disjointly, e.g. discovery=700,dev=200,test=300.")
+@click.option(
+    "--split-sizes", default=None, help="Instead: partition image-disjointly, e.g. discovery=700,dev=200,test=300."
+)
 @click.option("--seed", type=int, default=3407, show_default=True, help="Seed of partitioning and retrieval mining.")
 @click.option("--limit", type=int, default=None, help="Import only the first N records.")
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) records with a missing/corrupt image or empty field.")
-@click.option("--json-report", "as_json", is_flag=True, help="Print the import report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @friendly_errors
 def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, as_json):
     """Import the official HONES records + COCO images (blue OCR box drawn from the bbox,
     retrieval negatives mined from the split's captions)."""
     from hones_nn.data.hones_records import import_hones
 
-    report = import_hones(json_path, images, out, seed=seed, split_sizes=_split_sizes(split_sizes), skip_bad=skip_bad,
-                          split=split, limit=limit, progress=not as_json)
+    report = import_hones(
+        json_path,
+        images,
+        out,
+        seed=seed,
+        split_sizes=_split_sizes(split_sizes),
+        skip_bad=skip_bad,
+        split=split,
+        limit=limit,
+        progress=not as_json,
+    )
     _report(report, as_json, out)
 
 
@@ -92,22 +125,34 @@ def _ood_command(name: str, loader_name: str, annotation_help: str):
     @data_group.command(name)
     @click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False), help=annotation_help)
     @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), help="Image folder.")
-    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    @click.option(
+        "--out-dir", "out", required=True, type=click.Path(file_okay=False), help="Folder to write the benchmark to."
+    )
     @click.option("--split", default="test", show_default=True, help="Split the items go to.")
     @click.option("--seed", type=int, default=3407, show_default=True)
     @click.option("--max-images", type=int, default=None, help="Import at most N images.")
     @click.option("--skip-bad", is_flag=True, help="Skip (and count) unusable records.")
-    @click.option("--json-report", "as_json", is_flag=True, help="Print the import report as JSON.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
     @friendly_errors
     def command(annotations, images, out, split, seed, max_images, skip_bad, as_json):
         from hones_nn.data import ood
 
         loader = getattr(ood, loader_name)
-        report = loader(annotations, images, out, split=split, seed=seed, skip_bad=skip_bad, max_images=max_images,
-                        progress=not as_json)
+        report = loader(
+            annotations,
+            images,
+            out,
+            split=split,
+            seed=seed,
+            skip_bad=skip_bad,
+            max_images=max_images,
+            progress=not as_json,
+        )
         _report(report, as_json, out)
 
-    command.__doc__ = f"Import {name.removeprefix('import-')} (out-of-distribution set of the paper) into the shared layout."
+    command.__doc__ = (
+        f"Import {name.removeprefix('import-')} (out-of-distribution set of the paper) into the shared layout."
+    )
     return command
 
 
@@ -121,8 +166,14 @@ def _print_info(path: Path) -> None:
 
     manifest = read_manifest(path)
     click.echo(f"benchmark {path}")
-    click.echo(f"  source: {manifest.get('source')}  " + "  ".join(
-        f"{k}: {v}" for k, v in manifest.items() if k not in ("splits", "source") and not isinstance(v, (dict, list))))
+    click.echo(
+        f"  source: {manifest.get('source')}  "
+        + "  ".join(
+            f"{k}: {v}"
+            for k, v in manifest.items()
+            if k not in ("splits", "source") and not isinstance(v, (dict, list))
+        )
+    )
     rows = []
     for split, count in manifest.get("splits", {}).items():
         ds = load_split(path, split)

@@ -12,29 +12,73 @@ from hones_nn.cli.common import emit_json, friendly_errors, load, model_options,
 @click.option("--data", default=None, help="Benchmark folder. Default: the synthetic benchmark.")
 @click.option("--source", required=True, help="The word the model says now (one token of the tokenizer), e.g. red.")
 @click.option("--target", required=True, help="The word it should say instead (one token), e.g. green.")
-@click.option("--neurons", default="pan:20", show_default=True,
-              help="Which neurons to edit: pan:K (Pan et al.'s contribution to the source token on the edit prompts), "
-                   "a neuron score table (.parquet; its top --top-k), a `fuzzy build` folder (the set named by "
-                   "--source, top --top-k by membership), or LAYER:NEURON,LAYER:NEURON.")
+@click.option(
+    "--neurons",
+    default="pan:20",
+    show_default=True,
+    help="Which neurons to edit: pan:K (Pan et al.'s contribution to the source token on the edit prompts), "
+    "a neuron score table (.parquet; its top --top-k), a `fuzzy build` folder (the set named by "
+    "--source, top --top-k by membership), or LAYER:NEURON,LAYER:NEURON.",
+)
 @click.option("--top-k", type=int, default=20, show_default=True, help="Neurons taken from a table or fuzzy set.")
-@click.option("--margin", type=float, default=2.0, show_default=True,
-              help="Logit margin logit(target) - logit(source) the closed form aims at on the edit prompts.")
-@click.option("--aggregate", type=click.Choice(["max", "median", "mean"]), default="max", show_default=True,
-              help="How one scale c is taken from the per-prompt scales (max: every edit prompt reaches the margin).")
+@click.option(
+    "--margin",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Logit margin logit(target) - logit(source) the closed form aims at on the edit prompts.",
+)
+@click.option(
+    "--aggregate",
+    type=click.Choice(["max", "median", "mean"]),
+    default="max",
+    show_default=True,
+    help="How one scale c is taken from the per-prompt scales (max: every edit prompt reaches the margin).",
+)
 @click.option("--split", default="discovery", show_default=True, help="Split of the edit prompts.")
-@click.option("--limit", type=int, default=40, show_default=True,
-              help="Edit prompts: the first N images whose clean caption contains the source.")
+@click.option(
+    "--limit",
+    type=int,
+    default=40,
+    show_default=True,
+    help="Edit prompts: the first N images whose clean caption contains the source.",
+)
 @click.option("--eval-split", default="test", show_default=True, help="Held-out split for success and specificity.")
 @click.option("--eval-limit", type=int, default=100, show_default=True, help="Held-out images captioned.")
-@click.option("--spec-tasks", default="vqa,ocr", show_default=True,
-              help="Other tasks whose metric must stay (comma-separated; '' for none).")
+@click.option(
+    "--spec-tasks",
+    default="vqa,ocr",
+    show_default=True,
+    help="Other tasks whose metric must stay (comma-separated; '' for none).",
+)
 @click.option("--spec-limit", type=int, default=100, show_default=True, help="Examples per specificity task.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Prompts per forward pass.")
 @click.option("--out", required=True, help="The edit file (.safetensors); the report goes next to it as .json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
-def edit_cmd(model_name, dtype, device, device_map, trust_remote_code, data, source, target, neurons, top_k, margin,
-             aggregate, split, limit, eval_split, eval_limit, spec_tasks, spec_limit, batch_size, out, as_json):
+def edit_cmd(
+    model_name,
+    dtype,
+    device,
+    device_map,
+    trust_remote_code,
+    data,
+    source,
+    target,
+    neurons,
+    top_k,
+    margin,
+    aggregate,
+    split,
+    limit,
+    eval_split,
+    eval_limit,
+    spec_tasks,
+    spec_limit,
+    batch_size,
+    out,
+    as_json,
+):
     """Edit the down-projection write-out of selected neurons so the model says --target
     where it said --source, without training.
 
@@ -51,7 +95,7 @@ def edit_cmd(model_name, dtype, device, device_map, trust_remote_code, data, sou
     """
     from hones_nn.editing.edit import save_edit
     from hones_nn.editing.run import run_edit
-    from hones_nn.evaluation.engine import Engine
+    from hones_nn.engine.core import Engine
     from hones_nn.tasks.prompts import TASK_NAMES
 
     if not out.endswith(".safetensors"):
@@ -64,34 +108,70 @@ def edit_cmd(model_name, dtype, device, device_map, trust_remote_code, data, sou
         raise ValueError("--limit, --eval-limit and --top-k must be >= 1")
     loaded = load(model_name, dtype, device, device_map, trust_remote_code)
     engine = Engine(loaded)
-    edit, report = run_edit(loaded, engine, data, source, target, neurons=neurons, top_k=top_k, margin=margin,
-                            aggregate=aggregate, split=split, limit=limit, eval_split=eval_split,
-                            eval_limit=eval_limit, spec_tasks=tasks, spec_limit=spec_limit, batch_size=batch_size,
-                            progress=not as_json)
+    edit, report = run_edit(
+        loaded,
+        engine,
+        data,
+        source,
+        target,
+        neurons=neurons,
+        top_k=top_k,
+        margin=margin,
+        aggregate=aggregate,
+        split=split,
+        limit=limit,
+        eval_split=eval_split,
+        eval_limit=eval_limit,
+        spec_tasks=tasks,
+        spec_limit=spec_limit,
+        batch_size=batch_size,
+        progress=not as_json,
+    )
     save_edit(out, edit, edit.meta, report)
     report["file"] = out
     if as_json:
         emit_json(report)
         return
     e, c = report["edit_prompts"], report["held_out_captions"]
-    click.echo(f"edit {source!r} -> {target!r}: {report['meta']['neurons']}, layers {report['layers']}, "
-               f"c = {report['solve']['c']:.3f}, |Delta W| = {report['solve']['delta_frobenius']:.3f} "
-               f"({100 * report['solve']['delta_relative']:.0f}% of |W| of those columns) -> {out}")
-    click.echo(f"edit prompts ({e['n']} of {e['scanned']} captions scanned): margin before {e['mean_margin_before']:.2f}, "
-               f"predicted {e['mean_margin_predicted']:.2f}, measured {e['mean_margin_measured']:.2f}; "
-               f"target top-1 {100 * e['top1_target']:.1f}%")
-    click.echo(f"held-out captions ({c['n_images']} images of {eval_split}): with {source!r} {c['n_with_source']}, "
-               f"success {100 * c['success']:.1f}%, exact swap {100 * c['exact']:.1f}%; "
-               f"without {source!r} {c['n_without_source']}, unchanged {100 * c['unchanged_without_source']:.1f}%")
+    click.echo(
+        f"edit {source!r} -> {target!r}: {report['meta']['neurons']}, layers {report['layers']}, "
+        f"c = {report['solve']['c']:.3f}, |Delta W| = {report['solve']['delta_frobenius']:.3f} "
+        f"({100 * report['solve']['delta_relative']:.0f}% of |W| of those columns) -> {out}"
+    )
+    click.echo(
+        f"edit prompts ({e['n']} of {e['scanned']} captions scanned): margin before {e['mean_margin_before']:.2f}, "
+        f"predicted {e['mean_margin_predicted']:.2f}, measured {e['mean_margin_measured']:.2f}; "
+        f"target top-1 {100 * e['top1_target']:.1f}%"
+    )
+    click.echo(
+        f"held-out captions ({c['n_images']} images of {eval_split}): with {source!r} {c['n_with_source']}, "
+        f"success {100 * c['success']:.1f}%, exact swap {100 * c['exact']:.1f}%; "
+        f"without {source!r} {c['n_without_source']}, unchanged {100 * c['unchanged_without_source']:.1f}%"
+    )
     if report["other_tasks"]:
-        print_table([{"task": t["task"], "metric": t["metric_name"], "n": t["n"], "base": t["base"],
-                      "edited": t["edited"], "change": t["change"], "items changed": t["items_changed"]}
-                     for t in report["other_tasks"]], ["task", "metric", "n", "base", "edited", "change",
-                                                       "items changed"])
+        print_table(
+            [
+                {
+                    "task": t["task"],
+                    "metric": t["metric_name"],
+                    "n": t["n"],
+                    "base": t["base"],
+                    "edited": t["edited"],
+                    "change": t["change"],
+                    "items changed": t["items_changed"],
+                }
+                for t in report["other_tasks"]
+            ],
+            ["task", "metric", "n", "base", "edited", "change", "items changed"],
+        )
     for t in report["other_tasks"]:
         if "per_type_base" in t:
-            click.echo(f"  {t['task']} accuracy (%) per question type, base -> edited: " + ", ".join(
-                f"{q} {t['per_type_base'][q]:.2f} -> {t['per_type_edited'][q]:.2f}" for q in t["per_type_base"]))
+            click.echo(
+                f"  {t['task']} accuracy (%) per question type, base -> edited: "
+                + ", ".join(
+                    f"{q} {t['per_type_base'][q]:.2f} -> {t['per_type_edited'][q]:.2f}" for q in t["per_type_base"]
+                )
+            )
     for ex in c["examples"][:3]:
         click.echo(f"  {ex['clean']!r} -> {ex['edited']!r}")
 

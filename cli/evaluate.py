@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import click
 
-from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, model_options, task_option
-from hones_nn.cli.common import current_remote, remote_options
+from hones_nn.cli.common import (
+    current_remote,
+    data_options,
+    emit_json,
+    friendly_errors,
+    load,
+    model_options,
+    remote_options,
+    task_option,
+)
 from hones_nn.cli.fuzzy import concept_eval_options
 
 
@@ -14,19 +22,54 @@ from hones_nn.cli.fuzzy import concept_eval_options
 @model_options
 @data_options
 @click.option("--split", default="test", show_default=True, help="Split to evaluate on.")
-@click.option("--mask", "mask", default=None,
-              help="Mask neurons: a neuron score table (Parquet) whose top --top-ratio are zeroed, or 'random'.")
+@click.option(
+    "--mask",
+    "mask",
+    default=None,
+    help="Mask neurons: a neuron score table (Parquet) whose top --top-ratio are zeroed, or 'random'.",
+)
 @click.option("--top-ratio", type=float, default=0.01, show_default=True, help="Fraction of all neurons to mask.")
-@click.option("--seeds", type=int, default=5, show_default=True, help="Random-control seeds (with --mask random, or --random-control).")
-@click.option("--random-control", is_flag=True, help="With a score table: also mask --seeds random sets of the same size.")
-@click.option("--steer", "steer", default=None,
-              help="Apply learned neuron scales (a scales.safetensors from `hones-nn steer`); reports base and steered.")
+@click.option(
+    "--seeds",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Random-control seeds (with --mask random, or --random-control).",
+)
+@click.option(
+    "--random-control", is_flag=True, help="With a score table: also mask --seeds random sets of the same size."
+)
+@click.option(
+    "--steer",
+    "steer",
+    default=None,
+    help="Apply learned neuron scales (a scales.safetensors from `hones-nn steer`); reports base and steered.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @concept_eval_options
 @friendly_errors
 @remote_options
-def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
-                 reference_compat, split, mask, top_ratio, seeds, random_control, steer, as_json, concept_opts=None):
+def evaluate_cmd(
+    task,
+    model_name,
+    dtype,
+    device,
+    device_map,
+    trust_remote_code,
+    data,
+    limit,
+    batch_size,
+    skip_bad,
+    reference_compat,
+    split,
+    mask,
+    top_ratio,
+    seeds,
+    random_control,
+    steer,
+    as_json,
+    concept_opts=None,
+):
     """Evaluate a task (greedy decoding; retrieval by Yes/No logits).
 
     \b
@@ -34,19 +77,22 @@ def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code,
     retrieval = NDCG@5 over 1 positive + 49 hard negatives.
     With --mask, reports base, masked and relative drop = (base - masked) / base.
     """
-    from hones_nn.evaluation.engine import Engine
-    from hones_nn.evaluation.evaluate import evaluate, masked_evaluation, prepare_task
-    from hones_nn.runner.tables import read_neuron_table, top_k_for_ratio
+    import hones_nn as hn
 
     loaded = load(model_name, dtype, device, device_map, trust_remote_code)
-    td = prepare_task(loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad,
-                      reference_compat=reference_compat)
-    engine = Engine(loaded, remote=current_remote())
     progress = not as_json
     if concept_opts is not None:  # --edit (weights) and --modulate (fuzzy sets), see cli/fuzzy.py
         concept_opts.apply_edit(loaded)
-        if concept_opts.modulate:
-            return concept_opts.run_modulation(loaded, td, engine, batch_size, as_json)
+    if steer is not None or (concept_opts is not None and concept_opts.modulate):
+        from hones_nn.engine.core import Engine
+        from hones_nn.tasks.task_data import prepare_task
+
+        td = prepare_task(
+            loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad, reference_compat=reference_compat
+        )
+        engine = Engine(loaded, remote=current_remote())
+    if concept_opts is not None and concept_opts.modulate:
+        return concept_opts.run_modulation(loaded, td, engine, batch_size, as_json)
     if steer is not None:
         from hones_nn.steering.io import load_scales
         from hones_nn.steering.report import steered_evaluation
@@ -66,27 +112,27 @@ def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code,
         b = result["bootstrap"]
         click.echo(f"  gain: {result['gain']:+.4f} (bootstrap SD {b['sd']:.4f}, P(gain <= 0) = {b['p_one_sided']:.3f})")
         return
-    if mask is None:
-        result = evaluate(engine, td, batch_size=batch_size, progress=progress).as_json()
-    else:
-        sizes = loaded.sizes
-        if mask == "random":
-            k = top_k_for_ratio(sizes.num_neurons, top_ratio)
-            result = masked_evaluation(engine, td, None, random_seeds=seeds, k=k, batch_size=batch_size,
-                                       progress=progress)
-        else:
-            table = read_neuron_table(mask, loaded, "--mask")
-            neurons = table.top_ratio(top_ratio)
-            result = masked_evaluation(engine, td, neurons, random_seeds=seeds if random_control else 0,
-                                       batch_size=batch_size, progress=progress)
-            result["mask"] = str(mask)
-            result["method"] = table.meta.get("method")
-    result.update(model=loaded.model_id, split=split)
+    result = hn.evaluate(
+        loaded,
+        task,
+        mask=mask,
+        top_ratio=top_ratio,
+        random_control=seeds if (random_control or mask == "random") else 0,
+        split=split,
+        data=data,
+        limit=limit,
+        batch_size=batch_size,
+        skip_bad=skip_bad,
+        reference_compat=reference_compat,
+        progress=progress,
+        remote=current_remote(),
+    )
     if as_json:
         emit_json(result)
         return
-    if td.skipped:
-        click.echo(f"skipped {len(td.skipped)} bad item(s): " + "; ".join(s["reason"] for s in td.skipped[:5]))
+    skipped = result.pop("skipped_items", [])
+    if skipped:
+        click.echo(f"skipped {len(skipped)} bad item(s): " + "; ".join(s["reason"] for s in skipped[:5]))
     click.echo(f"{task} on {split} ({result['n']} examples, model {loaded.model_id})")
     if mask is None:
         click.echo(f"  {result['metric_name']}: {result['metric']:.4f}")
@@ -96,8 +142,10 @@ def evaluate_cmd(task, model_name, dtype, device, device_map, trust_remote_code,
         click.echo(f"  relative drop: {100 * result['relative_drop']:.2f}%")
         if "random" in result and mask != "random":
             r = result["random"]
-            click.echo(f"  random control ({len(r['seeds'])} seeds): drop {100 * r['mean_relative_drop']:.2f}% "
-                       f"(std {100 * r['std_relative_drop']:.2f}%)")
+            click.echo(
+                f"  random control ({len(r['seeds'])} seeds): drop {100 * r['mean_relative_drop']:.2f}% "
+                f"(std {100 * r['std_relative_drop']:.2f}%)"
+            )
 
 
 def register(cli: click.Group) -> None:

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import click
 
-from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, model_options, print_table, task_option
-from hones_nn.cli.common import current_remote, remote_options
+from hones_nn.cli.common import (
+    current_remote,
+    data_options,
+    emit_json,
+    friendly_errors,
+    load,
+    model_options,
+    print_table,
+    remote_options,
+    task_option,
+)
 
 
 def _split_paths(values) -> list[str]:
@@ -19,32 +28,76 @@ def _split_paths(values) -> list[str]:
 
 
 @click.command("overlap", short_help="Cross-task neuron groups masked on every task (Tables 10/11).")
-@click.option("--scores", "scores", multiple=True, metavar="TABLE",
-              help="Neuron score tables, one per task (the task is read from each table). Give them as "
-                   "--scores A B C D, --scores A --scores B ..., or comma-separated.")
+@click.option(
+    "--scores",
+    "scores",
+    multiple=True,
+    metavar="TABLE",
+    help="Neuron score tables, one per task (the task is read from each table). Give them as "
+    "--scores A B C D, --scores A --scores B ..., or comma-separated.",
+)
 @click.argument("more_scores", nargs=-1, metavar="[TABLE]...")
-@click.option("--top-ratio", type=float, default=0.01, show_default=True,
-              help="Each task's top set: this fraction of all neurons.")
+@click.option(
+    "--top-ratio",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Each task's top set: this fraction of all neurons.",
+)
 @model_options
 @data_options
 @click.option("--split", default="test", show_default=True, help="Split every group is masked on.")
-@click.option("--random-draws", type=int, default=10, show_default=True,
-              help="Random sets per matched control (seeded).")
-@click.option("--random-for", type=click.Choice(["all", "dominant", "none"]), default="all", show_default=True,
-              help="Which cells get a matched random control: every masked cell, only each task's dominant group "
-                   "(the paper's single 'Random (same size)' row; cheaper), or none.")
-@click.option("--cells", type=click.Choice(["all", "members"]), default="all", show_default=True,
-              help="Mask every group on every task, or (the paper's '–' cells) mask a shared group only on its "
-                   "own tasks.")
+@click.option(
+    "--random-draws", type=int, default=10, show_default=True, help="Random sets per matched control (seeded)."
+)
+@click.option(
+    "--random-for",
+    type=click.Choice(["all", "dominant", "none"]),
+    default="all",
+    show_default=True,
+    help="Which cells get a matched random control: every masked cell, only each task's dominant group "
+    "(the paper's single 'Random (same size)' row; cheaper), or none.",
+)
+@click.option(
+    "--cells",
+    type=click.Choice(["all", "members"]),
+    default="all",
+    show_default=True,
+    help="Mask every group on every task, or (the paper's '–' cells) mask a shared group only on its own tasks.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed of the random draws.")
-@click.option("--out", "out_dir", default="hones_runs/overlap", show_default=True,
-              help="Folder for overlap.parquet, overlap.json and groups/<group>.json.")
+@click.option(
+    "--out-dir",
+    "out_dir",
+    default="hones_runs/overlap",
+    show_default=True,
+    help="Folder for overlap.parquet, overlap.json and groups/<group>.json.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @friendly_errors
 @remote_options
-def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, device_map, trust_remote_code, data, limit,
-                batch_size, skip_bad, reference_compat, split, random_draws, random_for, cells, seed, out_dir,
-                as_json):
+def overlap_cmd(
+    scores,
+    more_scores,
+    top_ratio,
+    model_name,
+    dtype,
+    device,
+    device_map,
+    trust_remote_code,
+    data,
+    limit,
+    batch_size,
+    skip_bad,
+    reference_compat,
+    split,
+    random_draws,
+    random_for,
+    cells,
+    seed,
+    out_dir,
+    as_json,
+):
     """Cross-task neuron groups: mask each exclusive membership group on each task.
 
     \b
@@ -65,8 +118,8 @@ def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, devic
     all results) and OUT/groups/<group>.json (a neuron list per non-empty group, usable
     as `hones-nn lens --group FILE` and as a steering neuron file).
     """
-    from hones_nn.evaluation.engine import Engine
-    from hones_nn.evaluation.evaluate import prepare_task
+    from hones_nn.engine.core import Engine
+    from hones_nn.engine.tables import check_neuron_table_for, top_k_for_ratio
     from hones_nn.evaluation.overlap import (
         display,
         load_task_tables,
@@ -77,12 +130,14 @@ def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, devic
         task_sets,
         write_overlap,
     )
-    from hones_nn.runner.tables import check_neuron_table_for, top_k_for_ratio
+    from hones_nn.tasks.task_data import prepare_task
 
     paths = _split_paths(scores) + _split_paths(more_scores)
     if not paths:
-        raise ValueError("give the tasks' neuron score tables: --scores vqa.parquet ocr.parquet caption.parquet "
-                         "retrieval.parquet (from `hones-nn rank`)")
+        raise ValueError(
+            "give the tasks' neuron score tables: --scores vqa.parquet ocr.parquet caption.parquet "
+            "retrieval.parquet (from `hones-nn rank`)"
+        )
     top_k_for_ratio(1, top_ratio)  # validates the ratio before loading anything
     tables = load_task_tables(paths)
     tasks = list(tables)
@@ -92,19 +147,40 @@ def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, devic
     sets = task_sets(tables, top_ratio)
     groups = membership_groups(sets)
     progress = not as_json
-    task_data = {t: prepare_task(loaded, t, data=data, split=split, limit=limit, skip_bad=skip_bad,
-                                 reference_compat=reference_compat) for t in tasks}
+    task_data = {
+        t: prepare_task(
+            loaded, t, data=data, split=split, limit=limit, skip_bad=skip_bad, reference_compat=reference_compat
+        )
+        for t in tasks
+    }
     for t, td in task_data.items():
         if td.n == 0:
             raise ValueError(f"no {t} examples on split {split!r}")
-    result = overlap_evaluation(Engine(loaded, remote=current_remote()), task_data, groups, draws=random_draws, seed=seed,
-                                random_for=random_for, cells=cells, batch_size=batch_size, progress=progress)
-    meta = {"model_id": loaded.model_id, "weights_hash": loaded.weights_hash, "top_ratio": top_ratio,
-            "tasks": tasks, "split": split, "limit": limit, "data_dir": next(iter(task_data.values())).data_dir,
-            "tables": {t: str(tab.path) for t, tab in tables.items()},
-            "methods": {t: tab.meta.get("method") for t, tab in tables.items()},
-            "k": {t: len(s) for t, s in sets.items()}, "n": {t: td.n for t, td in task_data.items()},
-            "union": len(set().union(*map(set, sets.values())))}
+    result = overlap_evaluation(
+        Engine(loaded, remote=current_remote()),
+        task_data,
+        groups,
+        draws=random_draws,
+        seed=seed,
+        random_for=random_for,
+        cells=cells,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    meta = {
+        "model_id": loaded.model_id,
+        "weights_hash": loaded.weights_hash,
+        "top_ratio": top_ratio,
+        "tasks": tasks,
+        "split": split,
+        "limit": limit,
+        "data_dir": next(iter(task_data.values())).data_dir,
+        "tables": {t: str(tab.path) for t, tab in tables.items()},
+        "methods": {t: tab.meta.get("method") for t, tab in tables.items()},
+        "k": {t: len(s) for t, s in sets.items()},
+        "n": {t: td.n for t, td in task_data.items()},
+        "union": len(set().union(*map(set, sets.values()))),
+    }
     written = write_overlap(out_dir, result, meta)
     group_dir = Path(out_dir) / "groups"
     group_dir.mkdir(parents=True, exist_ok=True)
@@ -113,32 +189,56 @@ def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, devic
         if group.empty:
             continue
         path = group_dir / f"{group.key}.json"
-        path.write_text(json.dumps({"group": group.key, "name": group.name, "tasks": list(group.tasks),
-                                    "model_id": loaded.model_id, "weights_hash": loaded.weights_hash,
-                                    "top_ratio": top_ratio, "neurons": [list(n) for n in group.neurons]}) + "\n")
+        path.write_text(
+            json.dumps(
+                {
+                    "group": group.key,
+                    "name": group.name,
+                    "tasks": list(group.tasks),
+                    "model_id": loaded.model_id,
+                    "weights_hash": loaded.weights_hash,
+                    "top_ratio": top_ratio,
+                    "neurons": [list(n) for n in group.neurons],
+                }
+            )
+            + "\n"
+        )
         group_files[group.key] = str(path)
     if as_json:
         from hones_nn.evaluation.overlap import json_safe
 
-        emit_json(json_safe({**meta, "groups": [{k: v for k, v in g.as_json().items() if k != "neurons"}
-                                                for g in groups],
-                             "dominant": result.dominant, "results": result.rows,
-                             "files": {k: str(v) for k, v in written.items()}, "group_files": group_files}))
+        emit_json(
+            json_safe(
+                {
+                    **meta,
+                    "groups": [{k: v for k, v in g.as_json().items() if k != "neurons"} for g in groups],
+                    "dominant": result.dominant,
+                    "results": result.rows,
+                    "files": {k: str(v) for k, v in written.items()},
+                    "group_files": group_files,
+                }
+            )
+        )
         return
     for t, td in task_data.items():
         if td.skipped:
             click.echo(f"{t}: skipped {len(td.skipped)} bad item(s)")
-    click.echo(f"top-{100 * top_ratio:g}% sets of {', '.join(display(t) for t in tasks)} on {loaded.model_id}: "
-               + ", ".join(f"{display(t)} {len(s)}" for t, s in sets.items())
-               + f" neurons; union {meta['union']}; {sum(not g.empty for g in groups)} of {len(groups)} groups "
-               "non-empty")
+    click.echo(
+        f"top-{100 * top_ratio:g}% sets of {', '.join(display(t) for t in tasks)} on {loaded.model_id}: "
+        + ", ".join(f"{display(t)} {len(s)}" for t, s in sets.items())
+        + f" neurons; union {meta['union']}; {sum(not g.empty for g in groups)} of {len(groups)} groups "
+        "non-empty"
+    )
     bases = {r["task"]: r["base"] for r in result.rows}
-    click.echo(f"masked on {split}: " + ", ".join(f"{display(t)} n={td.n} (base {td.task.metric_name} {bases[t]:.4f})"
-                                                    for t, td in task_data.items()))
+    click.echo(
+        f"masked on {split}: "
+        + ", ".join(f"{display(t)} n={td.n} (base {td.task.metric_name} {bases[t]:.4f})" for t, td in task_data.items())
+    )
     columns = ["kind", "group", "size"] + [display(t) for t in tasks]
     click.echo("")
-    click.echo("Relative drop (%) when masking each group (Tables 10/11; 'empty': no neuron, not masked; "
-               "'–': not evaluated)")
+    click.echo(
+        "Relative drop (%) when masking each group (Tables 10/11; 'empty': no neuron, not masked; '–': not evaluated)"
+    )
     table_rows = paper_table(result.rows, tasks, "relative_drop")
     if random_for != "none":
         table_rows.append(random_matched_row(result.rows, result.dominant, tasks))
@@ -156,8 +256,9 @@ def overlap_cmd(scores, more_scores, top_ratio, model_name, dtype, device, devic
             continue
         rnd = dom.get("random_drop")
         rnd_text = f", random same size {100 * rnd:.2f}%" if rnd is not None and rnd == rnd else ""
-        click.echo(f"  {display(t)}: {dom['name']} ({dom['size']} neurons): drop {100 * dom['relative_drop']:.2f}%"
-                   f"{rnd_text}")
+        click.echo(
+            f"  {display(t)}: {dom['name']} ({dom['size']} neurons): drop {100 * dom['relative_drop']:.2f}%{rnd_text}"
+        )
     click.echo("")
     click.echo(f"wrote {written['parquet']}, {written['json']} and {len(group_files)} group file(s) in {group_dir}")
 
@@ -191,8 +292,8 @@ def _pairs_from_json(data, path) -> list[tuple[int, int]] | None:
 
 def resolve_group(spec: str, task: str, groups_file: str | None, top_ratio: float, loaded) -> tuple[str, list]:
     """(display name, neurons) of one --group value (see `hones-nn lens --help`)."""
+    from hones_nn.engine.tables import read_neuron_table
     from hones_nn.evaluation.overlap import find_group, read_groups
-    from hones_nn.runner.tables import read_neuron_table
 
     path = Path(spec)
     if path.suffix == ".parquet" and path.exists():
@@ -209,15 +310,19 @@ def resolve_group(spec: str, task: str, groups_file: str | None, top_ratio: floa
             _check_model(data, path, loaded)
             label = data.get("name") if isinstance(data, dict) and data.get("name") else path.stem
             return label, pairs
-        raise ValueError(f"{path} is an overlap.json with {len(data['groups'])} groups: name one, "
-                         f"e.g. --group {path}:dominant or --group {path}:{data['groups'][0]['key']}")
+        raise ValueError(
+            f"{path} is an overlap.json with {len(data['groups'])} groups: name one, "
+            f"e.g. --group {path}:dominant or --group {path}:{data['groups'][0]['key']}"
+        )
     if ":" in spec and Path(spec.rsplit(":", 1)[0]).exists():
         file, name = spec.rsplit(":", 1)
     elif groups_file is not None:
         file, name = groups_file, spec
     else:
-        raise ValueError(f"--group {spec!r}: not a file; to name a group give --groups OVERLAP.json "
-                         f"(from `hones-nn overlap`) or write FILE:NAME")
+        raise ValueError(
+            f"--group {spec!r}: not a file; to name a group give --groups OVERLAP.json "
+            f"(from `hones-nn overlap`) or write FILE:NAME"
+        )
     groups, doc = read_groups(file)
     _check_model(doc, file, loaded)
     if name.strip().lower() == "dominant":
@@ -237,10 +342,14 @@ def _check_model(doc, path, loaded) -> None:
     wh, mid = doc.get("weights_hash"), doc.get("model_id")
     if wh and loaded.weights_hash and wh != loaded.weights_hash:
         if mid == loaded.model_id:
-            raise ValueError(f"{path} was made on other weights of {mid!r} (weights {wh}, now {loaded.weights_hash}); "
-                             "recompute the tables and groups for these weights")
-        raise ValueError(f"{path} was made on model {mid!r} (weights {wh}), not {loaded.model_id!r} "
-                         f"(weights {loaded.weights_hash}); pass the same --model")
+            raise ValueError(
+                f"{path} was made on other weights of {mid!r} (weights {wh}, now {loaded.weights_hash}); "
+                "recompute the tables and groups for these weights"
+            )
+        raise ValueError(
+            f"{path} was made on model {mid!r} (weights {wh}), not {loaded.model_id!r} "
+            f"(weights {loaded.weights_hash}); pass the same --model"
+        )
     if not (wh and loaded.weights_hash) and mid and mid != loaded.model_id:
         raise ValueError(f"{path} was made on model {mid!r}, not {loaded.model_id!r}; pass the same --model")
 
@@ -251,16 +360,32 @@ def _tok(text: str) -> str:
 
 @click.command("lens", short_help="MLP logit lens of neuron groups, clean vs masked (Fig. 4/9).")
 @task_option
-@click.option("--group", "group_specs", multiple=True, required=True, metavar="FILE_OR_NAME",
-              help="A neuron group to mask, repeatable: a group name of --groups (e.g. vqa+retrieval, "
-                   "'VQA-specific', general, dominant), OVERLAP.json:NAME, a neuron list JSON (OUT/groups/*.json of "
-                   "`hones-nn overlap`, a list of [layer, neuron]), or a neuron score table (its top --top-ratio).")
-@click.option("--groups", "groups_file", default=None, type=click.Path(dir_okay=False),
-              help="The overlap.json of `hones-nn overlap` that group names refer to.")
+@click.option(
+    "--group",
+    "group_specs",
+    multiple=True,
+    required=True,
+    metavar="FILE_OR_NAME",
+    help="A neuron group to mask, repeatable: a group name of --groups (e.g. vqa+retrieval, "
+    "'VQA-specific', general, dominant), OVERLAP.json:NAME, a neuron list JSON (OUT/groups/*.json of "
+    "`hones-nn overlap`, a list of [layer, neuron]), or a neuron score table (its top --top-ratio).",
+)
+@click.option(
+    "--groups",
+    "groups_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The overlap.json of `hones-nn overlap` that group names refer to.",
+)
 @click.option("--top-ratio", type=float, default=0.01, show_default=True, help="For a score table given as --group.")
-@click.option("--norm", type=click.Choice(["final", "frozen", "none"]), default="final", show_default=True,
-              help="final: W_U final_norm(mlp_out), the standard logit lens (Neo et al. 2025); frozen: the final "
-                   "norm with the clean run's RMS at T (linear, DLA units); none: W_U mlp_out.")
+@click.option(
+    "--norm",
+    type=click.Choice(["final", "frozen", "none"]),
+    default="final",
+    show_default=True,
+    help="final: W_U final_norm(mlp_out), the standard logit lens (Neo et al. 2025); frozen: the final "
+    "norm with the clean run's RMS at T (linear, DLA units); none: W_U mlp_out.",
+)
 @click.option("--top-k", type=int, default=5, show_default=True, help="Tokens listed per layer.")
 @model_options
 @data_options
@@ -269,8 +394,27 @@ def _tok(text: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
 @friendly_errors
 @remote_options
-def lens_cmd(task, group_specs, groups_file, top_ratio, norm, top_k, model_name, dtype, device, device_map,
-             trust_remote_code, data, limit, batch_size, skip_bad, reference_compat, split, out, as_json):
+def lens_cmd(
+    task,
+    group_specs,
+    groups_file,
+    top_ratio,
+    norm,
+    top_k,
+    model_name,
+    dtype,
+    device,
+    device_map,
+    trust_remote_code,
+    data,
+    limit,
+    batch_size,
+    skip_bad,
+    reference_compat,
+    split,
+    out,
+    as_json,
+):
     """MLP logit lens of neuron groups (HONES 5.2, appendix E.4, Fig. 4/9).
 
     \b
@@ -281,9 +425,9 @@ def lens_cmd(task, group_specs, groups_file, top_ratio, norm, top_k, model_name,
     tokens whose logit falls most (what the group promotes), and the Delta of each
     example's target token (the first gold token). Use --limit 1 for a single case.
     """
-    from hones_nn.evaluation.engine import Engine
-    from hones_nn.evaluation.evaluate import prepare_task
+    from hones_nn.engine.core import Engine
     from hones_nn.evaluation.logit_lens import logit_lens
+    from hones_nn.tasks.task_data import prepare_task
 
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
@@ -294,9 +438,12 @@ def lens_cmd(task, group_specs, groups_file, top_ratio, norm, top_k, model_name,
         while name in groups:
             name += "'"
         groups[name] = neurons
-    td = prepare_task(loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad,
-                      reference_compat=reference_compat)
-    report = logit_lens(Engine(loaded, remote=current_remote()), td, groups, norm=norm, batch_size=batch_size, progress=not as_json)
+    td = prepare_task(
+        loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad, reference_compat=reference_compat
+    )
+    report = logit_lens(
+        Engine(loaded, remote=current_remote()), td, groups, norm=norm, batch_size=batch_size, progress=not as_json
+    )
     doc = {**report.as_json(top_k), "model": loaded.model_id, "split": split}
     if out:
         from hones_nn.utils.io import atomic_write_json
@@ -305,8 +452,10 @@ def lens_cmd(task, group_specs, groups_file, top_ratio, norm, top_k, model_name,
     if as_json:
         emit_json(doc)
         return
-    click.echo(f"MLP logit lens on {task} ({split}, {report.n} examples, model {loaded.model_id}, norm {norm}); "
-               "Delta = clean - masked logit at T, positive: the group promotes the token")
+    click.echo(
+        f"MLP logit lens on {task} ({split}, {report.n} examples, model {loaded.model_id}, norm {norm}); "
+        "Delta = clean - masked logit at T, positive: the group promotes the token"
+    )
     for name in groups:
         click.echo("")
         click.echo(f"group {name} ({len(groups[name])} neurons)")
@@ -314,8 +463,7 @@ def lens_cmd(task, group_specs, groups_file, top_ratio, norm, top_k, model_name,
         target_delta = report.target_delta(name)
         for layer, tops in enumerate(report.top_tokens(name, top_k)):
             falls = ", ".join(f"{_tok(t['token'])} {t['delta']:+.3f}" for t in tops) or "(no token falls)"
-            rows.append({"layer": layer, "target Δ": float(target_delta[layer]),
-                         f"top {top_k} falls (token Δ)": falls})
+            rows.append({"layer": layer, "target Δ": float(target_delta[layer]), f"top {top_k} falls (token Δ)": falls})
         print_table(rows, ["layer", "target Δ", f"top {top_k} falls (token Δ)"], floatfmt="{:+.3f}")
     if out:
         click.echo(f"\nwrote {out}")

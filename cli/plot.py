@@ -24,13 +24,27 @@ def _size(value: str | None):
 
 def figure_options(fn):
     options = [
-        click.option("--out", "out_prefix", required=True, metavar="FILE_PREFIX",
-                     help="Output path without extension: writes FILE_PREFIX.png, FILE_PREFIX.svg ..."),
-        click.option("--format", "formats", default="png,svg", show_default=True,
-                     help="Comma-separated formats among png, svg, pdf."),
+        click.option(
+            "--out",
+            "out_prefix",
+            required=True,
+            metavar="FILE_PREFIX",
+            help="Output path without extension: writes FILE_PREFIX.png, FILE_PREFIX.svg ...",
+        ),
+        click.option(
+            "--format",
+            "formats",
+            default="png,svg",
+            show_default=True,
+            help="Comma-separated formats among png, svg, pdf.",
+        ),
         click.option("--dpi", type=int, default=150, show_default=True, help="PNG resolution (pixels per inch)."),
-        click.option("--size", default=None, metavar="WxH",
-                     help="Figure size in inches (default per figure); PNG pixels = size x dpi."),
+        click.option(
+            "--size",
+            default=None,
+            metavar="WxH",
+            help="Figure size in inches (default per figure); PNG pixels = size x dpi.",
+        ),
         click.option("--title", default=None, help="Replace the default title."),
         click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON."),
     ]
@@ -64,7 +78,7 @@ def _report(paths, as_json) -> None:
 
 
 def _tables(paths):
-    from hones_nn.runner.tables import read_table
+    from hones_nn.engine.tables import read_table
 
     if not paths:
         raise ValueError("give one or more score tables")
@@ -87,8 +101,13 @@ def plot_group() -> None:
 @plot_group.command("layers", short_help="Layer distribution of the top neurons per task (Fig. 2).")
 @click.argument("tables", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--top-ratio", type=float, default=0.01, show_default=True, help="Top fraction of all neurons counted.")
-@click.option("--style", type=click.Choice(["auto", "bar", "line"]), default="auto", show_default=True,
-              help="Grouped bars or lines (auto: bars for small models).")
+@click.option(
+    "--style",
+    type=click.Choice(["auto", "bar", "line"]),
+    default="auto",
+    show_default=True,
+    help="Grouped bars or lines (auto: bars for small models).",
+)
 @click.option("--percent", is_flag=True, help="Share of each task's top set per layer instead of counts.")
 @figure_options
 @friendly_errors
@@ -97,8 +116,17 @@ def layers_cmd(tables, top_ratio, style, percent, out_prefix, formats, dpi, size
     """Layer distribution of each task's top neurons (Fig. 2): one series per neuron table."""
     from hones_nn.plots import DEFAULT_SIZE, plot_layers
 
-    paths = plot_layers(_tables(tables), out_prefix, top_ratio=top_ratio, formats=formats,
-                        size=_size(size) or DEFAULT_SIZE, dpi=dpi, style=style, percent=percent, title=title)
+    paths = plot_layers(
+        _tables(tables),
+        out_prefix,
+        top_ratio=top_ratio,
+        formats=formats,
+        size=_size(size) or DEFAULT_SIZE,
+        dpi=dpi,
+        style=style,
+        percent=percent,
+        title=title,
+    )
     _report(paths, as_json)
 
 
@@ -113,16 +141,29 @@ def heads_cmd(tables, mark_top, shared_scale, out_prefix, formats, dpi, size, ti
     """Head importance heatmaps, layers x heads (Fig. 5/6): one panel per head table."""
     from hones_nn.plots import plot_heads
 
-    paths = plot_heads(_tables(tables), out_prefix, formats=formats, size=_size(size), dpi=dpi, mark_top=mark_top,
-                       shared_scale=shared_scale, title=title)
+    paths = plot_heads(
+        _tables(tables),
+        out_prefix,
+        formats=formats,
+        size=_size(size),
+        dpi=dpi,
+        mark_top=mark_top,
+        shared_scale=shared_scale,
+        title=title,
+    )
     _report(paths, as_json)
 
 
 @plot_group.command("groups", short_help="Relative drops of the cross-task neuron groups (Fig. 3).")
 @click.argument("overlap", type=click.Path(dir_okay=False))
-@click.option("--mode", type=click.Choice(["summary", "full"]), default="summary", show_default=True,
-              help="summary: Fig. 3 (specific, best pair, best triple, general, random per task); "
-                   "full: every group on every task.")
+@click.option(
+    "--mode",
+    type=click.Choice(["summary", "full"]),
+    default="summary",
+    show_default=True,
+    help="summary: Fig. 3 (specific, best pair, best triple, general, random per task); "
+    "full: every group on every task.",
+)
 @figure_options
 @friendly_errors
 @needs_matplotlib
@@ -131,8 +172,9 @@ def groups_cmd(overlap, mode, out_prefix, formats, dpi, size, title, as_json):
     from hones_nn.evaluation.overlap import read_overlap_rows
     from hones_nn.plots import plot_groups
 
-    paths = plot_groups(read_overlap_rows(overlap), out_prefix, formats=formats, mode=mode, size=_size(size), dpi=dpi,
-                        title=title)
+    paths = plot_groups(
+        read_overlap_rows(overlap), out_prefix, formats=formats, mode=mode, size=_size(size), dpi=dpi, title=title
+    )
     _report(paths, as_json)
 
 
@@ -146,7 +188,7 @@ def steering_cmd(reports, out_prefix, formats, dpi, size, title, as_json):
 
     \b
     REPORTS: JSON files, merged task by task, each one of:
-      the report.json of `hones-nn steer --out DIR` (one task; conditions base, fixed-amp,
+      the report.json of `hones-nn steer --out-dir DIR` (one task; conditions base, fixed-amp,
         grid, rand-neuron, no-kl, ours) or its relearn-report.json (mean +- SD bars);
       [{"task": "vqa", "name": "Base", "metric": 0.652}, {"task": "vqa", "name": "Ours", "metric": 0.673}, ...]
       {"vqa": [{"name": "Base", "metric": 0.652}, ...], "ocr": [...]}

@@ -6,8 +6,17 @@ from pathlib import Path
 
 import click
 
-from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, model_options, print_table, task_option
-from hones_nn.cli.common import current_remote, remote_options
+from hones_nn.cli.common import (
+    current_remote,
+    data_options,
+    emit_json,
+    friendly_errors,
+    load,
+    model_options,
+    print_table,
+    remote_options,
+    task_option,
+)
 
 
 def _method_names() -> list[str]:
@@ -17,25 +26,40 @@ def _method_names() -> list[str]:
     return sorted(n for n, cls in METHODS.items() if cls.kind == "neurons")
 
 
-def _runner(model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
-            reference_compat, out_dir, split, seed, quiet):
-    from hones_nn.runner.pipeline import Runner
-
-    loaded = load(model_name, dtype, device, device_map, trust_remote_code)
-    return Runner(loaded=loaded, out_dir=Path(out_dir), batch_size=batch_size, seed=seed, progress=not quiet,
-                  data=data, split=split, limit=limit, skip_bad=skip_bad, reference_compat=reference_compat,
-                  remote=current_remote())
+def _run_options(data, limit, batch_size, skip_bad, reference_compat, out_dir, split, seed, quiet) -> dict:
+    """The front door's run options (``hones_nn.runner.api``) from the shared CLI options."""
+    return {
+        "out_dir": Path(out_dir),
+        "batch_size": batch_size,
+        "seed": seed,
+        "progress": not quiet,
+        "data": data,
+        "split": split,
+        "limit": limit,
+        "skip_bad": skip_bad,
+        "reference_compat": reference_compat,
+        "remote": current_remote(),
+    }
 
 
 def common_run_options(fn):
     options = [
         click.option("--split", default="discovery", show_default=True, help="Split to localize on."),
-        click.option("--out-dir", default="hones_runs", show_default=True,
-                     help="Where tables (and resumable checkpoints, in .checkpoints/) go."),
+        click.option(
+            "--out-dir",
+            default="hones_runs",
+            show_default=True,
+            help="Where tables (and resumable checkpoints, in .checkpoints/) go.",
+        ),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--utility", type=click.Choice(["metric", "logprob", "prob"]), default="metric", show_default=True,
-                     help="Head utility: the task metric of greedy generation (paper), teacher-forced log-prob of the "
-                          "gold answer, or the first answer token's probability (V-SEAM's original)."),
+        click.option(
+            "--utility",
+            type=click.Choice(["metric", "logprob", "prob"]),
+            default="metric",
+            show_default=True,
+            help="Head utility: the task metric of greedy generation (paper), teacher-forced log-prob of the "
+            "gold answer, or the first answer token's probability (V-SEAM's original).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table."),
     ]
     for option in reversed(options):
@@ -59,9 +83,8 @@ def parse_options(pairs) -> dict:
     return options
 
 
-def _summary(table, top: int = 10) -> list[dict]:
-    df = table.table.to_pandas().sort_values("rank").head(top)
-    return df.to_dict("records")
+def _summary(frame, top: int = 10) -> list[dict]:
+    return frame.head(top).to_dict("records")
 
 
 @click.command("heads")
@@ -69,98 +92,224 @@ def _summary(table, top: int = 10) -> list[dict]:
 @model_options
 @data_options
 @common_run_options
-@click.option("--caption-corpus", is_flag=True,
-              help="Caption only: score a head by the drop of corpus BLEU-4 (reference code) instead of the mean "
-                   "per-example drop of sentence BLEU-4.")
-@click.option("--out", default=None,
-              help="Output Parquet (default OUT_DIR/TASK.heads.parquet; with --screen atp, TASK.heads-atp.parquet).")
-@click.option("--screen", type=click.Choice(["none", "atp"]), default="none", show_default=True,
-              help="atp: attribution-patching pre-screen (one forward + one backward per example estimates every "
-                   "head's drop to first order), then only the top --verify-top heads are scored exactly.")
-@click.option("--verify-top", type=int, default=None,
-              help="With --screen atp: heads re-scored exactly (default 4 x K_h; 0 = screen only). Unverified heads "
-                   "keep their estimate and rank below all verified ones.")
+@click.option(
+    "--caption-corpus",
+    is_flag=True,
+    help="Caption only: score a head by the drop of corpus BLEU-4 (reference code) instead of the mean "
+    "per-example drop of sentence BLEU-4.",
+)
+@click.option(
+    "--out",
+    default=None,
+    help="Output Parquet (default OUT_DIR/TASK.heads.parquet; with --screen atp, TASK.heads-atp.parquet).",
+)
+@click.option(
+    "--screen",
+    type=click.Choice(["none", "atp"]),
+    default="none",
+    show_default=True,
+    help="atp: attribution-patching pre-screen (one forward + one backward per example estimates every "
+    "head's drop to first order), then only the top --verify-top heads are scored exactly.",
+)
+@click.option(
+    "--verify-top",
+    type=int,
+    default=None,
+    help="With --screen atp: heads re-scored exactly (default 4 x K_h; 0 = screen only). Unverified heads "
+    "keep their estimate and rank below all verified ones.",
+)
 @friendly_errors
 @remote_options
-def heads_cmd(task, model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
-              reference_compat, split, out_dir, seed, utility, as_json, caption_corpus, out, screen, verify_top):
+def heads_cmd(
+    task,
+    model_name,
+    dtype,
+    device,
+    device_map,
+    trust_remote_code,
+    data,
+    limit,
+    batch_size,
+    skip_bad,
+    reference_compat,
+    split,
+    out_dir,
+    seed,
+    utility,
+    as_json,
+    caption_corpus,
+    out,
+    screen,
+    verify_top,
+):
     """V-SEAM head localization: replace each head by the mean of the others.
 
     Score S_h = E_x[P(x) - P(x; theta_h)] on the discovery split, for all L x H heads,
     many (example, head) pairs per forward. Writes a Parquet table (layer, head, score,
     rank, base_utility, intervened_utility). Rerun the same command to resume.
     """
-    runner = _runner(model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
-                     reference_compat, out_dir, split, seed, as_json)
+    import hones_nn as hn
+
     if verify_top is not None and screen != "atp":
         raise ValueError("--verify-top needs --screen atp")
-    table = runner.heads(task, utility=utility, caption_corpus=caption_corpus, out=out,
-                         screen=None if screen == "none" else screen, verify_top=verify_top)
+    model = load(model_name, dtype, device, device_map, trust_remote_code)
+    table = hn.heads(
+        model,
+        task,
+        utility=utility,
+        caption_corpus=caption_corpus,
+        out=out,
+        screen=None if screen == "none" else screen,
+        verify_top=verify_top,
+        **_run_options(data, limit, batch_size, skip_bad, reference_compat, out_dir, split, seed, as_json),
+    )
+    meta = table.attrs
     rows = _summary(table)
     if as_json:
         rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]  # NaN
-        emit_json({"path": str(table.path), "task": task, "n_examples": table.meta["n_examples"],
-                   "base_utility": rows[0]["base_utility"], "top": rows, "screen": table.meta.get("screen"),
-                   "verified_heads": table.meta.get("verified_heads")})
+        emit_json(
+            {
+                "path": meta["path"],
+                "task": task,
+                "n_examples": meta["n_examples"],
+                "base_utility": rows[0]["base_utility"],
+                "top": rows,
+                "screen": meta.get("screen"),
+                "verified_heads": meta.get("verified_heads"),
+            }
+        )
         return
     screened = ""
-    if table.meta.get("screen"):
-        screened = f", AtP screen, {len(table.meta.get('verified_heads') or [])} heads verified exactly"
-    click.echo(f"wrote {table.path}  ({table.meta['n_examples']} examples, utility {utility}{screened}, "
-               f"{table.meta['seconds']:.1f}s)")
+    if meta.get("screen"):
+        screened = f", AtP screen, {len(meta.get('verified_heads') or [])} heads verified exactly"
+    click.echo(
+        f"wrote {meta['path']}  ({meta['n_examples']} examples, utility {utility}{screened}, {meta['seconds']:.1f}s)"
+    )
     print_table(rows, ["rank", "layer", "head", "score", "base_utility", "intervened_utility"])
 
 
 @click.command("rank")
 @task_option
-@click.option("--method", required=True, type=click.Choice(_method_names()), help="Ranking method (see `hones-nn methods`).")
+@click.option(
+    "--method", required=True, type=click.Choice(_method_names()), help="Ranking method (see `hones-nn methods`)."
+)
 @model_options
 @data_options
 @common_run_options
-@click.option("--heads", "heads_path", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="A V-SEAM head table; computed first (and saved) when omitted.")
-@click.option("--top-heads", type=int, default=None,
-              help="K_h heads guiding HONES (default: 30, or a quarter of the heads for tiny models).")
+@click.option(
+    "--heads",
+    "heads_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A V-SEAM head table; computed first (and saved) when omitted.",
+)
+@click.option(
+    "--top-heads",
+    type=int,
+    default=None,
+    help="K_h heads guiding HONES (default: 30, or a quarter of the heads for tiny models).",
+)
 @click.option("--out", default=None, help="Output Parquet (default OUT_DIR/TASK.METHOD.parquet).")
-@click.option("--option", "method_options", multiple=True, metavar="KEY=VALUE",
-              help="A method option, repeatable (e.g. --option steps=50 for qrnca, --option positions=image for ap); "
-                   "values are parsed as JSON when they can be (numbers, true/false), else kept as text.")
+@click.option(
+    "--option",
+    "method_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A method option, repeatable (e.g. --option steps=50 for qrnca, --option positions=image for ap); "
+    "values are parsed as JSON when they can be (numbers, true/false), else kept as text.",
+)
 @friendly_errors
 @remote_options
-def rank_cmd(task, method, model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
-             reference_compat, split, out_dir, seed, utility, as_json, heads_path, top_heads, out, method_options):
+def rank_cmd(
+    task,
+    method,
+    model_name,
+    dtype,
+    device,
+    device_map,
+    trust_remote_code,
+    data,
+    limit,
+    batch_size,
+    skip_bad,
+    reference_compat,
+    split,
+    out_dir,
+    seed,
+    utility,
+    as_json,
+    heads_path,
+    top_heads,
+    out,
+    method_options,
+):
     """Rank every FFN neuron of the language model for a task.
 
     Writes one row per neuron (layer, neuron, score, rank; rank 1 = most important,
     ties by lower layer then index) with the run's metadata. Mask the top ones with
     `hones-nn evaluate --task T --mask TABLE`.
     """
-    runner = _runner(model_name, dtype, device, device_map, trust_remote_code, data, limit, batch_size, skip_bad,
-                     reference_compat, out_dir, split, seed, as_json)
-    table = runner.rank(task, method, heads=heads_path, top_heads=top_heads, utility=utility, out=out,
-                        options=parse_options(method_options))
+    import hones_nn as hn
+
+    model = load(model_name, dtype, device, device_map, trust_remote_code)
+    table = hn.rank(
+        model,
+        task,
+        method,
+        heads=heads_path,
+        top_heads=top_heads,
+        utility=utility,
+        out=out,
+        options=parse_options(method_options),
+        **_run_options(data, limit, batch_size, skip_bad, reference_compat, out_dir, split, seed, as_json),
+    )
+    meta = table.attrs
     rows = _summary(table)
     if as_json:
-        emit_json({"path": str(table.path), "task": task, "method": method, "n_examples": table.meta["n_examples"],
-                   "seconds": table.meta["seconds"], "top": rows})
+        emit_json(
+            {
+                "path": meta["path"],
+                "task": task,
+                "method": method,
+                "n_examples": meta["n_examples"],
+                "seconds": meta["seconds"],
+                "top": rows,
+            }
+        )
         return
-    click.echo(f"wrote {table.path}  ({method}, {table.meta['n_examples']} examples, {table.meta['seconds']:.1f}s)")
+    click.echo(f"wrote {meta['path']}  ({method}, {meta['n_examples']} examples, {meta['seconds']:.1f}s)")
     print_table(rows, ["rank", "layer", "neuron", "score"], floatfmt="{:.6g}")
 
 
 @click.command("methods")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--model", "model_name", default=None,
-              help="Estimate passes and peak memory per example for this model, from its config only: a local "
-                   "folder or config.json, tiny-llava / tiny-random-ARCH, or a built-in hub id such as "
-                   "llava-hf/llava-1.5-7b-hf (no download).")
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Estimate passes and peak memory per example for this model, from its config only: a local "
+    "folder or config.json, tiny-llava / tiny-random-ARCH, or a built-in hub id such as "
+    "llava-hf/llava-1.5-7b-hf (no download).",
+)
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Rows per forward, for the peak estimate.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
-@click.option("--text-tokens", type=int, default=48, show_default=True,
-              help="Prompt text + answer tokens per row, beside the image tokens.")
-@click.option("--top-heads", type=int, default=None, help="K_h (default: 30, or a quarter of the heads for tiny models).")
-@click.option("--utility", type=click.Choice(["metric", "logprob", "prob"]), default="metric", show_default=True,
-              help="Head utility assumed for vseam / atp-screen (metric = greedy generation).")
+@click.option(
+    "--text-tokens",
+    type=int,
+    default=48,
+    show_default=True,
+    help="Prompt text + answer tokens per row, beside the image tokens.",
+)
+@click.option(
+    "--top-heads", type=int, default=None, help="K_h (default: 30, or a quarter of the heads for tiny models)."
+)
+@click.option(
+    "--utility",
+    type=click.Choice(["metric", "logprob", "prob"]),
+    default="metric",
+    show_default=True,
+    help="Head utility assumed for vseam / atp-screen (metric = greedy generation).",
+)
 @friendly_errors
 def methods_cmd(as_json, model_name, batch_size, dtype, text_tokens, top_heads, utility):
     """List the registered methods: what each needs and costs per example.
@@ -171,32 +320,78 @@ def methods_cmd(as_json, model_name, batch_size, dtype, text_tokens, top_heads, 
     from hones_nn.methods.base import METHODS, get_method
 
     get_method("hones")
-    rows = [{"method": name, "kind": cls.kind, "site": cls.site, "needs": cls.needs, "cost per example": cls.cost,
-             "summary": cls.summary} for name, cls in sorted(METHODS.items())]
-    for r in rows:  # approximate methods say how
-        if getattr(METHODS[r["method"]], "approximation", None):
-            r["approximation"] = METHODS[r["method"]].approximation
+    rows = [
+        {
+            "method": name,
+            "kind": cls.kind,
+            "site": cls.site,
+            "needs": cls.needs,
+            "cost per example": cls.cost,
+            "summary": cls.summary,
+        }
+        for name, cls in sorted(METHODS.items())
+    ]
+    for r in rows:  # what each method declares it needs, and how approximate methods approximate
+        cls = METHODS[r["method"]]
+        r["requires"] = (
+            ", ".join(
+                label
+                for flag, label in (
+                    (cls.needs_heads, "head table"),
+                    (cls.needs_gradients, "gradients"),
+                    (cls.needs_all_tasks, "all four tasks"),
+                )
+                if flag
+            )
+            or "-"
+        )
+        if cls.approximation:
+            r["approximation"] = cls.approximation
     notes = [f"{r['method']} is approximate: {r['approximation']}." for r in rows if "approximation" in r]
     if model_name is not None:
         from hones_nn.runner.estimates import estimate_methods, human_bytes, model_shape
 
         shape = model_shape(model_name)
-        estimates = {e.method: e for e in estimate_methods(shape, [r["method"] for r in rows], batch_size, dtype,
-                                                            text_tokens, top_heads, utility)}
+        estimates = {
+            e.method: e
+            for e in estimate_methods(
+                shape, [r["method"] for r in rows], batch_size, dtype, text_tokens, top_heads, utility
+            )
+        }
         for r in rows:
             e = estimates[r["method"]]
-            r.update({"rows per example": e.rows_per_example, "passes": e.passes, "pass kind": e.pass_kind,
-                      "activations per row": e.activation_bytes_per_row, "weights bytes": e.weights_bytes,
-                      "peak bytes": e.peak_bytes, "peak": human_bytes(e.peak_bytes)})
+            r.update(
+                {
+                    "rows per example": e.rows_per_example,
+                    "passes": e.passes,
+                    "pass kind": e.pass_kind,
+                    "activations per row": e.activation_bytes_per_row,
+                    "weights bytes": e.weights_bytes,
+                    "peak bytes": e.peak_bytes,
+                    "peak": human_bytes(e.peak_bytes),
+                }
+            )
         if as_json:
-            emit_json({"model": model_name, "source": shape.source, "batch_size": batch_size, "dtype": dtype,
-                       "seq_len": shape.seq_len(text_tokens), "shape": shape.__dict__, "methods": rows})
+            emit_json(
+                {
+                    "model": model_name,
+                    "source": shape.source,
+                    "batch_size": batch_size,
+                    "dtype": dtype,
+                    "seq_len": shape.seq_len(text_tokens),
+                    "shape": shape.__dict__,
+                    "methods": rows,
+                }
+            )
             return
-        click.echo(f"{model_name}: {shape.source}; {shape.num_layers} layers x {shape.num_heads} heads, d_ff "
-                   f"{shape.d_ff}, {shape.params / 1e9:.3g}B parameters ({human_bytes(shape.params * 4 if dtype == 'float32' else shape.params * 2)} "
-                   f"in {dtype}); {shape.seq_len(text_tokens)} tokens per row ({shape.image_tokens} image + "
-                   f"{text_tokens} text); batch {batch_size}. Peak = weights + batch x activations per row "
-                   "(a conservative estimate, see hones_nn/runner/estimates.py).")
+        click.echo(
+            f"{model_name}: {shape.source}; {shape.num_layers} layers x {shape.num_heads} heads, d_ff "
+            f"{shape.d_ff}, {shape.params / 1e9:.3g}B parameters "
+            f"({human_bytes(shape.params * (4 if dtype == 'float32' else 2))} "
+            f"in {dtype}); {shape.seq_len(text_tokens)} tokens per row ({shape.image_tokens} image + "
+            f"{text_tokens} text); batch {batch_size}. Peak = weights + batch x activations per row "
+            "(a conservative estimate, see hones_nn/runner/estimates.py)."
+        )
         for r in rows:
             r["act/row"] = human_bytes(r["activations per row"])
         print_table(rows, ["method", "rows per example", "pass kind", "act/row", "peak", "passes"])
@@ -206,7 +401,7 @@ def methods_cmd(as_json, model_name, batch_size, dtype, text_tokens, top_heads, 
     if as_json:
         emit_json(rows)
         return
-    print_table(rows, ["method", "kind", "cost per example", "needs"])
+    print_table(rows, ["method", "kind", "requires", "cost per example", "needs"])
     for note in notes:
         click.echo(note)
 

@@ -27,8 +27,13 @@ import numpy as np
 
 FORMATS = ("png", "svg", "pdf")
 TASK_COLOURS = {"vqa": "#1f77b4", "ocr": "#ff7f0e", "caption": "#2ca02c", "retrieval": "#d62728"}
-KIND_COLOURS = {"specific": "#9ecae1", "pair": "#3182bd", "triple": "#08519c", "general": "#6a51a3",
-                "random": "#bdbdbd"}
+KIND_COLOURS = {
+    "specific": "#9ecae1",
+    "pair": "#3182bd",
+    "triple": "#08519c",
+    "general": "#6a51a3",
+    "random": "#bdbdbd",
+}
 DEFAULT_SIZE = (8.0, 4.5)
 DEFAULT_DPI = 150
 
@@ -43,9 +48,7 @@ def _matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - exercised by monkeypatching in the tests
-        raise MissingPlotExtra(
-            "plotting needs matplotlib, an optional extra: pip install hones-nn[plot]"
-        ) from exc
+        raise MissingPlotExtra("plotting needs matplotlib, an optional extra: pip install hones-nn[plot]") from exc
     return Figure, FigureCanvasAgg
 
 
@@ -119,8 +122,17 @@ def layer_counts(table, top_ratio: float = 0.01) -> np.ndarray:
     return counts
 
 
-def plot_layers(tables, out_prefix, top_ratio: float = 0.01, formats=("png", "svg"), size=DEFAULT_SIZE,
-                dpi: int = DEFAULT_DPI, style: str = "auto", percent: bool = False, title: str | None = None):
+def plot_layers(
+    tables,
+    out_prefix,
+    top_ratio: float = 0.01,
+    formats=("png", "svg"),
+    size=DEFAULT_SIZE,
+    dpi: int = DEFAULT_DPI,
+    style: str = "auto",
+    percent: bool = False,
+    title: str | None = None,
+):
     """Per layer, how many of each table's top-ratio neurons it holds (one series per table)."""
     if not tables:
         raise ValueError("give at least one neuron score table")
@@ -145,15 +157,23 @@ def plot_layers(tables, out_prefix, top_ratio: float = 0.01, formats=("png", "sv
         counts = layer_counts(table, top_ratio)
         k_total = int(counts.sum())
         values = 100.0 * counts / max(1, counts.sum()) if percent else counts
-        colour = TASK_COLOURS.get(table.meta.get("task"), None) if len(set(labels)) == len(tables) else None
+        colour = TASK_COLOURS.get(table.meta.get("task")) if len(set(labels)) == len(tables) else None
         if style == "bar":
-            ax.bar(x - 0.4 + width * (j + 0.5), values, width=width, label=label, color=colour,
-                   edgecolor="white", linewidth=0.5)
+            ax.bar(
+                x - 0.4 + width * (j + 0.5),
+                values,
+                width=width,
+                label=label,
+                color=colour,
+                edgecolor="white",
+                linewidth=0.5,
+            )
         else:
             ax.plot(x, values, marker="o", markersize=3.5, linewidth=1.6, label=label, color=colour)
     ax.set_xlabel("layer")
-    ax.set_ylabel(f"share of top-{100 * top_ratio:g}% neurons (%)" if percent else
-                  f"number of top-{100 * top_ratio:g}% neurons")
+    ax.set_ylabel(
+        f"share of top-{100 * top_ratio:g}% neurons (%)" if percent else f"number of top-{100 * top_ratio:g}% neurons"
+    )
     _int_ticks(ax, layers)
     ax.set_xlim(-0.6, layers - 0.4)
     ax.set_ylim(bottom=0)
@@ -161,17 +181,28 @@ def plot_layers(tables, out_prefix, top_ratio: float = 0.01, formats=("png", "sv
     ax.set_axisbelow(True)
     ax.legend(title="task", frameon=False, fontsize="small", loc="best")
     methods = sorted({str(t.meta.get("method", "?")) for t in tables})
-    ax.set_title(title or f"Layer distribution of the top-{100 * top_ratio:g}% neurons\n"
-                          f"{', '.join(methods)} on {_model_of(tables)}, k = {k_total} per task",
-                 fontsize="medium")
+    ax.set_title(
+        title
+        or f"Layer distribution of the top-{100 * top_ratio:g}% neurons\n"
+        f"{', '.join(methods)} on {_model_of(tables)}, k = {k_total} per task",
+        fontsize="medium",
+    )
     return save(fig, out_prefix, formats)
 
 
 # ------------------------------------------------------------------ Fig. 5/6: head heatmaps
 
 
-def plot_heads(tables, out_prefix, formats=("png", "svg"), size=None, dpi: int = DEFAULT_DPI,
-               mark_top: int = 0, shared_scale: bool = False, title: str | None = None):
+def plot_heads(
+    tables,
+    out_prefix,
+    formats=("png", "svg"),
+    size=None,
+    dpi: int = DEFAULT_DPI,
+    mark_top: int = 0,
+    shared_scale: bool = False,
+    title: str | None = None,
+):
     """One heatmap per head table: layers (rows, layer 0 on top) x heads, diverging colours
     centred on 0 (V-SEAM scores are signed), a colour bar per panel (or one shared scale)."""
     if not tables:
@@ -201,8 +232,14 @@ def plot_heads(tables, out_prefix, formats=("png", "svg"), size=None, dpi: int =
         if mark_top:
             k = min(mark_top, layers * heads)
             top = table.top(k)
-            ax.scatter([h for _, h in top], [layer for layer, _ in top], s=max(4, 160 / max(layers, heads)),
-                       facecolors="none", edgecolors="black", linewidths=0.8)
+            ax.scatter(
+                [h for _, h in top],
+                [layer for layer, _ in top],
+                s=max(4, 160 / max(layers, heads)),
+                facecolors="none",
+                edgecolors="black",
+                linewidths=0.8,
+            )
             ax.set_title(f"{label}  (o: top {k} heads)", fontsize="medium")
         if not shared_scale:
             bar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
@@ -235,8 +272,15 @@ def _short(name: str) -> str:
     return name.replace("Retrieval", "Ret").replace("Caption", "Cap").replace("-specific", "-only")
 
 
-def plot_groups(rows, out_prefix, formats=("png", "svg"), mode: str = "summary", size=None,
-                dpi: int = DEFAULT_DPI, title: str | None = None):
+def plot_groups(
+    rows,
+    out_prefix,
+    formats=("png", "svg"),
+    mode: str = "summary",
+    size=None,
+    dpi: int = DEFAULT_DPI,
+    title: str | None = None,
+):
     """Relative drops of the cross-task groups (rows of ``overlap.parquet``).
 
     ``mode="summary"`` (Fig. 3): per task, its own task-specific group, the most damaging
@@ -252,16 +296,24 @@ def plot_groups(rows, out_prefix, formats=("png", "svg"), mode: str = "summary",
         raise ValueError("the overlap file has no rows")
     tasks = list(order_tasks(r["task"] for r in rows))
     if mode == "summary":
-        return _plot_groups_summary(rows, tasks, dominant_groups(rows, tasks), out_prefix, formats,
-                                    size or (9.0, 4.8), dpi, title)
+        return _plot_groups_summary(
+            rows, tasks, dominant_groups(rows, tasks), out_prefix, formats, size or (9.0, 4.8), dpi, title
+        )
     if mode == "full":
         return _plot_groups_full(rows, tasks, out_prefix, formats, size, dpi, title)
     raise ValueError(f"mode={mode!r}; choose summary or full")
 
 
 def _best(rows, task, n_tasks):
-    cells = [r for r in rows if r["task"] == task and r["n_tasks"] == n_tasks and r["size"] > 0
-             and task in r["tasks"].split("+") and math.isfinite(r["relative_drop"])]
+    cells = [
+        r
+        for r in rows
+        if r["task"] == task
+        and r["n_tasks"] == n_tasks
+        and r["size"] > 0
+        and task in r["tasks"].split("+")
+        and math.isfinite(r["relative_drop"])
+    ]
     return max(cells, key=lambda r: r["relative_drop"], default=None)
 
 
@@ -269,8 +321,13 @@ def _plot_groups_summary(rows, tasks, dominant, out_prefix, formats, size, dpi, 
     from hones_nn.evaluation.overlap import display
 
     n_all = max(r["n_tasks"] for r in rows)
-    slots = [("Specific", "specific"), ("Pair", "pair"), ("Triple", "triple"), ("General", "general"),
-             ("Random (matched)", "random")]
+    slots = [
+        ("Specific", "specific"),
+        ("Pair", "pair"),
+        ("Triple", "triple"),
+        ("General", "general"),
+        ("Random (matched)", "random"),
+    ]
     if n_all < 4:
         slots = [s for s in slots if not (s[1] == "triple" and n_all < 3)]
     fig = new_figure(size, dpi)
@@ -279,7 +336,7 @@ def _plot_groups_summary(rows, tasks, dominant, out_prefix, formats, size, dpi, 
     x = np.arange(len(tasks))
     top = 0.0
     bottom = 0.0
-    for j, (label, kind) in enumerate(slots):
+    for j, (_label, kind) in enumerate(slots):
         for i, task in enumerate(tasks):
             cell = None
             if kind == "specific":
@@ -303,17 +360,31 @@ def _plot_groups_summary(rows, tasks, dominant, out_prefix, formats, size, dpi, 
             value = float(value) if value is not None else float("nan")
             if math.isfinite(value):
                 pct = 100 * value
-                ax.bar(xpos, pct, width=width * 0.92, color=KIND_COLOURS[kind], edgecolor="black", linewidth=0.4,
-                       hatch="//" if kind == "random" else None)
+                ax.bar(
+                    xpos,
+                    pct,
+                    width=width * 0.92,
+                    color=KIND_COLOURS[kind],
+                    edgecolor="black",
+                    linewidth=0.4,
+                    hatch="//" if kind == "random" else None,
+                )
                 top, bottom = max(top, pct), min(bottom, pct)
-                ax.text(xpos, max(pct, 0), f" {note}: {pct:.1f}", rotation=90, ha="center", va="bottom",
-                        fontsize=6.5)
+                ax.text(xpos, max(pct, 0), f" {note}: {pct:.1f}", rotation=90, ha="center", va="bottom", fontsize=6.5)
             else:
                 ax.text(xpos, 0, f" {note}", rotation=90, ha="center", va="bottom", fontsize=6.5, color="grey")
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=KIND_COLOURS[kind], edgecolor="black", linewidth=0.4,
-                     hatch="//" if kind == "random" else None, label=label) for label, kind in slots]
+    handles = [
+        Patch(
+            facecolor=KIND_COLOURS[kind],
+            edgecolor="black",
+            linewidth=0.4,
+            hatch="//" if kind == "random" else None,
+            label=label,
+        )
+        for label, kind in slots
+    ]
     ax.axhline(0, color="black", linewidth=0.6)
     span = max(top - bottom, 1.0)
     ax.set_ylim(bottom - 0.05 * span if bottom < 0 else 0, top + 0.5 * span)
@@ -324,8 +395,9 @@ def _plot_groups_summary(rows, tasks, dominant, out_prefix, formats, size, dpi, 
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(handles=handles, ncol=len(slots), loc="upper center", fontsize="small", frameon=False)
-    ax.set_title(title or "Masking cross-task neuron groups (best pair / triple containing the task)",
-                 fontsize="medium")
+    ax.set_title(
+        title or "Masking cross-task neuron groups (best pair / triple containing the task)", fontsize="medium"
+    )
     return save(fig, out_prefix, formats)
 
 
@@ -353,14 +425,24 @@ def _plot_groups_full(rows, tasks, out_prefix, formats, size, dpi, title):
                 continue
             pct = 100 * r["relative_drop"]
             ax.barh(k, pct, color=KIND_COLOURS.get(kinds[key], "#999999"), edgecolor="black", linewidth=0.3)
-            ax.text(pct, k, f" {pct:.1f} " if pct >= 0 else f" {pct:.1f} ", va="center",
-                    ha="left" if pct >= 0 else "right", fontsize=6.5)
+            ax.text(
+                pct,
+                k,
+                f" {pct:.1f} ",
+                va="center",
+                ha="left" if pct >= 0 else "right",
+                fontsize=6.5,
+            )
             if math.isfinite(r["random_drop"]):
                 rnd = 100 * r["random_drop"]
                 ax.plot([rnd, rnd], [k - 0.4, k + 0.4], color="black", linewidth=1.6)
         ax.axvline(0, color="black", linewidth=0.6)
-        values = [100 * v for r in cells.values() for v in (r["relative_drop"], r["random_drop"])
-                  if r["status"] == "masked" and math.isfinite(v)]
+        values = [
+            100 * v
+            for r in cells.values()
+            for v in (r["relative_drop"], r["random_drop"])
+            if r["status"] == "masked" and math.isfinite(v)
+        ]
         lo, hi = min([0.0, *values]), max([0.0, *values])
         pad = max(hi - lo, 1.0) * 0.12  # room for the value labels
         ax.set_xlim(lo - pad if lo < 0 else 0, hi + pad + (6 * pad if hi - lo < 1e-9 else 0))
@@ -371,7 +453,7 @@ def _plot_groups_full(rows, tasks, out_prefix, formats, size, dpi, title):
         ax.set_title(f"evaluated on {display(task)}", fontsize="medium")
         ax.grid(axis="x", alpha=0.3)
         ax.set_axisbelow(True)
-    for ax in axes[len(tasks):]:
+    for ax in axes[len(tasks) :]:
         ax.set_visible(False)
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -394,31 +476,62 @@ def _record(entry: dict, where: str) -> dict:
     name = next((entry[k] for k in NAME_KEYS if k in entry), None)
     metric = next((entry[k] for k in METRIC_KEYS if k in entry), None)
     if name is None or metric is None:
-        raise ValueError(f"{where}: each entry needs a name ({'/'.join(NAME_KEYS)}) and a metric "
-                         f"({'/'.join(METRIC_KEYS)}); got keys {sorted(entry)}")
+        raise ValueError(
+            f"{where}: each entry needs a name ({'/'.join(NAME_KEYS)}) and a metric "
+            f"({'/'.join(METRIC_KEYS)}); got keys {sorted(entry)}"
+        )
     err = entry.get("std", entry.get("sd"))
     ci = entry.get("ci")
-    return {"name": str(name), "metric": float(metric), "std": None if err is None else float(err),
-            "ci": None if ci is None else [float(ci[0]), float(ci[1])], "metric_name": entry.get("metric_name")}
+    return {
+        "name": str(name),
+        "metric": float(metric),
+        "std": None if err is None else float(err),
+        "ci": None if ci is None else [float(ci[0]), float(ci[1])],
+        "metric_name": entry.get("metric_name"),
+    }
 
 
 # the condition names of `hones-nn steer` reports, as the paper's Table 3 labels them
-STEER_LABELS = {"base": "Base", "fixed-amp": "Fixed-Amp", "grid": "Grid-Search", "rand-neuron": "RandNeuron",
-                "no-kl": "Ours w/o KL", "ours": "Ours", "zero-shot": "Ours (zero-shot)"}
+STEER_LABELS = {
+    "base": "Base",
+    "fixed-amp": "Fixed-Amp",
+    "grid": "Grid-Search",
+    "rand-neuron": "RandNeuron",
+    "no-kl": "Ours w/o KL",
+    "ours": "Ours",
+    "zero-shot": "Ours (zero-shot)",
+}
 
 
 def _steer_report(data: dict) -> dict[str, list[dict]] | None:
     """The records of a `hones-nn steer` report.json / relearn-report.json; None for other JSON."""
     metric_name = data.get("metric_name")
     if isinstance(data.get("conditions"), list) and "task" in data:
-        return {str(data["task"]): [
-            {"name": STEER_LABELS.get(c["condition"], c["condition"]), "metric": float(c["metric"]), "std": None,
-             "ci": None, "metric_name": metric_name} for c in data["conditions"]]}
+        return {
+            str(data["task"]): [
+                {
+                    "name": STEER_LABELS.get(c["condition"], c["condition"]),
+                    "metric": float(c["metric"]),
+                    "std": None,
+                    "ci": None,
+                    "metric_name": metric_name,
+                }
+                for c in data["conditions"]
+            ]
+        }
     if data.get("mode") == "relearn" and isinstance(data.get("summary"), list) and "task" in data:
-        return {str(data["task"]): [
-            {"name": STEER_LABELS.get(c["condition"], c["condition"]), "metric": float(c["metric_mean"]),
-             "std": float(c.get("metric_sd") or 0.0), "ci": None, "metric_name": metric_name}
-            for c in data["summary"]]}
+        return {
+            str(data["task"]): [
+                {
+                    "name": STEER_LABELS.get(c["condition"], c["condition"]),
+                    "metric": float(c["metric_mean"]),
+                    "std": float(c.get("metric_sd") or 0.0),
+                    "ci": None,
+                    "metric_name": metric_name,
+                }
+                for c in data["summary"]
+            ]
+        }
     return None
 
 
@@ -445,8 +558,10 @@ def read_steering_report(source) -> dict[str, list[dict]]:
         for one in source:
             for task, entries in read_steering_report(one).items():
                 if task in merged:
-                    raise ValueError(f"task {task!r} appears in two steering reports ({one} and an earlier one); "
-                                     "plot them separately")
+                    raise ValueError(
+                        f"task {task!r} appears in two steering reports ({one} and an earlier one); "
+                        "plot them separately"
+                    )
                 merged[task] = entries
         return merged
     if isinstance(source, (str, Path)):
@@ -477,8 +592,10 @@ def read_steering_report(source) -> dict[str, list[dict]]:
     elif isinstance(data, dict):
         for task, entries in data.items():
             if not isinstance(entries, list):
-                raise ValueError(f"{where}: {task!r} should map to a list of {{'name', 'metric'}} objects "
-                                 "(or give the report.json of `hones-nn steer`)")
+                raise ValueError(
+                    f"{where}: {task!r} should map to a list of {{'name', 'metric'}} objects "
+                    "(or give the report.json of `hones-nn steer`)"
+                )
             out[str(task)] = [_record(e, f"{where} {task!r} entry {k}") for k, e in enumerate(entries)]
     else:
         raise ValueError(f"{where}: expected a JSON list or object (see `hones-nn plot steering --help`)")
@@ -487,8 +604,9 @@ def read_steering_report(source) -> dict[str, list[dict]]:
     return out
 
 
-def plot_steering(report, out_prefix, formats=("png", "svg"), size=None, dpi: int = DEFAULT_DPI,
-                  title: str | None = None):
+def plot_steering(
+    report, out_prefix, formats=("png", "svg"), size=None, dpi: int = DEFAULT_DPI, title: str | None = None
+):
     """One panel per task, one bar per condition (own y range per task: metrics differ in scale)."""
     from hones_nn.evaluation.overlap import display, order_tasks
 
@@ -524,8 +642,9 @@ def plot_steering(report, out_prefix, formats=("png", "svg"), size=None, dpi: in
         x = np.arange(len(entries))
         ax.bar(x, values, color=colours, edgecolor="black", linewidth=0.4)
         if has_err.any():
-            ax.errorbar(x[has_err], values[has_err], yerr=err[:, has_err], fmt="none", ecolor="black", capsize=3,
-                        linewidth=1.0)
+            ax.errorbar(
+                x[has_err], values[has_err], yerr=err[:, has_err], fmt="none", ecolor="black", capsize=3, linewidth=1.0
+            )
         lo, hi = float((values - err[0]).min()), float((values + err[1]).max())
         # a zoomed y axis: the differences are a few points of a metric near its base value (at
         # least one point of it, so equal bars do not blow rounding up into an offset axis)
@@ -535,8 +654,12 @@ def plot_steering(report, out_prefix, formats=("png", "svg"), size=None, dpi: in
         for xi, v, u in zip(x, values, values + err[1]):
             ax.text(xi, u + 0.02 * span, f"{v:.4f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=35 if max(len(s) for s in names) > 6 else 0, ha="right"
-                           if max(len(s) for s in names) > 6 else "center", fontsize="small")
+        ax.set_xticklabels(
+            names,
+            rotation=35 if max(len(s) for s in names) > 6 else 0,
+            ha="right" if max(len(s) for s in names) > 6 else "center",
+            fontsize="small",
+        )
         metric_name = next((e["metric_name"] for e in entries if e.get("metric_name")), None)
         ax.set_ylabel(f"test {metric_name}" if metric_name else "test metric")
         ax.set_title(display(task) if task else "", fontsize="medium")

@@ -1,4 +1,5 @@
-"""Shared fixtures: one thread, a session-wide hones-nn home, the default benchmark."""
+"""Shared fixtures: one thread, a session-wide hones-nn home, the default benchmark, and the
+models (the shipped tiny-llava and its Engine; tiny random models, one per architecture)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def embedded():
 @pytest.fixture(scope="session")
 def embedded_engine(embedded):
     """One nnsight Engine over the session's tiny-llava (pass it to a Runner as ``_engine``)."""
-    from hones_nn.evaluation.engine import Engine
+    from hones_nn.engine.core import Engine
 
     return Engine(embedded)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """``tiny_model(arch)``: the tiny random model of ``arch`` (``build_tiny_random(arch)``, seed 0),
+    built once per session and shared. Do not change it: a test that writes its weights or
+    fills parameter ``.grad`` builds its own with ``build_tiny_random``."""
+    from tests.helpers.models import tiny_model
+
+    return tiny_model

@@ -49,19 +49,33 @@ def token_report(loaded, sets: FuzzySets, k: int = 10, per_set: int = 5, fractio
     for name in sets.names:
         rows = sets.members(name)
         word = concept_word(name)
-        n_rel = max(1, int(round(fraction * len(rows))))
+        n_rel = max(1, round(fraction * len(rows)))
         hits = []
         for layer, neuron in zip(rows["layer"].to_numpy()[:n_rel], rows["neuron"].to_numpy()[:n_rel]):
             tokens = top_tokens(loaded, int(layer), int(neuron), k)
             hits.append(any(t.lstrip("▁Ġ#").lower() == word.lower() for t in tokens))
         examples = []
-        for layer, neuron, mu in zip(rows["layer"].to_numpy()[:per_set], rows["neuron"].to_numpy()[:per_set],
-                                     rows["membership"].to_numpy()[:per_set]):
-            examples.append({"layer": int(layer), "neuron": int(neuron), "membership": float(mu),
-                             "top_tokens": top_tokens(loaded, int(layer), int(neuron), k)})
+        for layer, neuron, mu in zip(
+            rows["layer"].to_numpy()[:per_set],
+            rows["neuron"].to_numpy()[:per_set],
+            rows["membership"].to_numpy()[:per_set],
+        ):
+            examples.append(
+                {
+                    "layer": int(layer),
+                    "neuron": int(neuron),
+                    "membership": float(mu),
+                    "top_tokens": top_tokens(loaded, int(layer), int(neuron), k),
+                }
+            )
         in_vocab = word in tokenizer.get_vocab() or word.capitalize() in tokenizer.get_vocab()
-        out[name] = {"word": word, "word_in_vocab": bool(in_vocab), "n_relevance": n_rel,
-                     "semantic_relevance": float(np.mean(hits)), "neurons": examples}
+        out[name] = {
+            "word": word,
+            "word_in_vocab": bool(in_vocab),
+            "n_relevance": n_rel,
+            "semantic_relevance": float(np.mean(hits)),
+            "neurons": examples,
+        }
     return out
 
 
@@ -113,8 +127,9 @@ def plot_spearman(names, rho, out_prefix, formats=("png",), title="Spearman corr
     return save(fig, out_prefix, formats)
 
 
-def plot_layer_distribution(distribution: dict[str, list[int]], out_prefix, formats=("png",),
-                            title="Fuzzy-set members per layer"):
+def plot_layer_distribution(
+    distribution: dict[str, list[int]], out_prefix, formats=("png",), title="Fuzzy-set members per layer"
+):
     from hones_nn.plots import new_figure, save
 
     fig = new_figure(size=(8.0, 4.0))
@@ -145,7 +160,11 @@ def analyze(loaded, sets: FuzzySets, out: str | Path, formats=("png",), k: int =
     distribution = layer_distribution(sets, sizes.num_layers)
     files = [str(p) for p in plot_spearman(names, rho, out / "spearman", formats)]
     files += [str(p) for p in plot_layer_distribution(distribution, out / "layers", formats)]
-    report = {"top_tokens": tokens, "spearman": {"names": names, "rho": rho.round(6).tolist()},
-              "layer_distribution": distribution, "plots": files}
+    report = {
+        "top_tokens": tokens,
+        "spearman": {"names": names, "rho": rho.round(6).tolist()},
+        "layer_distribution": distribution,
+        "plots": files,
+    }
     atomic_write_json(out / "analysis.json", report)
     return report

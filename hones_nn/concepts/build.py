@@ -32,7 +32,8 @@ from hones_nn.concepts.perturb import (
     random_patch_mask,
     summarize_checks,
 )
-from hones_nn.evaluation.engine import MAX_NEW_TOKENS, encode_prompts
+from hones_nn.engine.core import MAX_NEW_TOKENS
+from hones_nn.engine.encoding import encode_prompts
 from hones_nn.tasks.base import ImageSource, Prompt, clean_generation
 from hones_nn.tasks.prompts import instruction
 from hones_nn.utils.io import atomic_write_json, atomic_write_with
@@ -64,11 +65,26 @@ def text_token_means(loaded, envoy, images, prompts: list[Prompt]) -> torch.Tens
     return torch.einsum("blsf,bs->blf", z, weights)
 
 
-def build_fuzzy_sets(loaded, dataset, data_dir: str, split: str, out: str | Path, concepts: str | None = None,
-                     limit: int = 40, q_limit: int = 100, questions: bool = True, top_n: int = 100,
-                     keep_ratio: float = 0.2, noise_std: float | None = None, threshold: float = 0.0, seed: int = 0,
-                     batch_size: int = 32, max_new_tokens: int = MAX_NEW_TOKENS, random_control: bool = True,
-                     progress: bool = True) -> dict:
+def build_fuzzy_sets(
+    loaded,
+    dataset,
+    data_dir: str,
+    split: str,
+    out: str | Path,
+    concepts: str | None = None,
+    limit: int = 40,
+    q_limit: int = 100,
+    questions: bool = True,
+    top_n: int = 100,
+    keep_ratio: float = 0.2,
+    noise_std: float | None = None,
+    threshold: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    random_control: bool = True,
+    progress: bool = True,
+) -> dict:
     from nnsight import NNsight
 
     started = time.time()
@@ -108,26 +124,39 @@ def build_fuzzy_sets(loaded, dataset, data_dir: str, split: str, out: str | Path
     jobs = [(c, ci, patch_mask(ci.mask, grid, threshold)) for c in names for ci in per_concept[c]]
     deltas = {c: [] for c in names}
     records = []
-    bar = tqdm(total=len(jobs) * (2 if random_control else 1), desc="perturbed captions", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=len(jobs) * (2 if random_control else 1), desc="perturbed captions", disable=not progress, leave=False
+    )
     for chunk in _chunks(jobs, batch_size):
         enc = encode_prompts(loaded, images, prompts_for([ci.row for _, ci, _ in chunk]))
         masks = torch.stack([m for _, _, m in chunk])
         seeds = [pair_seed(seed, c, ci.row) for c, ci, _ in chunk]
-        gen = generate_recording(loaded, envoy, enc.inputs, PatchNoise(masks, seeds, hidden, noise_std),
-                                 max_new_tokens=max_new_tokens)
+        gen = generate_recording(
+            loaded, envoy, enc.inputs, PatchNoise(masks, seeds, hidden, noise_std), max_new_tokens=max_new_tokens
+        )
         bar.update(len(chunk))
         if random_control:
             random_masks = torch.stack([random_patch_mask(int(m.sum()), grid, s) for (_, _, m), s in zip(chunk, seeds)])
-            gen_random = generate_recording(loaded, envoy, enc.inputs, PatchNoise(random_masks, seeds, hidden, noise_std),
-                                            max_new_tokens=max_new_tokens)
+            gen_random = generate_recording(
+                loaded,
+                envoy,
+                enc.inputs,
+                PatchNoise(random_masks, seeds, hidden, noise_std),
+                max_new_tokens=max_new_tokens,
+            )
             bar.update(len(chunk))
         for k, (c, ci, m) in enumerate(chunk):
             perturbed = clean_generation(tok.decode(gen.tokens[k], skip_special_tokens=True))
             deltas[c].append(clean_acts[ci.row] - gen.mean_acts[k].reshape(-1).double().numpy())
-            record = {"concept": c, "row": ci.row, "image_id": ci.image_id, "n_patches": int(m.sum()),
-                      "clean": clean_caption[ci.row], "perturbed": perturbed,
-                      "check": caption_check(clean_caption[ci.row], perturbed, c, ci.other_words)}
+            record = {
+                "concept": c,
+                "row": ci.row,
+                "image_id": ci.image_id,
+                "n_patches": int(m.sum()),
+                "clean": clean_caption[ci.row],
+                "perturbed": perturbed,
+                "check": caption_check(clean_caption[ci.row], perturbed, c, ci.other_words),
+            }
             if random_control:
                 randomized = clean_generation(tok.decode(gen_random.tokens[k], skip_special_tokens=True))
                 record["random"] = randomized
@@ -141,37 +170,63 @@ def build_fuzzy_sets(loaded, dataset, data_dir: str, split: str, out: str | Path
         m = fuzzy_membership(np.stack(deltas[c]), top_n=top_n, keep_ratio=keep_ratio)
         sets[c] = ("visual", m)
         mine = [r for r in records if r["concept"] == c]
-        summary[c] = {"n_images": len(mine), "mean_patches": float(np.mean([r["n_patches"] for r in mine])),
-                      "semantic": summarize_checks([r["check"] for r in mine]),
-                      "union_size": int(m.neurons.size), "set_size": int(m.in_set.sum()), "theta": m.theta}
+        summary[c] = {
+            "n_images": len(mine),
+            "mean_patches": float(np.mean([r["n_patches"] for r in mine])),
+            "semantic": summarize_checks([r["check"] for r in mine]),
+            "union_size": int(m.neurons.size),
+            "set_size": int(m.in_set.sum()),
+            "theta": m.theta,
+        }
         if random_control:
             summary[c]["random"] = summarize_checks([r["random_check"] for r in mine])
 
     q_report = {}
     if questions:
-        q_report = _interrogative_sets(loaded, envoy, dataset, images, split, q_limit, top_n, keep_ratio, batch_size,
-                                       progress, sets)
+        q_report = _interrogative_sets(
+            loaded, envoy, dataset, images, split, q_limit, top_n, keep_ratio, batch_size, progress, sets
+        )
 
     meta = {
-        "model_id": loaded.model_id, "weights_hash": loaded.weights_hash, "shape": [L, F], "data": str(data_dir),
-        "split": split, "concepts": names, "images_per_concept": limit, "q_limit": q_limit, "top_n": top_n,
-        "keep_ratio": keep_ratio, "noise_std": noise_std if noise_std is not None else "per-image std",
-        "patch_threshold": threshold, "seed": seed, "max_new_tokens": max_new_tokens,
-        "site": "z = input of down_proj", "set_sizes": {n: int(m.in_set.sum()) for n, (_, m) in sets.items()},
+        "model_id": loaded.model_id,
+        "weights_hash": loaded.weights_hash,
+        "shape": [L, F],
+        "data": str(data_dir),
+        "split": split,
+        "concepts": names,
+        "images_per_concept": limit,
+        "q_limit": q_limit,
+        "top_n": top_n,
+        "keep_ratio": keep_ratio,
+        "noise_std": noise_std if noise_std is not None else "per-image std",
+        "patch_threshold": threshold,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "site": "z = input of down_proj",
+        "set_sizes": {n: int(m.in_set.sum()) for n, (_, m) in sets.items()},
     }
     write_sets(out / SETS_FILE, sets, F, meta)
     from safetensors.numpy import save_file
 
-    atomic_write_with(out / "deltas.safetensors", lambda tmp: save_file(
-        {c: np.stack(deltas[c]).astype(np.float32) for c in names}, tmp, metadata={"shape": f"{L}x{F}"}))
-    report = {"meta": meta, "perturbation": summary, "interrogative": q_report,
-              "seconds": round(time.time() - started, 1)}
+    atomic_write_with(
+        out / "deltas.safetensors",
+        lambda tmp: save_file(
+            {c: np.stack(deltas[c]).astype(np.float32) for c in names}, tmp, metadata={"shape": f"{L}x{F}"}
+        ),
+    )
+    report = {
+        "meta": meta,
+        "perturbation": summary,
+        "interrogative": q_report,
+        "seconds": round(time.time() - started, 1),
+    }
     atomic_write_json(out / "perturbation.json", {**report, "pairs": records})
     return report
 
 
-def _interrogative_sets(loaded, envoy, dataset, images, split, q_limit, top_n, keep_ratio, batch_size, progress,
-                        sets) -> dict:
+def _interrogative_sets(
+    loaded, envoy, dataset, images, split, q_limit, top_n, keep_ratio, batch_size, progress, sets
+) -> dict:
     if "vqa" not in dataset.column_names:
         raise ValueError(f"split {split!r} has no vqa field, so no question/declarative pairs; pass --no-questions")
     records = dataset.with_format(None).select_columns(["image_id", "vqa"])
@@ -191,8 +246,10 @@ def _interrogative_sets(loaded, envoy, dataset, images, split, q_limit, top_n, k
         if len(group) < q_limit:
             group.append((row, records[row]["image_id"], question, sentence))
     if not pairs:
-        raise ValueError(f"no VQA question of split {split!r} matches a declarative rule "
-                         "(hones_nn.concepts.fuzzy.DECLARATIVE_RULES); pass --no-questions")
+        raise ValueError(
+            f"no VQA question of split {split!r} matches a declarative rule "
+            "(hones_nn.concepts.fuzzy.DECLARATIVE_RULES); pass --no-questions"
+        )
     report = {"skipped_questions": skipped}
     total = sum(len(g) for g in pairs.values())
     bar = tqdm(total=total, desc="question/declarative pairs", disable=not progress, leave=False)
@@ -207,8 +264,11 @@ def _interrogative_sets(loaded, envoy, dataset, images, split, q_limit, top_n, k
             bar.update(len(chunk))
         m = fuzzy_membership(np.stack(deltas), top_n=top_n, keep_ratio=keep_ratio)
         sets[q_set_name(word)] = ("interrogative", m)
-        report[q_set_name(word)] = {"n_pairs": len(group), "union_size": int(m.neurons.size),
-                                    "set_size": int(m.in_set.sum()), "example": {"question": group[0][2],
-                                                                                  "declarative": group[0][3]}}
+        report[q_set_name(word)] = {
+            "n_pairs": len(group),
+            "union_size": int(m.neurons.size),
+            "set_size": int(m.in_set.sum()),
+            "example": {"question": group[0][2], "declarative": group[0][3]},
+        }
     bar.close()
     return report

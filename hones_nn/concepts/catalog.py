@@ -116,8 +116,10 @@ def parse_concepts(spec: str | None, dataset, split: str = "?") -> list[str]:
     known = available_concepts(dataset)
     if spec in (None, "", "all"):
         if not known:
-            raise ValueError(f"split {split!r} has no object or text masks, so no visual concept to perturb; "
-                             "use data with masks (e.g. `hones-nn data build-synthetic`)")
+            raise ValueError(
+                f"split {split!r} has no object or text masks, so no visual concept to perturb; "
+                "use data with masks (e.g. `hones-nn data build-synthetic`)"
+            )
         return known
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
@@ -125,12 +127,16 @@ def parse_concepts(spec: str | None, dataset, split: str = "?") -> list[str]:
     unknown = [n for n in names if n not in known]
     maskless = [n for n in unknown if n in available_concepts(dataset, with_mask=False)]
     if maskless:
-        raise ValueError(f"concept(s) {', '.join(map(repr, maskless))}: split {split!r} shows them but has no mask "
-                         "for them; the perturbation needs ground-truth masks (use data with masks, e.g. "
-                         f"`hones-nn data build-synthetic`); concepts with masks: {', '.join(known) or 'none'}")
+        raise ValueError(
+            f"concept(s) {', '.join(map(repr, maskless))}: split {split!r} shows them but has no mask "
+            "for them; the perturbation needs ground-truth masks (use data with masks, e.g. "
+            f"`hones-nn data build-synthetic`); concepts with masks: {', '.join(known) or 'none'}"
+        )
     if unknown:
-        raise ValueError(f"unknown concept(s) {', '.join(map(repr, unknown))} in split {split!r}; "
-                         f"known: {', '.join(known) or 'none (this data has no masks)'}")
+        raise ValueError(
+            f"unknown concept(s) {', '.join(map(repr, unknown))} in split {split!r}; "
+            f"known: {', '.join(known) or 'none (this data has no masks)'}"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"--concepts names a concept twice: {spec!r}")
     return names

@@ -163,17 +163,22 @@ def write_sets(path: str | Path, sets: dict[str, tuple[str, Membership]], d_ff: 
         cs.append(m.stability[order])
         ss.append(m.mean_delta[order])
         ins.append(m.in_set[order])
-    cat = (lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
-    table = pa.table({
-        "concept": pa.array(names, pa.string()),
-        "kind": pa.array(kinds, pa.string()),
-        "layer": pa.array(cat(layers, np.int32)),
-        "neuron": pa.array(cat(neurons, np.int32)),
-        "membership": pa.array(cat(mus, np.float64)),
-        "stability": pa.array(cat(cs, np.float64)),
-        "mean_delta": pa.array(cat(ss, np.float64)),
-        "in_set": pa.array(cat(ins, bool)),
-    })
+
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+    table = pa.table(
+        {
+            "concept": pa.array(names, pa.string()),
+            "kind": pa.array(kinds, pa.string()),
+            "layer": pa.array(cat(layers, np.int32)),
+            "neuron": pa.array(cat(neurons, np.int32)),
+            "membership": pa.array(cat(mus, np.float64)),
+            "stability": pa.array(cat(cs, np.float64)),
+            "mean_delta": pa.array(cat(ss, np.float64)),
+            "in_set": pa.array(cat(ins, bool)),
+        }
+    )
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
     return atomic_write_with(path, lambda tmp: pq.write_table(table, tmp))
 
@@ -182,7 +187,7 @@ def write_sets(path: str | Path, sets: dict[str, tuple[str, Membership]], d_ff: 
 class FuzzySets:
     """The sets of a ``fuzzy build`` folder (or Parquet file)."""
 
-    frame: "object"  # pandas DataFrame (all U_x rows)
+    frame: object  # pandas DataFrame (all U_x rows)
     meta: dict
     path: str
 
@@ -208,16 +213,19 @@ class FuzzySets:
         out = np.zeros((num_layers, d_ff), dtype=np.float64)
         rows = self.members(name)
         out[rows["layer"].to_numpy(), rows["neuron"].to_numpy()] = (
-            rows["membership"].to_numpy() if fixed is None else fixed)
+            rows["membership"].to_numpy() if fixed is None else fixed
+        )
         return out
 
     def check_model(self, loaded) -> None:
         sizes = loaded.sizes
         shape = self.meta.get("shape")
         if shape and tuple(shape) != (sizes.num_layers, sizes.d_ff):
-            raise ValueError(f"{self.path} was built on a model with {shape[0]} layers x {shape[1]} neurons, but "
-                             f"{loaded.model_id} has {sizes.num_layers} x {sizes.d_ff}; rebuild with "
-                             "`hones-nn fuzzy build`")
+            raise ValueError(
+                f"{self.path} was built on a model with {shape[0]} layers x {shape[1]} neurons, but "
+                f"{loaded.model_id} has {sizes.num_layers} x {sizes.d_ff}; rebuild with "
+                "`hones-nn fuzzy build`"
+            )
         if self.frame.empty:
             raise ValueError(f"{self.path} holds no neuron; rebuild with `hones-nn fuzzy build`")
 
@@ -229,10 +237,11 @@ def read_sets(path: str | Path) -> FuzzySets:
     path = Path(path)
     file = path / SETS_FILE if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(f"{path}: no {SETS_FILE}; build the sets with `hones-nn fuzzy build --out DIR`")
+        raise FileNotFoundError(f"{path}: no {SETS_FILE}; build the sets with `hones-nn fuzzy build --out-dir DIR`")
     table = pq.read_table(file)
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
-        raise ValueError(f"{file} is not a fuzzy-set file (no {META_KEY.decode()} metadata); "
-                         "build one with `hones-nn fuzzy build`")
+        raise ValueError(
+            f"{file} is not a fuzzy-set file (no {META_KEY.decode()} metadata); build one with `hones-nn fuzzy build`"
+        )
     return FuzzySets(table.to_pandas(), json.loads(raw), str(file))

@@ -62,8 +62,8 @@ class ExampleSets:
 
         if concept_source not in CONCEPT_SOURCES:
             raise ValueError(f"unknown concept source {concept_source!r}; choose {', '.join(CONCEPT_SOURCES)}")
-        if td.task.name != "vqa":
-            raise ValueError(f"fuzzy-set modulation is for the vqa task, not {td.task.name!r}")
+        if not td.task.asks_questions:
+            raise ValueError(f"fuzzy-set modulation is for a question-answering task (vqa), not {td.task.name!r}")
         self.sets, self.L, self.F = sets, num_layers, d_ff
         visual, interrogative = set(sets.visual()), set(sets.interrogative())
         if not visual and not interrogative:
@@ -75,7 +75,7 @@ class ExampleSets:
         self.q_names: list[str | None] = []
         for item in td.items:
             record = records[item.row]
-            question = ((record.get("vqa") or {}).get("question") or "")
+            question = (record.get("vqa") or {}).get("question") or ""
             if concept_source == "image":
                 names = image_concepts(record)
             else:
@@ -116,8 +116,11 @@ class ExampleSets:
         return (self.mu_x(k, 1.0) > 0) | (self.mu_q(k, 1.0) > 0)
 
     def coverage(self) -> dict:
-        return {"items": len(self.x_names), "with_x": sum(bool(x) for x in self.x_names),
-                "with_q": sum(q is not None for q in self.q_names)}
+        return {
+            "items": len(self.x_names),
+            "with_x": sum(bool(x) for x in self.x_names),
+            "with_q": sum(q is not None for q in self.q_names),
+        }
 
 
 def modulation(example_sets: ExampleSets, lambda_x: float, lambda_q: float, fixed: bool = False):
@@ -162,12 +165,26 @@ def per_type(td, utilities: list[float]) -> dict[str, float]:
 def run_setting(engine, td, example_sets, lambda_x, lambda_q, fixed=False, batch_size=32, progress=True, desc=None):
     intervention = modulation(example_sets, lambda_x, lambda_q, fixed) if (lambda_x or lambda_q) else None
     result = evaluate(engine, td, intervention, batch_size=batch_size, progress=progress, desc=desc)
-    return {"lambda_x": lambda_x, "lambda_q": lambda_q, "fixed": fixed, "metric": result.metric,
-            "per_type": per_type(td, result.utilities), "n": result.n}
+    return {
+        "lambda_x": lambda_x,
+        "lambda_q": lambda_q,
+        "fixed": fixed,
+        "metric": result.metric,
+        "per_type": per_type(td, result.utilities),
+        "n": result.n,
+    }
 
 
-def modulation_table(engine, td, example_sets, lambda_x: float, lambda_q: float, settings=SETTINGS,
-                     batch_size: int = 32, progress: bool = True) -> list[dict]:
+def modulation_table(
+    engine,
+    td,
+    example_sets,
+    lambda_x: float,
+    lambda_q: float,
+    settings=SETTINGS,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[dict]:
     rows = []
     for setting in settings:
         lx, lq, fixed = setting_lambdas(setting, lambda_x, lambda_q)
@@ -176,22 +193,40 @@ def modulation_table(engine, td, example_sets, lambda_x: float, lambda_q: float,
     return rows
 
 
-def suppression_check(engine, td, example_sets, seeds: int = 3, batch_size: int = 32, progress: bool = True,
-                      base: float | None = None) -> dict:
+def suppression_check(
+    engine, td, example_sets, seeds: int = 3, batch_size: int = 32, progress: bool = True, base: float | None = None
+) -> dict:
     if base is None:
         base = evaluate(engine, td, batch_size=batch_size, progress=progress, desc="vqa base").metric
     sizes = [int(example_sets.members(k).sum()) for k in range(len(td.items))]
-    sets_result = evaluate(engine, td, suppression(example_sets), batch_size=batch_size, progress=progress,
-                           desc="vqa sets zeroed")
-    randoms = [evaluate(engine, td, suppression(example_sets, seed), batch_size=batch_size, progress=progress,
-                        desc=f"vqa random zeroed (seed {seed})").metric for seed in range(seeds)]
-    drop = (lambda m: (base - m) / base if base else float("nan"))
+    sets_result = evaluate(
+        engine, td, suppression(example_sets), batch_size=batch_size, progress=progress, desc="vqa sets zeroed"
+    )
+    randoms = [
+        evaluate(
+            engine,
+            td,
+            suppression(example_sets, seed),
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"vqa random zeroed (seed {seed})",
+        ).metric
+        for seed in range(seeds)
+    ]
+
+    def drop(m):
+        return (base - m) / base if base else float("nan")
+
     total = example_sets.L * example_sets.F
     return {
-        "base": base, "mean_neurons_zeroed": float(np.mean(sizes)),
+        "base": base,
+        "mean_neurons_zeroed": float(np.mean(sizes)),
         "mean_fraction_zeroed": float(np.mean(sizes)) / total,
-        "sets_zeroed": sets_result.metric, "sets_relative_drop": drop(sets_result.metric),
+        "sets_zeroed": sets_result.metric,
+        "sets_relative_drop": drop(sets_result.metric),
         "sets_per_type": per_type(td, sets_result.utilities),
-        "random_zeroed": randoms, "random_mean": float(np.mean(randoms)),
-        "random_relative_drop": drop(float(np.mean(randoms))), "random_seeds": seeds,
+        "random_zeroed": randoms,
+        "random_mean": float(np.mean(randoms)),
+        "random_relative_drop": drop(float(np.mean(randoms))),
+        "random_seeds": seeds,
     }

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from transformers import GenerationConfig
 
-from hones_nn.evaluation.engine import MAX_NEW_TOKENS
+from hones_nn.engine.core import MAX_NEW_TOKENS
 
 warnings.filterwarnings("ignore", message=r".*was never reached: the loop asked for a step.*")
 
@@ -68,8 +68,10 @@ def patch_grid(loaded) -> PatchGrid:
         )
     config = loaded.model.config.vision_config
     if loaded.adapter.architecture != "LlavaForConditionalGeneration":
-        raise ValueError(f"the perturbation maps masks to one square image per example; {loaded.adapter.architecture} "
-                         "tiles images (anyres) and is not supported; use a LLaVA-1.5-style model")
+        raise ValueError(
+            f"the perturbation maps masks to one square image per example; {loaded.adapter.architecture} "
+            "tiles images (anyres) and is not supported; use a LLaVA-1.5-style model"
+        )
     size, patch = int(config.image_size), int(config.patch_size)
     return PatchGrid(size // patch, size // patch, patch, size, hasattr(embeddings, "class_embedding"))
 
@@ -78,8 +80,12 @@ def patch_mask(pixel_mask: np.ndarray, grid: PatchGrid, threshold: float = 0.0) 
     """bool [rows, cols]: patches whose fraction of mask pixels is > ``threshold``."""
     mask = np.asarray(pixel_mask, dtype=bool)
     if mask.shape != (grid.image_size, grid.image_size):
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
-            (grid.image_size, grid.image_size), Image.NEAREST)) > 0
+        mask = (
+            np.asarray(
+                Image.fromarray(mask.astype(np.uint8) * 255).resize((grid.image_size, grid.image_size), Image.NEAREST)
+            )
+            > 0
+        )
     p = grid.patch_size
     pooled = mask.reshape(grid.rows, p, grid.cols, p).mean(axis=(1, 3))
     return torch.from_numpy(pooled > threshold)
@@ -105,9 +111,9 @@ class PatchNoise:
             raise ValueError(f"{masks.shape[0]} masks but {len(seeds)} seeds")
         self.masks = masks.bool()
         self.noise_std = noise_std
-        self.unit = torch.stack([
-            torch.randn(hidden, *masks.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds
-        ])  # [B, D, rows, cols]
+        self.unit = torch.stack(
+            [torch.randn(hidden, *masks.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )  # [B, D, rows, cols]
 
     def apply(self, envoy, adapter):
         """Edit the patch embedding's output inside a trace (before the layers run)."""
@@ -126,8 +132,14 @@ class PatchNoise:
 def _greedy_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
-                            pad_token_id=pad, bos_token_id=tokenizer.bos_token_id)
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=tokenizer.bos_token_id,
+    )
 
 
 @dataclass
@@ -138,8 +150,14 @@ class Generation:
 
 
 @torch.no_grad()
-def generate_recording(loaded, envoy, inputs: dict, noise: PatchNoise | None = None,
-                       max_new_tokens: int = MAX_NEW_TOKENS, keep_patch_embeddings: bool = False) -> Generation:
+def generate_recording(
+    loaded,
+    envoy,
+    inputs: dict,
+    noise: PatchNoise | None = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    keep_patch_embeddings: bool = False,
+) -> Generation:
     """Greedy generation under the patch noise, with the mean neuron activations over the generated tokens."""
     adapter, model = loaded.adapter, loaded.model
     tokenizer = loaded.tokenizer

@@ -24,7 +24,7 @@ def resolve_benchmark(data: str | os.PathLike | None) -> Path:
         if not (path / MANIFEST).exists():
             raise FileNotFoundError(
                 f"--data {data}: no hones-nn benchmark there (missing {MANIFEST}); build one with "
-                "`hones-nn data build-synthetic --out DIR` or import one with `hones-nn data import-hones`"
+                "`hones-nn data build-synthetic --out-dir DIR` or import one with `hones-nn data import-hones`"
             )
         return path
     path = cache_dir() / "benchmarks" / f"{GENERATOR_VERSION}-seed0-n{DEFAULT_N_IMAGES}"

@@ -27,6 +27,7 @@ One row per image, unified over the four tasks as in the official HONES records:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -107,9 +108,7 @@ def write_benchmark(root: str | Path, rows_by_split: dict[str, list[dict]], mani
 
 
 def _dataset_card(manifest: dict, counts: dict) -> str:
-    files = "\n".join(
-        f"  - split: {split}\n    path: data/{split}-00000-of-00001.parquet" for split in counts
-    )
+    files = "\n".join(f"  - split: {split}\n    path: data/{split}-00000-of-00001.parquet" for split in counts)
     return (
         f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}\n---\n\n"
         f"# hones-nn benchmark ({manifest.get('source', 'unknown')})\n\n"
@@ -123,7 +122,7 @@ def read_manifest(root: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(
             f"{root} is not a hones-nn benchmark (no {MANIFEST}); build one with "
-            "`hones-nn data build-synthetic --out DIR` or import one with `hones-nn data import-hones`"
+            "`hones-nn data build-synthetic --out-dir DIR` or import one with `hones-nn data import-hones`"
         )
     return json.loads(path.read_text())
 
@@ -154,7 +153,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 def _terms(text: str) -> list[str]:
     words = _WORD.findall(text.lower())
-    return words + [a + " " + b for a, b in zip(words, words[1:])]
+    return words + [a + " " + b for a, b in itertools.pairwise(words)]
 
 
 class _TfidfIndex:
@@ -177,7 +176,8 @@ class _TfidfIndex:
             for term, w in weights.items():
                 postings.setdefault(term, []).append((row, w))
         self.postings = {
-            term: (np.array([r for r, _ in p], dtype=np.int64), np.array([w for _, w in p])) for term, p in postings.items()
+            term: (np.array([r for r, _ in p], dtype=np.int64), np.array([w for _, w in p]))
+            for term, p in postings.items()
         }
 
     def similarities(self, row: int) -> np.ndarray:

@@ -50,8 +50,6 @@ def glyph(letter: str) -> np.ndarray:
     try:
         rows = _GLYPHS[letter]
     except KeyError:
-        raise ValueError(
-            f"no glyph for {letter!r}: the synthetic font has the capital letters A-Z only"
-        ) from None
+        raise ValueError(f"no glyph for {letter!r}: the synthetic font has the capital letters A-Z only") from None
     bits = [[(row >> (GLYPH_WIDTH - 1 - col)) & 1 for col in range(GLYPH_WIDTH)] for row in rows]
     return np.array(bits, dtype=bool)

@@ -86,8 +86,7 @@ class BadRecordError(ValueError):
         self.problem = problem
         self.fix = fix
         super().__init__(
-            f"bad record (image_id={self.image_id}, image file {self.path}): {problem}. "
-            f"Fix: {fix}; {SKIP_HINT}."
+            f"bad record (image_id={self.image_id}, image file {self.path}): {problem}. Fix: {fix}; {SKIP_HINT}."
         )
 
 
@@ -119,7 +118,10 @@ def require(mapping, key: str, image_id, path, where: str):
     """``mapping[key]``, or a BadRecordError for a missing field."""
     if not isinstance(mapping, dict) or key not in mapping or mapping[key] is None:
         raise BadRecordError(
-            image_id, path, "missing_field", f"field {where}{key} is missing",
+            image_id,
+            path,
+            "missing_field",
+            f"field {where}{key} is missing",
             f"give every record a {where}{key} (as in the official annotation files)",
         )
     return mapping[key]
@@ -129,7 +131,10 @@ def require_text(mapping, key: str, image_id, path, where: str, reason: str = "e
     value = require(mapping, key, image_id, path, where)
     if not isinstance(value, str) or not value.strip():
         raise BadRecordError(
-            image_id, path, reason, f"field {where}{key} is empty ({value!r})",
+            image_id,
+            path,
+            reason,
+            f"field {where}{key} is empty ({value!r})",
             f"drop the record or give it a non-empty {where}{key}",
         )
     return value.strip()
@@ -139,7 +144,10 @@ def load_rgb(path: Path, image_id, source_hint: str) -> Image.Image:
     """The image at ``path`` as RGB, or a BadRecordError (missing / unreadable)."""
     if not path.is_file():
         raise BadRecordError(
-            image_id, path, "missing_image", "the image file does not exist",
+            image_id,
+            path,
+            "missing_image",
+            "the image file does not exist",
             f"point images_dir at the folder holding the {source_hint} images",
         )
     try:
@@ -148,7 +156,10 @@ def load_rgb(path: Path, image_id, source_hint: str) -> Image.Image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise BadRecordError(
-            image_id, path, "corrupt_image", f"the image cannot be decoded ({type(error).__name__}: {error})",
+            image_id,
+            path,
+            "corrupt_image",
+            f"the image cannot be decoded ({type(error).__name__}: {error})",
             f"replace the file with an intact copy of the {source_hint} image",
         ) from error
 
@@ -177,8 +188,29 @@ def derived_answer_type(answer: str) -> str:
 
 
 _NUMBER_WORDS = frozenset(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty".split()
+    [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
+    ]
 )
 
 
@@ -326,40 +358,67 @@ def _valid_bbox(bbox) -> bool:
 def _record_fields(record: dict, images_dir: Path) -> dict:
     """Check one unified record's fields (no image opened yet): the row but its image."""
     if not isinstance(record, dict):
-        raise BadRecordError(None, None, "not_a_record", f"a record is a {type(record).__name__}, not an object",
-                             "give every entry of data a JSON object")
+        raise BadRecordError(
+            None,
+            None,
+            "not_a_record",
+            f"a record is a {type(record).__name__}, not an object",
+            "give every entry of data a JSON object",
+        )
     image_id = record.get("image_id")
     info = record.get("image_info")
     file_name = info.get("file_name") if isinstance(info, dict) else None
     path = images_dir / file_name if isinstance(file_name, str) and file_name else None
     if image_id is None:
-        raise BadRecordError(None, path, "missing_field", "field image_id is missing",
-                             "give every record its COCO image_id")
+        raise BadRecordError(
+            None, path, "missing_field", "field image_id is missing", "give every record its COCO image_id"
+        )
     if path is None:
-        raise BadRecordError(image_id, None, "missing_field", "field image_info.file_name is missing",
-                             "give every record image_info.file_name (the COCO train2014 file name)")
+        raise BadRecordError(
+            image_id,
+            None,
+            "missing_field",
+            "field image_info.file_name is missing",
+            "give every record image_info.file_name (the COCO train2014 file name)",
+        )
     vqa = require(record, "vqa", image_id, path, "")
     question = require_text(vqa, "question", image_id, path, "vqa.", reason="missing_field")
     answer = require_text(vqa, "answer", image_id, path, "vqa.")
     all_answers = require(vqa, "all_answers", image_id, path, "vqa.")
     if not isinstance(all_answers, list) or not all_answers or not all(isinstance(a, str) for a in all_answers):
-        raise BadRecordError(image_id, path, "empty_answer",
-                             f"field vqa.all_answers is not a non-empty list of strings ({all_answers!r})",
-                             "give the record its 10 VQAv2 human answers")
+        raise BadRecordError(
+            image_id,
+            path,
+            "empty_answer",
+            f"field vqa.all_answers is not a non-empty list of strings ({all_answers!r})",
+            "give the record its 10 VQAv2 human answers",
+        )
     captions_in = require(record, "captions", image_id, path, "")
-    captions = [c.get("caption", "").strip() if isinstance(c, dict) else str(c).strip() for c in captions_in] \
-        if isinstance(captions_in, list) else []
+    captions = (
+        [c.get("caption", "").strip() if isinstance(c, dict) else str(c).strip() for c in captions_in]
+        if isinstance(captions_in, list)
+        else []
+    )
     captions = [c for c in captions if c]
     if len(captions) < N_CAPTIONS:
-        raise BadRecordError(image_id, path, "too_few_captions",
-                             f"the record has {len(captions)} non-empty captions, the benchmark needs {N_CAPTIONS}",
-                             f"give the record its {N_CAPTIONS} COCO reference captions")
+        raise BadRecordError(
+            image_id,
+            path,
+            "too_few_captions",
+            f"the record has {len(captions)} non-empty captions, the benchmark needs {N_CAPTIONS}",
+            f"give the record its {N_CAPTIONS} COCO reference captions",
+        )
     ocr = require(record, "ocr", image_id, path, "")
     text = require_text(ocr, "text", image_id, path, "ocr.", reason="empty_ocr_text")
     bbox = require(ocr, "bbox", image_id, path, "ocr.")
     if not _valid_bbox(bbox):
-        raise BadRecordError(image_id, path, "bad_bbox", f"field ocr.bbox {bbox!r} is not [x, y, w, h] with w, h > 0",
-                             "give ocr.bbox as the COCO-Text [x, y, width, height]")
+        raise BadRecordError(
+            image_id,
+            path,
+            "bad_bbox",
+            f"field ocr.bbox {bbox!r} is not [x, y, w, h] with w, h > 0",
+            "give ocr.bbox as the COCO-Text [x, y, width, height]",
+        )
     return {
         "image_id": str(image_id),
         "split": "",
@@ -390,15 +449,22 @@ def _attach_image(row: dict, stats: Counter) -> dict:
     image = load_rgb(path, image_id, "COCO train2014")
     width, height = image.size
     if want != (None, None) and want != (width, height):
-        raise BadRecordError(image_id, path, "size_mismatch",
-                             f"the image is {width}x{height} but image_info says {want[0]}x{want[1]}",
-                             "use the original COCO train2014 image (not a resized copy): "
-                             "the boxes refer to its pixels")
+        raise BadRecordError(
+            image_id,
+            path,
+            "size_mismatch",
+            f"the image is {width}x{height} but image_info says {want[0]}x{want[1]}",
+            "use the original COCO train2014 image (not a resized copy): the boxes refer to its pixels",
+        )
     x0, y0, x1, y1 = ocr_box_pixels(bbox, width, height)
     if x0 > x1 or y0 > y1:
-        raise BadRecordError(image_id, path, "bbox_outside_image",
-                             f"ocr.bbox {bbox!r} lies outside the {width}x{height} image",
-                             "check that the record and the image belong together")
+        raise BadRecordError(
+            image_id,
+            path,
+            "bbox_outside_image",
+            f"ocr.bbox {bbox!r} lies outside the {width}x{height} image",
+            "check that the record and the image belong together",
+        )
     bx, by, bw, bh = bbox
     stats["ocr_bbox_clipped"] += bx < 0 or by < 0 or bx + bw > width or by + bh > height
     stats["captions_truncated"] += row.pop("_n_captions") > N_CAPTIONS
@@ -419,7 +485,7 @@ def read_records(json_path: Path) -> list:
     records = payload.get("data") if isinstance(payload, dict) else payload
     if not isinstance(records, list):
         raise ValueError(
-            f"{json_path} is not a HONES records file: expected {{\"data\": [record, ...]}} "
+            f'{json_path} is not a HONES records file: expected {{"data": [record, ...]}} '
             "(e.g. hones_coco_dev_split.json)"
         )
     return records
@@ -462,9 +528,13 @@ def import_hones(
         try:
             row = _record_fields(record, images_dir)
             if row["image_id"] in seen:
-                raise BadRecordError(row["image_id"], row["_path"], "duplicate_image_id",
-                                     "another record has the same image_id",
-                                     "keep one record per image (splits must be image-disjoint)")
+                raise BadRecordError(
+                    row["image_id"],
+                    row["_path"],
+                    "duplicate_image_id",
+                    "another record has the same image_id",
+                    "keep one record per image (splits must be image-disjoint)",
+                )
         except BadRecordError as error:
             log.handle(error)
             continue

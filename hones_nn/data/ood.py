@@ -104,8 +104,18 @@ def _select_questions(
     return out
 
 
-def _finish(source: str, input_path: Path, out_dir, rows: list[dict], split: str, seed: int, n_input: int,
-            log: SkipLog, mine: bool, extra: dict) -> dict:
+def _finish(
+    source: str,
+    input_path: Path,
+    out_dir,
+    rows: list[dict],
+    split: str,
+    seed: int,
+    n_input: int,
+    log: SkipLog,
+    mine: bool,
+    extra: dict,
+) -> dict:
     if not rows:
         raise ValueError(
             f"no usable {source} item in {input_path} ({n_input} read; skipped: {log.report()['skipped_by_reason']})"
@@ -171,8 +181,15 @@ def load_gqa(
     for qid, q in payload.items():
         image = q.get("imageId") if isinstance(q, dict) else None
         if not isinstance(image, str) or not image:
-            log.handle(BadRecordError(None, None, "missing_field", f"GQA question {qid} has no imageId",
-                                      "give every question its imageId (as in the official GQA files)"))
+            log.handle(
+                BadRecordError(
+                    None,
+                    None,
+                    "missing_field",
+                    f"GQA question {qid} has no imageId",
+                    "give every question its imageId (as in the official GQA files)",
+                )
+            )
             continue
         by_image.setdefault(image, []).append((qid, q))
     selected = _select_questions(by_image, questions_per_image, max_images, random.Random(f"gqa:{seed}"))
@@ -186,21 +203,36 @@ def load_gqa(
                 question = require_text(q, "question", image, path, f"questions[{qid}].", reason="missing_field")
                 answer = require_text(q, "answer", image, path, f"questions[{qid}].")
                 types = q.get("types") if isinstance(q.get("types"), dict) else {}
-                fields.append((qid, {
-                    "question": question,
-                    "answer": answer,
-                    "all_answers": [answer] * 10,
-                    "question_type": str(types.get("structural") or types.get("semantic") or ""),
-                    "answer_type": derived_answer_type(answer),
-                }))
+                fields.append(
+                    (
+                        qid,
+                        {
+                            "question": question,
+                            "answer": answer,
+                            "all_answers": [answer] * 10,
+                            "question_type": str(types.get("structural") or types.get("semantic") or ""),
+                            "answer_type": derived_answer_type(answer),
+                        },
+                    )
+                )
             picture = load_rgb(path, image, "GQA")
         except BadRecordError as error:
             log.handle(error)
             continue
         for qid, vqa in fields:
             rows.append(_row(_row_id(image, qid, n_max), picture, vqa=vqa, content_key=f"image:{image}"))
-    return _finish("gqa", questions_json, out_dir, rows, split, seed, len(payload), log, mine=False,
-                   extra={"questions_per_image": questions_per_image, "max_images": max_images})
+    return _finish(
+        "gqa",
+        questions_json,
+        out_dir,
+        rows,
+        split,
+        seed,
+        len(payload),
+        log,
+        mine=False,
+        extra={"questions_per_image": questions_per_image, "max_images": max_images},
+    )
 
 
 # ---------------------------------------------------------------- TextVQA
@@ -225,15 +257,22 @@ def load_textvqa(
     payload = _read_json(textvqa_json, "TextVQA", "e.g. TextVQA_0.5.1_val.json")
     records = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(records, list):
-        raise ValueError(f"{textvqa_json} is not a TextVQA file: expected {{\"data\": [question, ...]}}")
+        raise ValueError(f'{textvqa_json} is not a TextVQA file: expected {{"data": [question, ...]}}')
     log = SkipLog(skip_bad)
     by_image: dict[str, list] = {}
     for q in records:
         image = q.get("image_id") if isinstance(q, dict) else None
         if not isinstance(image, str) or not image:
             qid = q.get("question_id") if isinstance(q, dict) else repr(q)
-            log.handle(BadRecordError(None, None, "missing_field", f"TextVQA question {qid} has no image_id",
-                                      "give every question its image_id (as in TextVQA_0.5.1_*.json)"))
+            log.handle(
+                BadRecordError(
+                    None,
+                    None,
+                    "missing_field",
+                    f"TextVQA question {qid} has no image_id",
+                    "give every question its image_id (as in TextVQA_0.5.1_*.json)",
+                )
+            )
             continue
         by_image.setdefault(image, []).append((q.get("question_id"), q))
     selected = _select_questions(by_image, questions_per_image, max_images, random.Random(f"textvqa:{seed}"))
@@ -247,30 +286,61 @@ def load_textvqa(
                 question = require_text(q, "question", image, path, f"questions[{qid}].", reason="missing_field")
                 answers = q.get("answers")
                 if not isinstance(answers, list) or not answers:
-                    raise BadRecordError(image, path, "missing_field", f"question {qid} has no answers",
-                                         "use the train or val file (TextVQA's test answers are not public)")
+                    raise BadRecordError(
+                        image,
+                        path,
+                        "missing_field",
+                        f"question {qid} has no answers",
+                        "use the train or val file (TextVQA's test answers are not public)",
+                    )
                 answers = [a.strip() if isinstance(a, str) else "" for a in answers]
                 if not all(answers):
-                    raise BadRecordError(image, path, "empty_answer",
-                                         f"question {qid} has an empty answer among {answers!r}",
-                                         "drop the question or give it 10 non-empty answers")
+                    raise BadRecordError(
+                        image,
+                        path,
+                        "empty_answer",
+                        f"question {qid} has an empty answer among {answers!r}",
+                        "drop the question or give it 10 non-empty answers",
+                    )
                 answer = Counter(answers).most_common(1)[0][0]  # ties: the first given
-                fields.append((qid, {
-                    "question": question,
-                    "answer": answer,
-                    "all_answers": answers,
-                    "question_type": "textvqa",
-                    "answer_type": derived_answer_type(answer),
-                }))
+                fields.append(
+                    (
+                        qid,
+                        {
+                            "question": question,
+                            "answer": answer,
+                            "all_answers": answers,
+                            "question_type": "textvqa",
+                            "answer_type": derived_answer_type(answer),
+                        },
+                    )
+                )
             picture = load_rgb(path, image, "TextVQA")
         except BadRecordError as error:
             log.handle(error)
             continue
         for qid, vqa in fields:
-            rows.append(_row(_row_id(image, qid, n_max), picture, vqa=vqa,
-                             ocr={"text": vqa["answer"], "bbox": [], "mask": None}, content_key=f"image:{image}"))
-    return _finish("textvqa", textvqa_json, out_dir, rows, split, seed, len(records), log, mine=False,
-                   extra={"questions_per_image": questions_per_image, "max_images": max_images})
+            rows.append(
+                _row(
+                    _row_id(image, qid, n_max),
+                    picture,
+                    vqa=vqa,
+                    ocr={"text": vqa["answer"], "bbox": [], "mask": None},
+                    content_key=f"image:{image}",
+                )
+            )
+    return _finish(
+        "textvqa",
+        textvqa_json,
+        out_dir,
+        rows,
+        split,
+        seed,
+        len(records),
+        log,
+        mine=False,
+        extra={"questions_per_image": questions_per_image, "max_images": max_images},
+    )
 
 
 # ---------------------------------------------------------------- Flickr30k
@@ -297,7 +367,7 @@ def load_flickr30k(
     payload = _read_json(karpathy_json, "Flickr30k Karpathy", "dataset_flickr30k.json")
     records = payload.get("images") if isinstance(payload, dict) else None
     if not isinstance(records, list):
-        raise ValueError(f"{karpathy_json} is not a Karpathy split file: expected {{\"images\": [image, ...]}}")
+        raise ValueError(f'{karpathy_json} is not a Karpathy split file: expected {{"images": [image, ...]}}')
     wanted = [
         r for r in records if karpathy_split is None or (isinstance(r, dict) and r.get("split") == karpathy_split)
     ]
@@ -316,17 +386,24 @@ def load_flickr30k(
             image = Path(str(filename)).stem
             path = images_dir / str(filename)
             sentences = require(record, "sentences", image, path, "")
-            captions = [s.get("raw", "").strip() if isinstance(s, dict) else "" for s in sentences] \
-                if isinstance(sentences, list) else []
+            captions = (
+                [s.get("raw", "").strip() if isinstance(s, dict) else "" for s in sentences]
+                if isinstance(sentences, list)
+                else []
+            )
             captions = [c for c in captions if c]
             if len(captions) < N_CAPTIONS:
-                raise BadRecordError(image, path, "too_few_captions",
-                                     f"the image has {len(captions)} non-empty captions, "
-                                     f"the benchmark needs {N_CAPTIONS}",
-                                     f"give the image its {N_CAPTIONS} Flickr30k sentences")
+                raise BadRecordError(
+                    image,
+                    path,
+                    "too_few_captions",
+                    f"the image has {len(captions)} non-empty captions, the benchmark needs {N_CAPTIONS}",
+                    f"give the image its {N_CAPTIONS} Flickr30k sentences",
+                )
             if image in seen:
-                raise BadRecordError(image, path, "duplicate_image_id", "another entry has the same filename",
-                                     "keep one entry per image")
+                raise BadRecordError(
+                    image, path, "duplicate_image_id", "another entry has the same filename", "keep one entry per image"
+                )
             picture = load_rgb(path, image, "Flickr30k")
         except BadRecordError as error:
             log.handle(error)
@@ -335,5 +412,15 @@ def load_flickr30k(
         rows.append(_row(image, picture, captions=captions[:N_CAPTIONS], content_key=""))
     for row, key in zip(rows, caption_content_keys([r["captions"] for r in rows])):
         row["content_key"] = key
-    return _finish("flickr30k", karpathy_json, out_dir, rows, split, seed, len(wanted), log, mine=True,
-                   extra={"karpathy_split": karpathy_split, "max_images": max_images})
+    return _finish(
+        "flickr30k",
+        karpathy_json,
+        out_dir,
+        rows,
+        split,
+        seed,
+        len(wanted),
+        log,
+        mine=True,
+        extra={"karpathy_split": karpathy_split, "max_images": max_images},
+    )

@@ -119,8 +119,7 @@ def sample_scene(rng: random.Random) -> Scene:
     kinds = rng.sample(KINDS, n_shapes)
     colors = rng.sample(sorted(COLORS), n_shapes)
     shapes = tuple(
-        Shape(kind=k, color=c, column=col, row=rng.randrange(GRID_ROWS))
-        for k, c, col in zip(kinds, colors, columns)
+        Shape(kind=k, color=c, column=col, row=rng.randrange(GRID_ROWS)) for k, c, col in zip(kinds, colors, columns)
     )
     while True:
         length = rng.choice(WORD_LENGTHS)
@@ -419,8 +418,9 @@ DEFAULT_N_IMAGES = 1200  # discovery 700, dev 200, test 300
 DEFAULT_N_TRAIN = 2000
 
 
-def build_synthetic_benchmark(out, seed: int = 0, n_images: int = DEFAULT_N_IMAGES, n_train: int = DEFAULT_N_TRAIN,
-                              progress: bool = True):
+def build_synthetic_benchmark(
+    out, seed: int = 0, n_images: int = DEFAULT_N_IMAGES, n_train: int = DEFAULT_N_TRAIN, progress: bool = True
+):
     """Generate the benchmark and write it in the shared layout (see ``hones_nn.data.dataset``)."""
     from tqdm.auto import tqdm
 

@@ -1,4 +1,4 @@
-"""Neuron editing (Pan et al. 2024, section "Editing"; shared/spec/methods.md "Seed systems").
+"""Neuron editing (Pan et al. 2024, section "Editing"; docs/methods.md "Seed systems").
 
 Goal: where the model generates the *source* token s in a caption, make it generate the
 *target* token t instead, by changing only the write-out columns W_down[:, i] of a few
@@ -76,8 +76,10 @@ def single_token_id(tokenizer, word: str, what: str = "word") -> int:
         if len(ids) == 1 and len(raw) == 1:
             return ids[0]
         tried.append(f"{text!r} -> {tokenizer.convert_ids_to_tokens(raw)}")
-    raise ValueError(f"{what} {word!r} is not a single token of the model's tokenizer ({'; '.join(tried)}); "
-                     "choose a word the vocabulary holds whole")
+    raise ValueError(
+        f"{what} {word!r} is not a single token of the model's tokenizer ({'; '.join(tried)}); "
+        "choose a word the vocabulary holds whole"
+    )
 
 
 # ------------------------------------------------------------------ edit prompts
@@ -108,7 +110,7 @@ def caption_prompt(loaded, image_id: str, row: int) -> Prompt:
 
 
 def generate_captions(engine, images, prompts: list[Prompt], batch_size: int, progress: bool, desc: str):
-    from hones_nn.evaluation.engine import encode_prompts
+    from hones_nn.engine.encoding import encode_prompts
 
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
@@ -119,7 +121,7 @@ def generate_captions(engine, images, prompts: list[Prompt], batch_size: int, pr
 
 def with_prefixes(loaded, images, prompts: list[Prompt], prefixes: list[list[int]]) -> dict:
     """Model inputs: each prompt followed by its prefix tokens, left-padded together."""
-    from hones_nn.evaluation.engine import encode_prompts
+    from hones_nn.engine.encoding import encode_prompts
 
     enc = encode_prompts(loaded, images, prompts)
     ids, mask = enc.input_ids, enc.attention_mask.bool()
@@ -130,8 +132,8 @@ def with_prefixes(loaded, images, prompts: list[Prompt], prefixes: list[list[int
     new_ids = torch.full((len(rows), width), pad, dtype=ids.dtype)
     new_mask = torch.zeros((len(rows), width), dtype=enc.attention_mask.dtype)
     for b, r in enumerate(rows):
-        new_ids[b, width - len(r):] = torch.tensor(r, dtype=ids.dtype)
-        new_mask[b, width - len(r):] = 1
+        new_ids[b, width - len(r) :] = torch.tensor(r, dtype=ids.dtype)
+        new_mask[b, width - len(r) :] = 1
     inputs = dict(enc.inputs)
     inputs["input_ids"], inputs["attention_mask"] = new_ids, new_mask
     return inputs
@@ -152,8 +154,16 @@ def read_at_last(loaded, envoy, inputs: dict) -> Readout:
     return Readout(torch.stack(list(zs), 1), torch.stack(list(gs), 1), h, logits)
 
 
-def find_edit_prompts(engine, dataset, images, source_id: int, limit: int, batch_size: int = 32,
-                      progress: bool = True, scan: int | None = None) -> tuple[list[EditPrompt], int]:
+def find_edit_prompts(
+    engine,
+    dataset,
+    images,
+    source_id: int,
+    limit: int,
+    batch_size: int = 32,
+    progress: bool = True,
+    scan: int | None = None,
+) -> tuple[list[EditPrompt], int]:
     """Images whose clean caption contains the source token (first ``limit``), and how many were scanned."""
     records = dataset.with_format(None).select_columns(["image_id"])
     n = len(records) if scan is None else min(scan, len(records))
@@ -178,8 +188,12 @@ def read_edit_prompts(engine, images, prompts: list[EditPrompt], batch_size: int
     parts = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        inputs = with_prefixes(loaded, images, [caption_prompt(loaded, p.image_id, p.row) for p in chunk],
-                               [p.caption_ids[: p.position] for p in chunk])
+        inputs = with_prefixes(
+            loaded,
+            images,
+            [caption_prompt(loaded, p.image_id, p.row) for p in chunk],
+            [p.caption_ids[: p.position] for p in chunk],
+        )
         parts.append(read_at_last(loaded, engine.envoy, inputs))
     return Readout(*(torch.cat([getattr(p, f) for p in parts]) for f in ("z", "g", "h", "logits")))
 
@@ -208,8 +222,9 @@ def parse_neuron_list(spec: str) -> list[tuple[int, int]]:
     return out
 
 
-def select_neurons(loaded, spec: str, source_word: str, top_k: int, readout: Readout | None = None,
-                   source_id: int | None = None) -> tuple[list[tuple[int, int]], str]:
+def select_neurons(
+    loaded, spec: str, source_word: str, top_k: int, readout: Readout | None = None, source_id: int | None = None
+) -> tuple[list[tuple[int, int]], str]:
     """(neurons, description) from ``pan:K`` | a score table | a fuzzy-set file/folder | ``L:I,L:I``."""
     sizes = loaded.sizes
     spec = spec.strip()
@@ -229,8 +244,10 @@ def select_neurons(loaded, spec: str, source_word: str, top_k: int, readout: Rea
         desc = "explicit list"
     else:
         if not path.exists():
-            raise FileNotFoundError(f"--neurons {spec}: no such file; give pan:K, a score table (.parquet), a fuzzy-set "
-                                    "folder, or LAYER:NEURON,...")
+            raise FileNotFoundError(
+                f"--neurons {spec}: no such file; give pan:K, a score table (.parquet), a fuzzy-set "
+                "folder, or LAYER:NEURON,..."
+            )
         from hones_nn.concepts.fuzzy import SETS_FILE, read_sets
 
         if path.is_dir() or _is_fuzzy(path):
@@ -239,13 +256,14 @@ def select_neurons(loaded, spec: str, source_word: str, top_k: int, readout: Rea
             sets = read_sets(path)
             sets.check_model(loaded)
             if source_word not in sets.names:
-                raise ValueError(f"--neurons {spec}: no fuzzy set for the source word {source_word!r}; sets: "
-                                 f"{', '.join(sets.names)}")
+                raise ValueError(
+                    f"--neurons {spec}: no fuzzy set for the source word {source_word!r}; sets: {', '.join(sets.names)}"
+                )
             rows = sets.members(source_word).head(top_k)
             neurons = list(zip(rows["layer"].astype(int), rows["neuron"].astype(int)))
             desc = f"fuzzy set {source_word!r} top {len(neurons)} by membership"
         else:
-            from hones_nn.runner.tables import read_neuron_table
+            from hones_nn.engine.tables import read_neuron_table
 
             table = read_neuron_table(path, loaded, "--neurons")
             neurons = table.top(top_k)
@@ -283,12 +301,14 @@ def required_shift(h: torch.Tensor, u: torch.Tensor, margin: float, eps: float) 
     D = h.shape[-1]
     norm_u = float(u.norm())
     if margin >= norm_u * math.sqrt(D):
-        raise ValueError(f"margin {margin} is unreachable along W_U[target] - W_U[source] (at most "
-                         f"{norm_u * math.sqrt(D):.2f} for this pair); ask for a smaller --margin")
+        raise ValueError(
+            f"margin {margin} is unreachable along W_U[target] - W_U[source] (at most "
+            f"{norm_u * math.sqrt(D):.2f} for this pair); ask for a smaller --margin"
+        )
     u_hat = u / norm_u
     b = h @ u_hat
     perp = (h.pow(2).sum(-1) - b.pow(2)).clamp_min(0) / D + eps
-    y = margin * torch.sqrt(perp / (norm_u ** 2 - margin ** 2 / D))
+    y = margin * torch.sqrt(perp / (norm_u**2 - margin**2 / D))
     x = y - b
     already = margin_of(h, u, eps) >= margin
     return torch.where(already, torch.zeros_like(x), x.clamp_min(0))
@@ -307,8 +327,9 @@ class NeuronEdit:
         return groups
 
 
-def solve_edit(loaded, readout: Readout, neurons, source_id: int, target_id: int, margin: float = 2.0,
-               aggregate: str = "max") -> tuple[NeuronEdit, dict]:
+def solve_edit(
+    loaded, readout: Readout, neurons, source_id: int, target_id: int, margin: float = 2.0, aggregate: str = "max"
+) -> tuple[NeuronEdit, dict]:
     """The closed-form edit (module docstring) and its predictions on the edit prompts."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; choose {', '.join(AGGREGATES)}")
@@ -337,18 +358,27 @@ def solve_edit(loaded, readout: Readout, neurons, source_id: int, target_id: int
     delta = (c * k_bar / k_bar.pow(2).sum()).unsqueeze(1) * u_hat.unsqueeze(0)  # [k, D]
     before = margin_of(readout.h, u, eps)
     predicted = margin_of(readout.h + (c * a).unsqueeze(1) * u_hat, u, eps)
-    info = {"c": c, "aggregate": aggregate, "margin": margin, "eps": eps, "norm_u": float(u.norm()),
-            "n_prompts": int(keys.shape[0]), "n_prompts_active": int(valid.sum()),
-            "margin_before": before.tolist(), "margin_predicted": predicted.tolist(),
-            "delta_frobenius": float(delta.norm()),
-            "delta_relative": float(delta.norm() / _columns(loaded, neurons).norm())}
+    info = {
+        "c": c,
+        "aggregate": aggregate,
+        "margin": margin,
+        "eps": eps,
+        "norm_u": float(u.norm()),
+        "n_prompts": int(keys.shape[0]),
+        "n_prompts_active": int(valid.sum()),
+        "margin_before": before.tolist(),
+        "margin_predicted": predicted.tolist(),
+        "delta_frobenius": float(delta.norm()),
+        "delta_relative": float(delta.norm() / _columns(loaded, neurons).norm()),
+    }
     return NeuronEdit(list(neurons), delta.float(), {}), info
 
 
 def _columns(loaded, neurons) -> torch.Tensor:
     """The current write-out columns W_down[:, i] of ``neurons``: [k, hidden] float64."""
-    return torch.stack([loaded.adapter.down_proj(loaded.model, layer).weight.detach()[:, i].double().cpu()
-                        for layer, i in neurons])
+    return torch.stack(
+        [loaded.adapter.down_proj(loaded.model, layer).weight.detach()[:, i].double().cpu() for layer, i in neurons]
+    )
 
 
 # ------------------------------------------------------------------ files and application
@@ -362,9 +392,11 @@ def save_edit(path: str | Path, edit: NeuronEdit, meta: dict, report: dict | Non
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"--out {path}: the edit is a .safetensors file")
-    tensors = {"layers": torch.tensor([a for a, _ in edit.neurons], dtype=torch.int32),
-               "neurons": torch.tensor([b for _, b in edit.neurons], dtype=torch.int32),
-               "delta": edit.delta.float().contiguous()}
+    tensors = {
+        "layers": torch.tensor([a for a, _ in edit.neurons], dtype=torch.int32),
+        "neurons": torch.tensor([b for _, b in edit.neurons], dtype=torch.int32),
+        "delta": edit.delta.float().contiguous(),
+    }
     atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)}))
     if report is not None:
         atomic_write_json(path.with_suffix(".json"), report)
@@ -380,7 +412,9 @@ def load_edit(path: str | Path) -> NeuronEdit:
     tensors, raw = read_safetensors(path, f"--edit {path}", "; make one with `hones-nn edit`")
     meta = json.loads(raw.get(META_KEY, "null"))
     if meta is None or not {"layers", "neurons", "delta"} <= set(tensors):
-        raise ValueError(f"--edit {path} is not a hones-nn edit (no {META_KEY} metadata); make one with `hones-nn edit`")
+        raise ValueError(
+            f"--edit {path} is not a hones-nn edit (no {META_KEY} metadata); make one with `hones-nn edit`"
+        )
     neurons = list(zip(tensors["layers"].tolist(), tensors["neurons"].tolist()))
     return NeuronEdit(neurons, tensors["delta"].float(), meta)
 
@@ -388,15 +422,19 @@ def load_edit(path: str | Path) -> NeuronEdit:
 def check_edit(loaded, edit: NeuronEdit, path: str = "the edit") -> None:
     sizes = loaded.sizes
     if edit.delta.shape != (len(edit.neurons), sizes.hidden_size):
-        raise ValueError(f"{path}: delta {tuple(edit.delta.shape)} does not fit {loaded.model_id} "
-                         f"(hidden size {sizes.hidden_size}); make the edit on this model")
+        raise ValueError(
+            f"{path}: delta {tuple(edit.delta.shape)} does not fit {loaded.model_id} "
+            f"(hidden size {sizes.hidden_size}); make the edit on this model"
+        )
     for layer, neuron in edit.neurons:
         if not (0 <= layer < sizes.num_layers and 0 <= neuron < sizes.d_ff):
             raise ValueError(f"{path}: neuron {layer}:{neuron} is outside {loaded.model_id}")
     want = edit.meta.get("weights_hash")
     if want and loaded.weights_hash and want != loaded.weights_hash:
-        raise ValueError(f"{path} was made for weights {want}, but {loaded.model_id} has {loaded.weights_hash}; "
-                         "re-run `hones-nn edit` on these weights")
+        raise ValueError(
+            f"{path} was made for weights {want}, but {loaded.model_id} has {loaded.weights_hash}; "
+            "re-run `hones-nn edit` on these weights"
+        )
 
 
 @contextlib.contextmanager

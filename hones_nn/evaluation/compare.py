@@ -20,9 +20,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hones_nn.evaluation.evaluate import evaluate, masked_evaluation, prepare_task
+from hones_nn.engine.tables import read_table
+from hones_nn.evaluation.evaluate import evaluate, masked_evaluation
+from hones_nn.methods.base import get_method
 from hones_nn.runner.pipeline import Runner
-from hones_nn.runner.tables import read_table
+from hones_nn.tasks.task_data import prepare_task
 from hones_nn.utils.io import atomic_write_with
 
 COMPARE_SCHEMA = pa.schema(
@@ -45,56 +47,85 @@ def _reusable(path: Path, runner: Runner, task: str) -> bool:
     if not path.exists():
         return False
     meta = read_table(path).meta
-    same_model = meta.get("weights_hash") == runner.loaded.weights_hash or meta.get("model_id") == runner.loaded.model_id
+    same_model = (
+        meta.get("weights_hash") == runner.loaded.weights_hash or meta.get("model_id") == runner.loaded.model_id
+    )
     same_data = meta.get("n_examples") is not None and (runner.limit is None or meta["n_examples"] == runner.limit)
     return same_model and meta.get("task") == task and same_data
 
 
-def compare(runner: Runner, methods: list[str], tasks: list[str], top_ratio: float = 0.01,
-            test_limit: int | None = None, utility: str = "metric", top_heads: int | None = None,
-            log=print) -> list[dict]:
+def compare(
+    runner: Runner,
+    methods: list[str],
+    tasks: list[str],
+    top_ratio: float = 0.01,
+    test_limit: int | None = None,
+    utility: str = "metric",
+    top_heads: int | None = None,
+    log=print,
+) -> list[dict]:
     """Run the comparison; returns the rows (also written to ``runner.out_dir/compare.parquet``)."""
-    from hones_nn.methods.base import get_method
-
-    for method in methods:
-        get_method(method)  # unknown names fail before anything runs
+    guided = {method for method in methods if get_method(method).needs_heads}  # unknown names fail here, first
     rows = []
     engine = runner.engine
     for task in tasks:
         heads_path = runner.out_dir / f"{task}.heads.parquet"
         heads_seconds = None
-        needs_heads = any(m in ("hones", "hones-gaussian") for m in methods)
-        if needs_heads:
+        if guided:
             if not _reusable(heads_path, runner, task):
                 log(f"[{task}] V-SEAM heads on {runner.split}")
                 runner.heads(task, utility=utility, out=heads_path)
             heads_seconds = read_table(heads_path).meta.get("seconds_per_example")
-        td = prepare_task(runner.loaded, task, data=runner.data, split="test", limit=test_limit,
-                          skip_bad=runner.skip_bad, reference_compat=runner.reference_compat)
+        td = prepare_task(
+            runner.loaded,
+            task,
+            data=runner.data,
+            split="test",
+            limit=test_limit,
+            skip_bad=runner.skip_bad,
+            reference_compat=runner.reference_compat,
+        )
         base = evaluate(engine, td, batch_size=runner.batch_size, progress=runner.progress, desc=f"{task} base")
         log(f"[{task}] base {base.metric_name} = {base.metric:.4f} on {td.n} test examples")
         for method in methods:
             path = runner.out_dir / f"{task}.{method}.parquet"
             if not _reusable(path, runner, task):
                 log(f"[{task}] ranking with {method}")
-                runner.rank(task, method, heads=heads_path if method in ("hones", "hones-gaussian") else None,
-                            top_heads=top_heads, utility=utility, out=path)
+                runner.rank(
+                    task,
+                    method,
+                    heads=heads_path if method in guided else None,
+                    top_heads=top_heads,
+                    utility=utility,
+                    out=path,
+                )
             table = read_table(path)
             seconds = table.meta.get("seconds_per_example") or 0.0
-            if method in ("hones", "hones-gaussian") and heads_seconds:
+            if method in guided and heads_seconds:
                 seconds += heads_seconds
             neurons = table.top_ratio(top_ratio)
             started = time.perf_counter()
-            result = masked_evaluation(engine, td, neurons, batch_size=runner.batch_size, progress=runner.progress,
-                                       base=base)
-            log(f"[{task}] {method}: masked {result['masked_metric']:.4f}, drop "
-                f"{100 * result['relative_drop']:.2f}% ({time.perf_counter() - started:.1f}s)")
-            rows.append({
-                "method": method, "task": task, "metric_name": base.metric_name, "base": base.metric,
-                "masked": result["masked_metric"], "relative_drop": result["relative_drop"], "k": len(neurons),
-                "seconds_per_instance": float(seconds), "n_examples": td.n,
-                "n_discovery": int(table.meta.get("n_examples") or 0),
-            })
+            result = masked_evaluation(
+                engine, td, neurons, batch_size=runner.batch_size, progress=runner.progress, base=base
+            )
+            log(
+                f"[{task}] {method}: masked {result['masked_metric']:.4f}, drop "
+                f"{100 * result['relative_drop']:.2f}% ({time.perf_counter() - started:.1f}s)"
+            )
+            rows.append(
+                {
+                    "method": method,
+                    "task": task,
+                    "metric_name": base.metric_name,
+                    "base": base.metric,
+                    "masked": result["masked_metric"],
+                    "relative_drop": result["relative_drop"],
+                    "k": len(neurons),
+                    "seconds_per_instance": float(seconds),
+                    "n_examples": td.n,
+                    "n_discovery": int(table.meta.get("n_examples") or 0),
+                }
+            )
     table = pa.Table.from_pylist(rows, schema=COMPARE_SCHEMA)
     atomic_write_with(runner.out_dir / "compare.parquet", lambda p: pq.write_table(table, p))
     return rows

@@ -12,38 +12,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from hones_nn.data import resolve_benchmark
-from hones_nn.data.dataset import load_split
-from hones_nn.evaluation.engine import Engine
+from hones_nn.engine.core import Engine
 from hones_nn.interventions.base import Intervention
 from hones_nn.interventions.neurons import NeuronMask
-from hones_nn.tasks.base import ImageSource, Item, Task, get_task
-
-
-@dataclass
-class TaskData:
-    """A task's items on one split, ready to run."""
-
-    task: Task
-    items: list[Item]
-    images: ImageSource
-    skipped: list[dict]
-    data_dir: str
-    split: str
-
-    @property
-    def n(self) -> int:
-        return len(self.items)
-
-
-def prepare_task(loaded, task_name: str, data=None, split: str = "test", limit: int | None = None,
-                 skip_bad: bool = False, reference_compat: bool = False) -> TaskData:
-    root = resolve_benchmark(data)
-    dataset = load_split(root, split)
-    task = get_task(task_name, family=loaded.family, reference_compat=reference_compat)
-    images = ImageSource(dataset)
-    items, skipped = task.items(dataset, limit=limit, skip_bad=skip_bad, images=images)
-    return TaskData(task, items, images, skipped, str(root), split)
+from hones_nn.tasks.task_data import TaskData
 
 
 @dataclass
@@ -67,10 +39,17 @@ def score_outputs(td: TaskData, outputs: list[list]) -> EvalResult:
     return EvalResult(td.task.name, td.task.metric_name, float(metric), td.n, len(td.skipped), utilities)
 
 
-def evaluate(engine: Engine, td: TaskData, intervention: Intervention | None = None, batch_size: int = 32,
-             progress: bool = True, desc: str | None = None) -> EvalResult:
-    outputs = engine.run_task(td.task, td.items, td.images, batch_size=batch_size, intervention_for=intervention,
-                              progress=progress, desc=desc)
+def evaluate(
+    engine: Engine,
+    td: TaskData,
+    intervention: Intervention | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str | None = None,
+) -> EvalResult:
+    outputs = engine.run_task(
+        td.task, td.items, td.images, batch_size=batch_size, intervention_for=intervention, progress=progress, desc=desc
+    )
     return score_outputs(td, outputs)
 
 
@@ -86,9 +65,16 @@ def random_neurons(num_layers: int, d_ff: int, k: int, seed: int) -> list[tuple[
     return sorted((int(i // d_ff), int(i % d_ff)) for i in flat)
 
 
-def masked_evaluation(engine: Engine, td: TaskData, neurons: list[tuple[int, int]] | None,
-                      random_seeds: int = 0, k: int | None = None, batch_size: int = 32,
-                      progress: bool = True, base: EvalResult | None = None) -> dict:
+def masked_evaluation(
+    engine: Engine,
+    td: TaskData,
+    neurons: list[tuple[int, int]] | None,
+    random_seeds: int = 0,
+    k: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    base: EvalResult | None = None,
+) -> dict:
     """Base metric, masked metric(s) and relative drop(s).
 
     ``neurons``: the selected set (None for a random-only run, then give ``k``).
@@ -97,13 +83,23 @@ def masked_evaluation(engine: Engine, td: TaskData, neurons: list[tuple[int, int
     sizes = engine.adapter.sizes(engine.model)
     num_layers, d_ff = sizes.num_layers, sizes.d_ff
     base = base or evaluate(engine, td, batch_size=batch_size, progress=progress, desc=f"{td.task.name} base")
-    out = {"task": td.task.name, "metric_name": td.task.metric_name, "n": td.n, "skipped": len(td.skipped),
-           "base_metric": base.metric}
+    out = {
+        "task": td.task.name,
+        "metric_name": td.task.metric_name,
+        "n": td.n,
+        "skipped": len(td.skipped),
+        "base_metric": base.metric,
+    }
     if neurons is not None:
-        masked = evaluate(engine, td, NeuronMask(neurons), batch_size=batch_size, progress=progress,
-                          desc=f"{td.task.name} masked")
-        out.update(k=len(neurons), masked_metric=masked.metric, relative_drop=relative_drop(base.metric, masked.metric),
-                   metric=masked.metric)
+        masked = evaluate(
+            engine, td, NeuronMask(neurons), batch_size=batch_size, progress=progress, desc=f"{td.task.name} masked"
+        )
+        out.update(
+            k=len(neurons),
+            masked_metric=masked.metric,
+            relative_drop=relative_drop(base.metric, masked.metric),
+            metric=masked.metric,
+        )
         k = len(neurons)
     if random_seeds:
         if not k:
@@ -111,14 +107,30 @@ def masked_evaluation(engine: Engine, td: TaskData, neurons: list[tuple[int, int
         drops, metrics = [], []
         for seed in range(random_seeds):
             chosen = random_neurons(num_layers, d_ff, k, seed)
-            result = evaluate(engine, td, NeuronMask(chosen), batch_size=batch_size, progress=progress,
-                              desc=f"{td.task.name} random seed {seed}")
+            result = evaluate(
+                engine,
+                td,
+                NeuronMask(chosen),
+                batch_size=batch_size,
+                progress=progress,
+                desc=f"{td.task.name} random seed {seed}",
+            )
             metrics.append(result.metric)
             drops.append(relative_drop(base.metric, result.metric))
-        out["random"] = {"k": k, "seeds": list(range(random_seeds)), "masked_metrics": metrics,
-                         "relative_drops": drops, "mean_masked_metric": float(np.mean(metrics)),
-                         "mean_relative_drop": float(np.mean(drops)), "std_relative_drop": float(np.std(drops))}
+        out["random"] = {
+            "k": k,
+            "seeds": list(range(random_seeds)),
+            "masked_metrics": metrics,
+            "relative_drops": drops,
+            "mean_masked_metric": float(np.mean(metrics)),
+            "mean_relative_drop": float(np.mean(drops)),
+            "std_relative_drop": float(np.std(drops)),
+        }
         if neurons is None:
-            out.update(k=k, masked_metric=out["random"]["mean_masked_metric"],
-                       relative_drop=out["random"]["mean_relative_drop"], metric=out["random"]["mean_masked_metric"])
+            out.update(
+                k=k,
+                masked_metric=out["random"]["mean_masked_metric"],
+                relative_drop=out["random"]["mean_relative_drop"],
+                metric=out["random"]["mean_masked_metric"],
+            )
     return out

@@ -78,18 +78,35 @@ class LensReport:
         for layer in range(delta.shape[0]):
             # stable: equal drops keep the lower token id first
             order = [t for t in np.argsort(-delta[layer], kind="stable")[:k] if delta[layer, t] > 0]
-            out.append([{"token_id": int(t), "token": self.tokens[t] if t < len(self.tokens) else str(t),
-                         "delta": float(delta[layer, t]), "base": float(self.base[layer, t]),
-                         "masked": float(self.groups[group].masked[layer, t])} for t in order])
+            out.append(
+                [
+                    {
+                        "token_id": int(t),
+                        "token": self.tokens[t] if t < len(self.tokens) else str(t),
+                        "delta": float(delta[layer, t]),
+                        "base": float(self.base[layer, t]),
+                        "masked": float(self.groups[group].masked[layer, t]),
+                    }
+                    for t in order
+                ]
+            )
         return out
 
     def as_json(self, k: int = 5) -> dict:
         return {
-            "task": self.task, "norm": self.norm, "n": self.n, "position": "T (last prompt token)",
+            "task": self.task,
+            "norm": self.norm,
+            "n": self.n,
+            "position": "T (last prompt token)",
             "groups": [
-                {"name": name, "size": g.size,
-                 "target_delta": [float(x) for x in self.target_delta(name)],
-                 "layers": [{"layer": layer, "top_falls": tops} for layer, tops in enumerate(self.top_tokens(name, k))]}
+                {
+                    "name": name,
+                    "size": g.size,
+                    "target_delta": [float(x) for x in self.target_delta(name)],
+                    "layers": [
+                        {"layer": layer, "top_falls": tops} for layer, tops in enumerate(self.top_tokens(name, k))
+                    ],
+                }
                 for name, g in self.groups.items()
             ],
         }
@@ -100,15 +117,16 @@ def decode_vocab(tokenizer, size: int) -> list[str]:
     for i in range(size):
         try:
             text = tokenizer.decode([i])
-        except Exception:  # noqa: BLE001 - ids past the tokenizer (padded vocabularies)
+        except Exception:
             text = f"<{i}>"
         out.append(text)
     return out
 
 
 @torch.no_grad()
-def _mlp_outputs(engine, inputs: dict, mask_by_layer: Mapping[int, torch.Tensor] | None, num_layers: int,
-                 final: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _mlp_outputs(
+    engine, inputs: dict, mask_by_layer: Mapping[int, torch.Tensor] | None, num_layers: int, final: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[B, L, hidden] MLP outputs at T (float32 CPU) and the final-norm input at T, one trace."""
     from hones_nn.interventions.base import site_value
 
@@ -139,7 +157,7 @@ def project(loaded, vectors: torch.Tensor, norm: str, sigma: torch.Tensor | None
         if sigma is None:
             raise ValueError("norm='frozen' needs the clean run's final RMS sigma_T")
         gamma = final_norm.weight.to(v.device).float()
-        v = (v.float() * gamma / sigma.to(v.device).float().reshape(*sigma.shape, *([1] * (v.dim() - sigma.dim()))))
+        v = v.float() * gamma / sigma.to(v.device).float().reshape(*sigma.shape, *([1] * (v.dim() - sigma.dim())))
         v = v.to(param.dtype)
     elif norm != "none":
         raise ValueError(f"norm={norm!r}; choose one of {', '.join(NORMS)}")
@@ -156,15 +174,19 @@ def _eps(norm_module) -> float:
 
 
 @torch.no_grad()
-def logit_lens(engine, td, groups: Mapping[str, Sequence[tuple[int, int]]], norm: str = "final",
-               batch_size: int = 16, progress: bool = True) -> LensReport:
+def logit_lens(
+    engine,
+    td,
+    groups: Mapping[str, Sequence[tuple[int, int]]],
+    norm: str = "final",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> LensReport:
     """The MLP logit lens of ``td``'s examples, clean and with each group masked (see the module docstring)."""
     from tqdm.auto import tqdm
 
-    from hones_nn.evaluation.engine import encode_prompts
+    from hones_nn.engine.readout import attribution_inputs
     from hones_nn.interventions.neurons import group_by_layer
-    from hones_nn.methods.dla import target_ids
-    from hones_nn.methods.hones import hones_prompt
 
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r}; choose one of {', '.join(NORMS)}")
@@ -184,17 +206,15 @@ def logit_lens(engine, td, groups: Mapping[str, Sequence[tuple[int, int]]], norm
     masks = {name: group_by_layer(neurons) for name, neurons in groups.items()}
     eps = _eps(loaded.adapter.final_norm(loaded.model))
     base_sum = None
-    sums = {name: None for name in groups}
+    sums = dict.fromkeys(groups)
     tgt_base = torch.zeros(L, dtype=torch.float64)
     tgt_masked = {name: torch.zeros(L, dtype=torch.float64) for name in groups}
     tokenizer = engine.tokenizer
     starts = range(0, td.n, batch_size)
     for start in tqdm(starts, desc=f"logit lens ({td.task.name})", disable=not progress, leave=False):
         items = td.items[start : start + batch_size]
-        targets = torch.tensor([target_ids(tokenizer, td.task, item)[0] for item in items])
-        enc = encode_prompts(loaded, td.images, [hones_prompt(td.task, item) for item in items],
-                             reference_compat=td.task.reference_compat)
-        inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
+        targets = torch.tensor([td.task.gold_token_ids(tokenizer, item)[0] for item in items])
+        inputs = attribution_inputs(engine, td, items)
         clean, h = _mlp_outputs(engine, inputs, None, L, final=norm == "frozen")
         sigma = _rms(h, eps) if norm == "frozen" else None
         logits = project(loaded, clean, norm, sigma).double()  # [B, L, V]
@@ -208,8 +228,9 @@ def logit_lens(engine, td, groups: Mapping[str, Sequence[tuple[int, int]]], norm
             tgt_masked[name] += logits_m[rows, :, targets].sum(0)
     n = td.n
     vocab = base_sum.shape[-1]
-    report = LensReport(td.task.name, norm, n, (base_sum / n).numpy(), (tgt_base / n).numpy(),
-                        tokens=decode_vocab(tokenizer, vocab))
+    report = LensReport(
+        td.task.name, norm, n, (base_sum / n).numpy(), (tgt_base / n).numpy(), tokens=decode_vocab(tokenizer, vocab)
+    )
     for name, neurons in groups.items():
         report.groups[name] = LensGroup(name, len(neurons), (sums[name] / n).numpy(), (tgt_masked[name] / n).numpy())
     return report

@@ -105,8 +105,14 @@ class NeuronGroup:
         return len(self.tasks) > 1
 
     def as_json(self) -> dict:
-        return {"key": self.key, "name": self.name, "kind": self.kind, "tasks": list(self.tasks), "size": self.size,
-                "neurons": [list(n) for n in self.neurons]}
+        return {
+            "key": self.key,
+            "name": self.name,
+            "kind": self.kind,
+            "tasks": list(self.tasks),
+            "size": self.size,
+            "neurons": [list(n) for n in self.neurons],
+        }
 
 
 def membership_groups(sets: Mapping[str, Iterable[tuple[int, int]]]) -> list[NeuronGroup]:
@@ -134,10 +140,6 @@ def membership_groups(sets: Mapping[str, Iterable[tuple[int, int]]]) -> list[Neu
 # ------------------------------------------------------------------ score tables
 
 
-def same_model_key(meta: dict) -> tuple[str, str | None]:
-    return ("hash", meta["weights_hash"]) if meta.get("weights_hash") else ("id", meta.get("model_id"))
-
-
 def check_same_model(tables: Sequence) -> None:
     """Refuse tables of different models (by weights hash where known, else model id) or shapes."""
     first = tables[0]
@@ -158,7 +160,7 @@ def check_same_model(tables: Sequence) -> None:
 
 def load_task_tables(paths: Sequence[str | Path]) -> dict:
     """{task: ScoreTable} from neuron tables, one per task (the task read from the metadata)."""
-    from hones_nn.runner.tables import read_table
+    from hones_nn.engine.tables import read_table
 
     tables = {}
     for path in paths:
@@ -208,18 +210,34 @@ def dominant_groups(rows: Sequence[dict], tasks: Sequence[str]) -> dict[str, dic
         # ties: max() keeps the first maximum, i.e. the group earlier in the table order (fewer tasks first)
         best = max(eligible, key=lambda r: r["relative_drop"], default=None)
         anyk = max(cells, key=lambda r: r["relative_drop"], default=None)
-        out[task] = None if best is None else {
-            "group": best["group"], "name": best["name"], "size": best["size"],
-            "relative_drop": best["relative_drop"], "random_drop": best["random_drop"],
-            "largest_any": None if anyk is None else {"group": anyk["group"], "name": anyk["name"],
-                                                      "relative_drop": anyk["relative_drop"]},
-        }
+        out[task] = (
+            None
+            if best is None
+            else {
+                "group": best["group"],
+                "name": best["name"],
+                "size": best["size"],
+                "relative_drop": best["relative_drop"],
+                "random_drop": best["random_drop"],
+                "largest_any": None
+                if anyk is None
+                else {"group": anyk["group"], "name": anyk["name"], "relative_drop": anyk["relative_drop"]},
+            }
+        )
     return out
 
 
-def overlap_evaluation(engine, task_data: Mapping, groups: Sequence[NeuronGroup], draws: int = 10, seed: int = 0,
-                       random_for: str = "all", cells: str = "all", batch_size: int = 32,
-                       progress: bool = True) -> OverlapResult:
+def overlap_evaluation(
+    engine,
+    task_data: Mapping,
+    groups: Sequence[NeuronGroup],
+    draws: int = 10,
+    seed: int = 0,
+    random_for: str = "all",
+    cells: str = "all",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> OverlapResult:
     """Mask every non-empty group on every task's data (``task_data``: {task: TaskData}).
 
     Returns one row per (group, task) with group, name, kind, tasks, n_tasks, size, task,
@@ -271,10 +289,23 @@ def overlap_evaluation(engine, task_data: Mapping, groups: Sequence[NeuronGroup]
     for task, td in task_data.items():
         base = run(td, None, f"{task} base")
         for group in groups:
-            row = {"group": group.key, "name": group.name, "kind": group.kind, "tasks": group.key,
-                   "n_tasks": len(group.tasks), "size": group.size, "task": task, "metric": td.task.metric_name,
-                   "n": td.n, "base": float(base), "masked": float("nan"), "relative_drop": float("nan"),
-                   "random_drop": float("nan"), "random_std": float("nan"), "random_draws": 0}
+            row = {
+                "group": group.key,
+                "name": group.name,
+                "kind": group.kind,
+                "tasks": group.key,
+                "n_tasks": len(group.tasks),
+                "size": group.size,
+                "task": task,
+                "metric": td.task.metric_name,
+                "n": td.n,
+                "base": float(base),
+                "masked": float("nan"),
+                "relative_drop": float("nan"),
+                "random_drop": float("nan"),
+                "random_std": float("nan"),
+                "random_draws": 0,
+            }
             if group.empty:
                 row["status"] = "empty"
             elif not evaluated(task, group):
@@ -284,8 +315,9 @@ def overlap_evaluation(engine, task_data: Mapping, groups: Sequence[NeuronGroup]
                 row.update(status="masked", masked=float(masked), relative_drop=float(relative_drop(base, masked)))
                 if random_for == "all":
                     drops = random_drops(task, td, base, group.size)
-                    row.update(random_drop=float(np.mean(drops)), random_std=float(np.std(drops)),
-                               random_draws=len(drops))
+                    row.update(
+                        random_drop=float(np.mean(drops)), random_std=float(np.std(drops)), random_draws=len(drops)
+                    )
             rows.append(row)
         if random_for == "dominant":
             dom = dominant_groups([r for r in rows if r["task"] == task], [task])[task]
@@ -293,12 +325,17 @@ def overlap_evaluation(engine, task_data: Mapping, groups: Sequence[NeuronGroup]
                 drops = random_drops(task, td, base, dom["size"])
                 for row in rows:
                     if row["task"] == task and row["group"] == dom["group"]:
-                        row.update(random_drop=float(np.mean(drops)), random_std=float(np.std(drops)),
-                                   random_draws=len(drops))
+                        row.update(
+                            random_drop=float(np.mean(drops)), random_std=float(np.std(drops)), random_draws=len(drops)
+                        )
     bar.close()
     tasks = list(task_data)
-    return OverlapResult(list(groups), rows, dominant_groups(rows, tasks),
-                         {"random_for": random_for, "cells": cells, "random_draws": draws, "seed": seed})
+    return OverlapResult(
+        list(groups),
+        rows,
+        dominant_groups(rows, tasks),
+        {"random_for": random_for, "cells": cells, "random_draws": draws, "seed": seed},
+    )
 
 
 # ------------------------------------------------------------------ files
@@ -314,14 +351,36 @@ def write_overlap(out_dir: str | Path, result: OverlapResult, meta: dict) -> dic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     full_meta = {**meta, **result.meta}
-    columns = ["group", "name", "kind", "tasks", "n_tasks", "size", "task", "metric", "n", "base", "masked",
-               "relative_drop", "random_drop", "random_std", "random_draws", "status"]
+    columns = [
+        "group",
+        "name",
+        "kind",
+        "tasks",
+        "n_tasks",
+        "size",
+        "task",
+        "metric",
+        "n",
+        "base",
+        "masked",
+        "relative_drop",
+        "random_drop",
+        "random_std",
+        "random_draws",
+        "status",
+    ]
     table = pa.Table.from_pylist([{c: r[c] for c in columns} for r in result.rows])
-    table = table.replace_schema_metadata({b"hones_nn.kind": b'"overlap"',
-                                           b"hones_nn.meta": json.dumps(full_meta, default=str).encode()})
+    table = table.replace_schema_metadata(
+        {b"hones_nn.kind": b'"overlap"', b"hones_nn.meta": json.dumps(full_meta, default=str).encode()}
+    )
     parquet = atomic_write_with(out_dir / "overlap.parquet", lambda p: pq.write_table(table, p))
-    doc = {"kind": "overlap", **full_meta, "groups": [g.as_json() for g in result.groups],
-           "dominant": result.dominant, "results": result.rows}
+    doc = {
+        "kind": "overlap",
+        **full_meta,
+        "groups": [g.as_json() for g in result.groups],
+        "dominant": result.dominant,
+        "results": result.rows,
+    }
     text = compact_pairs(json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False)) + "\n"
     path_json = atomic_write_with(out_dir / "overlap.json", lambda p: Path(p).write_text(text))
     return {"parquet": parquet, "json": path_json}
@@ -396,7 +455,7 @@ def read_groups(path: str | Path) -> tuple[list[NeuronGroup], dict]:
     """(groups, the whole JSON document) of an ``overlap.json``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; make it with `hones-nn overlap --out DIR`")
+        raise FileNotFoundError(f"{path} does not exist; make it with `hones-nn overlap --out-dir DIR`")
     doc = json.loads(path.read_text())
     if doc.get("kind") != "overlap" or "groups" not in doc:
         raise ValueError(f"{path} is not an overlap.json from `hones-nn overlap`")
@@ -445,6 +504,9 @@ def random_matched_row(result_rows: Sequence[dict], dominant: Mapping, tasks: Se
     row = {"kind": "random", "group": "Random (matched to dominant)", "size": ""}
     for task in tasks:
         dom = dominant.get(task)
-        row[display(task)] = "–" if dom is None or not _finite(dom.get("random_drop")) else \
-            f"{_pct(dom['random_drop'])} (k={dom['size']})"
+        row[display(task)] = (
+            "–"
+            if dom is None or not _finite(dom.get("random_drop"))
+            else f"{_pct(dom['random_drop'])} (k={dom['size']})"
+        )
     return row

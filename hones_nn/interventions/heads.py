@@ -28,14 +28,17 @@ def _rows_by_layer(assignments) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         layer, head = target
         groups[int(layer)].append((row, int(head)))
     return {
-        layer: (torch.tensor([r for r, _ in pairs], dtype=torch.long), torch.tensor([h for _, h in pairs], dtype=torch.long))
+        layer: (
+            torch.tensor([r for r, _ in pairs], dtype=torch.long),
+            torch.tensor([h for _, h in pairs], dtype=torch.long),
+        )
         for layer, pairs in sorted(groups.items())
     }
 
 
 def mean_of_other_heads(x: torch.Tensor, rows: torch.Tensor, heads: torch.Tensor, num_heads: int) -> torch.Tensor:
     """[n, S, d]: for each (row, head) pair, the mean of the other heads' slices."""
-    batch, seq, width = x.shape
+    _, seq, width = x.shape
     d = width // num_heads
     sub = x[rows].reshape(len(rows), seq, num_heads, d)
     own = sub[torch.arange(len(rows)), :, heads]  # [n, S, d]
@@ -48,7 +51,9 @@ def write_head_slices(x, rows: torch.Tensor, heads: torch.Tensor, values, num_he
     d = x.shape[2] // num_heads
     cols = heads[:, None] * d + torch.arange(d)[None, :]  # [n, d]
     device = x.device
-    x[rows.to(device)[:, None, None], torch.arange(seq, device=device)[None, :, None], cols.to(device)[:, None, :]] = values
+    x[rows.to(device)[:, None, None], torch.arange(seq, device=device)[None, :, None], cols.to(device)[:, None, :]] = (
+        values
+    )
 
 
 class HeadMeanReplacement(Intervention):
@@ -65,10 +70,12 @@ class HeadMeanReplacement(Intervention):
             raise ValueError(f"head assignments cover {len(self.assignments)} rows, the batch has {batch_size}")
         out = []
         for layer, (rows, heads) in self.groups.items():
+
             def replace(x, rows=rows, heads=heads):
                 dev_rows, dev_heads = rows.to(x.device), heads.to(x.device)
                 values = mean_of_other_heads(x, dev_rows, dev_heads, self.num_heads)
                 write_head_slices(x, dev_rows, dev_heads, values, self.num_heads)
+
             out.append(SiteEdit(layer, "o_proj_input", replace))
         return out
 
@@ -97,6 +104,7 @@ class HeadGaussianNoise(Intervention):
     def edits(self, batch_size: int) -> list[SiteEdit]:
         out = []
         for layer, (rows, heads) in self.groups.items():
+
             def noise(x, rows=rows, heads=heads, layer=layer):
                 seq = x.shape[1]
                 d = x.shape[2] // self.num_heads
@@ -107,6 +115,7 @@ class HeadGaussianNoise(Intervention):
                     std = own.float().std()
                     eps = torch.randn((valid, d), generator=self._generator(layer, head, row))
                     x[row, seq - valid :, cols] = (eps * std).to(device=x.device, dtype=x.dtype)
+
             out.append(SiteEdit(layer, "o_proj_input", noise))
         return out
 

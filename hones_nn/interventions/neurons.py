@@ -31,8 +31,10 @@ class NeuronMask(Intervention):
     def edits(self, batch_size: int) -> list[SiteEdit]:
         out = []
         for layer, idx in self.by_layer.items():
+
             def zero(z, idx=idx):
                 z[..., idx.to(z.device)] = 0
+
             out.append(SiteEdit(layer, "down_proj_input", zero))
         return out
 
@@ -59,9 +61,11 @@ class NeuronScale(Intervention):
     def edits(self, batch_size: int) -> list[SiteEdit]:
         out = []
         for layer, (idx, pos) in self.by_layer.items():
+
             def scale(z, idx=idx, pos=pos):
                 s = self.scales[pos].to(device=z.device, dtype=z.dtype)
                 z[..., idx.to(z.device)] = z[..., idx.to(z.device)] * s
+
             out.append(SiteEdit(layer, "down_proj_input", scale))
         return out
 

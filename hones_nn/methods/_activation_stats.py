@@ -1,6 +1,6 @@
 """Activation statistics of g = act_fn(gate_proj(x)) over prompt positions (AP, MA, APE).
 
-Shared by the activation-statistic baselines of shared/spec/methods.md ("Baselines"):
+Shared by the activation-statistic baselines of docs/methods.md ("Baselines"):
 
 * AP (MINER, Huang et al. 2024): per example, the fraction of the selected positions
   where g_i > 0; averaged over examples;
@@ -27,7 +27,7 @@ Choices where the spec is unsure (stated here once for the three methods):
 
 Recipe: one nnsight trace per batch; at every layer's ``act_output`` site the trace
 reduces g over positions and saves only two [B, d_ff] sums per layer (positions firing, sum of g). Shards are
-checkpointed with :class:`ShardedRun`.
+checkpointed by the engine's shard loop (one run per task's data, so APE resumes task by task).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import nnsight
 import numpy as np
 import torch
 
-from hones_nn.evaluation.engine import encode_prompts
+from hones_nn.engine.encoding import encode_prompts, to_device
+from hones_nn.engine.shards import run_shards
 from hones_nn.interventions.base import SiteEdit, apply_edits
-from hones_nn.runner.shards import ShardedRun
 
 POSITION_CHOICES = ("all", "image", "text")
 
@@ -49,11 +49,6 @@ def positions_option(options: dict) -> str:
     if positions not in POSITION_CHOICES:
         raise ValueError(f"positions={positions!r}; choose one of {', '.join(POSITION_CHOICES)}")
     return positions
-
-
-def stats_prompt(task, item):
-    """The prompt whose prefill is measured: retrieval's positive candidate, else the only prompt."""
-    return task.positive_prompt(item) if task.name == "retrieval" else item.prompts[0]
 
 
 def position_mask(enc, image_token_id: int, positions: str = "all") -> torch.Tensor:
@@ -92,12 +87,12 @@ def activation_stats(ctx, td, item_ids: list[int], positions: str = "all"):
     counts = torch.zeros(len(items), dtype=torch.float64)
     for start in range(0, len(items), ctx.batch_size):
         chunk = items[start : start + ctx.batch_size]
-        prompts = [stats_prompt(td.task, item) for item in chunk]
+        prompts = [td.task.attribution_prompt(item) for item in chunk]
         enc = encode_prompts(ctx.loaded, td.images, prompts, reference_compat=td.task.reference_compat)
         mask = position_mask(enc, sizes.image_token_id, positions)
         n_pos = mask.sum(1).double()
         selected = mask.float().to(engine.device)  # [B, S], 1 on the selected positions
-        inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
+        inputs = to_device(enc.inputs, engine.device)
 
         def reduce(g, selected=selected):
             m = selected.to(g.device).unsqueeze(-1)  # [B, S, 1]
@@ -118,25 +113,48 @@ def activation_stats(ctx, td, item_ids: list[int], positions: str = "all"):
 def mean_activation_stats(ctx, td, positions: str, method: str) -> dict:
     """Example means of AP and MA over ``td`` (checkpointed shards): {"ap", "ma"} [L, d_ff],
     plus "n" (examples in the mean) and "n_without_positions"."""
-    config = {**ctx.run_config(), "method": method, "stats_task": td.task.name, "stats_data": td.data_dir,
-              "stats_split": td.split, "stats_n": td.n, "positions": positions}
-    run = ShardedRun(ctx.checkpoint_dir, config, td.n, int(ctx.options.get("shard_size", 64)))
+    config = {
+        **ctx.run_config(),
+        "method": method,
+        "stats_task": td.task.name,
+        "stats_data": td.data_dir,
+        "stats_split": td.split,
+        "stats_n": td.n,
+        "positions": positions,
+    }
 
-    def compute(shard: range) -> dict[str, np.ndarray]:
-        ap, ma, counts = activation_stats(ctx, td, list(shard), positions)
+    def compute(ids: list[int]) -> dict[str, np.ndarray]:
+        ap, ma, counts = activation_stats(ctx, td, ids, positions)
         keep = counts > 0
-        return {"ap_sum": ap[keep].sum(0).numpy(), "ma_sum": ma[keep].sum(0).numpy(),
-                "count": np.array([float(keep.sum())]), "empty": np.array([float((~keep).sum())])}
+        return {
+            "ap_sum": ap[keep].sum(0).numpy(),
+            "ma_sum": ma[keep].sum(0).numpy(),
+            "count": np.array([float(keep.sum())]),
+            "empty": np.array([float((~keep).sum())]),
+        }
 
-    parts = run.run(compute, desc=f"{method} ({td.task.name}, {positions} positions)", progress=ctx.progress)
-    count = sum(p["count"][0] for p in parts)
-    empty = int(sum(p["empty"][0] for p in parts))
-    if count == 0:
-        raise ValueError(
-            f"task {td.task.name!r}: no example has a {positions!r} prompt position, so the activation "
-            "statistics are undefined; use positions='all'"
-        )
-    out = {"ap": sum(p["ap_sum"] for p in parts) / count, "ma": sum(p["ma_sum"] for p in parts) / count,
-           "n": int(count), "n_without_positions": empty}
-    run.cleanup()
-    return out
+    def reduce(parts: list[dict[str, np.ndarray]]) -> dict:
+        count = sum(p["count"][0] for p in parts)
+        empty = int(sum(p["empty"][0] for p in parts))
+        if count == 0:
+            raise ValueError(
+                f"task {td.task.name!r}: no example has a {positions!r} prompt position, so the activation "
+                "statistics are undefined; use positions='all'"
+            )
+        return {
+            "ap": sum(p["ap_sum"] for p in parts) / count,
+            "ma": sum(p["ma_sum"] for p in parts) / count,
+            "n": int(count),
+            "n_without_positions": empty,
+        }
+
+    return run_shards(
+        ctx.checkpoint_dir,
+        config,
+        td.n,
+        int(ctx.options.get("shard_size", 64)),
+        compute,
+        reduce,
+        desc=f"{method} ({td.task.name}, {positions} positions)",
+        progress=ctx.progress,
+    )

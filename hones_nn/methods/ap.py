@@ -1,6 +1,6 @@
 """AP: activation probability (MINER, Huang et al. 2024), a HONES baseline (section 5.1).
 
-shared/spec/methods.md, "Baselines": for each discovery example x, the fraction of the
+docs/methods.md, "Baselines": for each discovery example x, the fraction of the
 prompt positions of the prefill pass where the gated activation fires,
 
     AP_{l,i}(x) = |{p in P(x) : g_{l,i}(x, p) > 0}| / |P(x)|,    g = act_fn(gate_proj(x)),
@@ -39,6 +39,10 @@ class ActivationProbability(Method):
         stats = mean_activation_stats(ctx, ctx.td, positions, self.name)
         return MethodResult(
             scores=stats["ap"],
-            meta={"positions": positions, "statistic": "mean_x fraction of positions with g > 0",
-                  "n_examples_used": stats["n"], "n_without_positions": stats["n_without_positions"]},
+            meta={
+                "positions": positions,
+                "statistic": "mean_x fraction of positions with g > 0",
+                "n_examples_used": stats["n"],
+                "n_without_positions": stats["n_without_positions"],
+            },
         )

@@ -1,6 +1,6 @@
 """APE: activation probability entropy across tasks (MMNeuron, Huo et al. 2024).
 
-shared/spec/methods.md, "Baselines" (the default, ``variant="mmneuron"``):
+docs/methods.md, "Baselines" (the default, ``variant="mmneuron"``):
 
 1. p_{i,t}: the firing rate of neuron i (g = act_fn(gate_proj(x)) > 0) on task t, i.e.
    AP of :mod:`hones_nn.methods.ap` on the discovery data of each of the four tasks
@@ -46,9 +46,9 @@ import math
 
 import numpy as np
 
-from hones_nn.evaluation.evaluate import prepare_task
 from hones_nn.methods._activation_stats import mean_activation_stats, positions_option
-from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
+from hones_nn.methods.base import Method, MethodResult, Passes, RunContext, register_method
+from hones_nn.tasks.task_data import prepare_task
 
 APE_TASKS = ("vqa", "ocr", "caption", "retrieval")
 VARIANTS = ("mmneuron", "bernoulli")
@@ -69,8 +69,9 @@ def task_entropy(rates: np.ndarray, percentile: float = 95.0) -> tuple[np.ndarra
     return entropy, threshold
 
 
-def ape_scores(rates: np.ndarray, percentile: float = 95.0, own_task: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray, float]:
+def ape_scores(
+    rates: np.ndarray, percentile: float = 95.0, own_task: int | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(finite scores [L, d_ff], entropy with +inf, threshold); rank 1 = lowest entropy.
 
     ``own_task``: index into the rates' task axis; neurons that fire most on another task
@@ -80,8 +81,9 @@ def ape_scores(rates: np.ndarray, percentile: float = 95.0, own_task: int | None
     n_tasks = rates.shape[0]
     entropy, threshold = task_entropy(rates, percentile)
     floor = math.log(n_tasks) + 1.0
-    scores = np.where(np.isfinite(entropy), -np.where(np.isfinite(entropy), entropy, 0.0),
-                      -floor - (1.0 - rates.max(0)))
+    scores = np.where(
+        np.isfinite(entropy), -np.where(np.isfinite(entropy), entropy, 0.0), -floor - (1.0 - rates.max(0))
+    )
     if own_task is not None:
         other = rates.argmax(0) != own_task
         scores = np.where(other, scores - (math.log(n_tasks) + 3.0), scores)
@@ -105,8 +107,15 @@ def _task_data(ctx: RunContext, task: str):
     if limit is None:
         limit = td.n + len(td.skipped)  # the benchmark rows the current task read
     try:
-        return prepare_task(ctx.loaded, task, data=td.data_dir, split=td.split, limit=int(limit),
-                            skip_bad=bool(td.skipped), reference_compat=td.task.reference_compat)
+        return prepare_task(
+            ctx.loaded,
+            task,
+            data=td.data_dir,
+            split=td.split,
+            limit=int(limit),
+            skip_bad=bool(td.skipped),
+            reference_compat=td.task.reference_compat,
+        )
     except ValueError as exc:
         raise ValueError(
             f"APE needs the discovery data of all four tasks ({', '.join(APE_TASKS)}), but task {task!r} "
@@ -122,6 +131,13 @@ class ActivationProbabilityEntropy(Method):
     needs = "discovery split of all four tasks (vqa, ocr, caption, retrieval) on the same benchmark"
     cost = "1 forward per example of each of the 4 tasks (4 per discovery example; 1 with variant='bernoulli')"
     site = "g (act_fn output)"
+    needs_all_tasks = True
+
+    @classmethod
+    def passes(cls, shape, options: dict) -> Passes:
+        if (options.get("variant") or "mmneuron") == "bernoulli":
+            return Passes(1, "1 forward", "forward")
+        return Passes(4, "4 forwards (one per task)", "forward")
 
     def attribute(self, ctx: RunContext) -> MethodResult:
         positions = positions_option(ctx.options)
@@ -133,8 +149,12 @@ class ActivationProbabilityEntropy(Method):
             stats = mean_activation_stats(ctx, ctx.td, positions, self.name)
             return MethodResult(
                 scores=bernoulli_entropy(stats["ap"]),
-                meta={"variant": variant, "positions": positions, "n_examples_used": {current: stats["n"]},
-                      "rule": "Bernoulli entropy of the task's firing rate, descending (HONES appendix D.3)"},
+                meta={
+                    "variant": variant,
+                    "positions": positions,
+                    "n_examples_used": {current: stats["n"]},
+                    "rule": "Bernoulli entropy of the task's firing rate, descending (HONES appendix D.3)",
+                },
             )
         if current not in APE_TASKS:
             raise ValueError(f"APE is defined over the tasks {', '.join(APE_TASKS)}, not {current!r}; use 'ap' or 'ma'")
@@ -151,7 +171,15 @@ class ActivationProbabilityEntropy(Method):
         return MethodResult(
             scores=scores,
             extra={"rates": rates, "entropy": entropy},
-            meta={"variant": variant, "positions": positions, "tasks": list(APE_TASKS), "n_examples_used": used,
-                  "percentile": percentile, "rate_threshold": threshold, "n_kept": kept, "own_task": own_task,
-                  "rule": "score = -H (kept); -(ln T + 1) - (1 - max_t p) for H = +inf"},
+            meta={
+                "variant": variant,
+                "positions": positions,
+                "tasks": list(APE_TASKS),
+                "n_examples_used": used,
+                "percentile": percentile,
+                "rate_threshold": threshold,
+                "n_kept": kept,
+                "own_task": own_task,
+                "rule": "score = -H (kept); -(ln T + 1) - (1 - max_t p) for H = +inf",
+            },
         )

@@ -1,6 +1,6 @@
 """Attribution-patching (AtP) pre-screen of V-SEAM head scores, then exact verification.
 
-Spec (shared/spec/methods.md, "Attribution patching pre-screen"): for head h of layer l,
+Spec (docs/methods.md, "Attribution patching pre-screen"): for head h of layer l,
 with x the ``o_proj`` input viewed as [S, H, d_head] and U a differentiable utility,
 
     drop_h(x) = U(x) - U(x; theta_h)  ~=  sum_positions (x_h - mean_{h' != h} x_{h'}) . dU/dx_h
@@ -60,19 +60,30 @@ import nnsight
 import numpy as np
 import torch
 
-from hones_nn.evaluation.engine import encode_prompts
-from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
-from hones_nn.methods.grad import frozen_parameters
-from hones_nn.methods.vseam import exact_head_utilities
-from hones_nn.runner.shards import ShardedRun
+from hones_nn.engine.encoding import encode_prompts, to_device
+from hones_nn.engine.readout import frozen_parameters
+from hones_nn.engine.shards import run_shards
+from hones_nn.methods.base import (
+    Method,
+    MethodResult,
+    Passes,
+    RunContext,
+    default_top_heads,
+    head_utility,
+    register_method,
+    top_heads_option,
+)
+from hones_nn.methods.vseam import exact_head_utilities, utility_passes
 from hones_nn.tasks.retrieval import decision_token_ids
 
 SCREEN_UTILITY = {
     "generative": "teacher-forced log-prob of the gold answer (sum over answer tokens, EOS excluded)",
     "retrieval": "logit-diff margin: (logit(' Yes') - logit(' No'))(positive) - mean over negatives, at T",
 }
-RANK_RULE = ("verified heads (exact V-SEAM score) rank 1..N by exact score; unverified heads rank N+1.. by "
-             "screen estimate, score = screen estimate, intervened_utility = NaN")
+RANK_RULE = (
+    "verified heads (exact V-SEAM score) rank 1..N by exact score; unverified heads rank N+1.. by "
+    "screen estimate, score = screen estimate, intervened_utility = NaN"
+)
 
 
 def head_estimates(x: torch.Tensor, grad: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -88,16 +99,7 @@ def head_estimates(x: torch.Tensor, grad: torch.Tensor, num_heads: int) -> torch
 
 def _rows(task, items):
     """(item index, prompt, weight) rows whose weighted utility sum is each item's U."""
-    rows = []
-    for i, item in enumerate(items):
-        if task.name == "retrieval":
-            pos = item.data["positive_index"]
-            n_neg = len(item.prompts) - 1
-            for p, prompt in enumerate(item.prompts):
-                rows.append((i, prompt, 1.0 if p == pos else -1.0 / max(1, n_neg)))
-        else:
-            rows.append((i, item.prompts[0], 1.0))
-    return rows
+    return [(i, prompt, weight) for i, item in enumerate(items) for prompt, weight in task.screen_rows(item)]
 
 
 def atp_scores(ctx: RunContext, item_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -109,14 +111,19 @@ def atp_scores(ctx: RunContext, item_ids: list[int]) -> tuple[np.ndarray, np.nda
     rows = _rows(task, items)
     estimates = np.zeros((len(items), num_layers, num_heads))
     clean = np.zeros(len(items))
-    retrieval = task.name == "retrieval"
+    retrieval = not task.generative  # decision-scored: U is a Yes-No logit-difference margin
     if retrieval:
         yes, no = decision_token_ids(engine.tokenizer)
     for start in range(0, len(rows), ctx.batch_size):
         chunk = rows[start : start + ctx.batch_size]
-        enc = encode_prompts(ctx.loaded, ctx.td.images, [p for _, p, _ in chunk], with_answers=not retrieval,
-                             reference_compat=task.reference_compat)
-        inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
+        enc = encode_prompts(
+            ctx.loaded,
+            ctx.td.images,
+            [p for _, p, _ in chunk],
+            with_answers=not retrieval,
+            reference_compat=task.reference_compat,
+        )
+        inputs = to_device(enc.inputs, engine.device)
         weights = torch.tensor([w for _, _, w in chunk], dtype=torch.float32, device=engine.device)
         batch = len(chunk)
         if not retrieval:
@@ -124,30 +131,29 @@ def atp_scores(ctx: RunContext, item_ids: list[int]) -> tuple[np.ndarray, np.nda
             answer = enc.answer_mask.to(engine.device)[:, 1:].clone()
             last = answer.shape[1] - 1 - answer.flip(1).float().argmax(1)
             answer[torch.arange(batch, device=answer.device), last] = False  # drop EOS
-        with frozen_parameters(ctx.loaded.model), torch.enable_grad():
-            with engine.envoy.trace(**inputs):
-                xs = []
-                for layer in range(num_layers):
-                    x = adapter.o_proj(engine.envoy, layer).input
-                    if layer == 0:
-                        x.requires_grad_(True)  # the graph starts here: every later o_proj input is on it
-                    xs.append(x)
-                logits = adapter.lm_head(engine.envoy).output
-                if retrieval:
-                    last_logits = logits[:, -1].float()
-                    row_u = last_logits[:, yes] - last_logits[:, no]
-                else:
-                    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                    token_lp = logprobs.gather(-1, ids[:, 1:, None])[..., 0]
-                    row_u = (token_lp * answer).sum(1)
-                saved_u = row_u.detach().cpu().save()
-                loss = (row_u * weights).sum()
-                with loss.backward():
-                    per_layer = []
-                    for layer in reversed(range(num_layers)):
-                        x = xs[layer]
-                        per_layer.append(head_estimates(x.detach(), x.grad, num_heads).cpu())
-                    saved = nnsight.save(per_layer)
+        with frozen_parameters(ctx.loaded.model), torch.enable_grad(), engine.envoy.trace(**inputs):
+            xs = []
+            for layer in range(num_layers):
+                x = adapter.o_proj(engine.envoy, layer).input
+                if layer == 0:
+                    x.requires_grad_(True)  # the graph starts here: every later o_proj input is on it
+                xs.append(x)
+            logits = adapter.lm_head(engine.envoy).output
+            if retrieval:
+                last_logits = logits[:, -1].float()
+                row_u = last_logits[:, yes] - last_logits[:, no]
+            else:
+                logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+                token_lp = logprobs.gather(-1, ids[:, 1:, None])[..., 0]
+                row_u = (token_lp * answer).sum(1)
+            saved_u = row_u.detach().cpu().save()
+            loss = (row_u * weights).sum()
+            with loss.backward():
+                per_layer = []
+                for layer in reversed(range(num_layers)):
+                    x = xs[layer]
+                    per_layer.append(head_estimates(x.detach(), x.grad, num_heads).cpu())
+                saved = nnsight.save(per_layer)
         est = torch.stack(list(reversed(saved)), dim=1).double().numpy()  # [rows, L, H]
         row_u = saved_u.double().numpy()
         for k, (i, _, w) in enumerate(chunk):
@@ -169,27 +175,38 @@ class AtpScreenHeads(Method):
     name = "atp-screen"
     kind = "heads"
     site = "o_proj input, one head slice (first-order estimate, then exact)"
-    summary = ("AtP pre-screen of V-SEAM: drop_h ~= sum_pos (x_h - mean_{h'!=h} x_h') . dU/dx_h (first-order "
-               "Taylor term of the mean replacement, U = teacher-forced log-prob of the gold answer; retrieval: "
-               "Yes-No logit-diff margin); the top N heads (default 4 x K_h) re-scored exactly by V-SEAM, the "
-               "others keep the estimate and rank below them")
+    summary = (
+        "AtP pre-screen of V-SEAM: drop_h ~= sum_pos (x_h - mean_{h'!=h} x_h') . dU/dx_h (first-order "
+        "Taylor term of the mean replacement, U = teacher-forced log-prob of the gold answer; retrieval: "
+        "Yes-No logit-diff margin); the top N heads (default 4 x K_h) re-scored exactly by V-SEAM, the "
+        "others keep the estimate and rank below them"
+    )
     needs = "discovery split of the task (gold answers)"
     cost = "1 forward + 1 backward per example (retrieval: per candidate) + (N + 1) V-SEAM evaluations, N = verify_top"
-    approximation = ("first-order Taylor estimate of the mean-replacement drop at the clean run, on the "
-                     "teacher-forced log-prob of the gold answer (retrieval: Yes-No logit-diff margin) whatever "
-                     "--utility is; ignores the higher-order terms (mean replacement is not a small change), so only "
-                     "the top --verify-top heads (default 4 x K_h) carry exact V-SEAM scores; the rest keep the "
-                     "estimate and rank below them")
+    approximation = (
+        "first-order Taylor estimate of the mean-replacement drop at the clean run, on the "
+        "teacher-forced log-prob of the gold answer (retrieval: Yes-No logit-diff margin) whatever "
+        "--utility is; ignores the higher-order terms (mean replacement is not a small change), so only "
+        "the top --verify-top heads (default 4 x K_h) carry exact V-SEAM scores; the rest keep the "
+        "estimate and rank below them"
+    )
+
+    needs_gradients = True
+
+    @classmethod
+    def passes(cls, shape, options: dict) -> Passes:
+        verify = options.get("verify_top")
+        n = int(verify) if verify is not None else 4 * top_heads_option(shape, options)
+        what, _ = utility_passes(head_utility(options))
+        return Passes(n + 2, f"1 forward + 1 backward (screen) + {n + 1} {what} (verify N = {n})", "backward")
 
     def attribute(self, ctx: RunContext) -> MethodResult:
-        utility = ctx.options.get("utility", "metric")
+        utility = head_utility(ctx.options)
         caption_corpus = bool(ctx.options.get("caption_corpus", False))
         sizes = ctx.sizes
         total = sizes.num_layers * sizes.num_heads
         verify_top = ctx.options.get("verify_top")
         if verify_top is None:
-            from hones_nn.runner.pipeline import default_top_heads
-
             verify_top = 4 * default_top_heads(sizes.num_layers, sizes.num_heads)
         verify_top = int(verify_top)
         if verify_top < 0:
@@ -199,18 +216,26 @@ class AtpScreenHeads(Method):
             raise ValueError("mean replacement needs at least 2 heads per layer")
 
         start = time.perf_counter()
-        run = ShardedRun(ctx.checkpoint_dir, {"method": "atp-screen", **ctx.run_config()}, ctx.td.n,
-                         int(ctx.options.get("shard_size", 64)))
 
-        def compute(shard: range) -> dict[str, np.ndarray]:
-            est, clean = atp_scores(ctx, list(shard))
+        def compute(ids: list[int]) -> dict[str, np.ndarray]:
+            est, clean = atp_scores(ctx, ids)
             return {"est_sum": est.sum(0), "clean_sum": np.array([clean.sum()]), "count": np.array([float(len(clean))])}
 
-        parts = run.run(compute, desc=f"AtP head screen ({ctx.td.task.name})", progress=ctx.progress)
-        count = sum(p["count"][0] for p in parts)
-        screen = sum(p["est_sum"] for p in parts) / count  # [L, H]
-        screen_base = float(sum(p["clean_sum"][0] for p in parts) / count)
-        run.cleanup()
+        def reduce(parts: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, float]:
+            count = sum(p["count"][0] for p in parts)
+            screen = sum(p["est_sum"] for p in parts) / count  # [L, H]
+            return screen, float(sum(p["clean_sum"][0] for p in parts) / count)
+
+        screen, screen_base = run_shards(
+            ctx.checkpoint_dir,
+            {"method": "atp-screen", **ctx.run_config()},
+            ctx.td.n,
+            int(ctx.options.get("shard_size", 64)),
+            compute,
+            reduce,
+            desc=f"AtP head screen ({ctx.td.task.name})",
+            progress=ctx.progress,
+        )
         screen_seconds = time.perf_counter() - start
 
         meta = {
@@ -218,22 +243,33 @@ class AtpScreenHeads(Method):
             "caption_corpus": caption_corpus,
             "screen": "atp",
             "verify_top": verify_top,
-            "screen_utility": SCREEN_UTILITY["retrieval" if ctx.td.task.name == "retrieval" else "generative"],
+            "screen_utility": SCREEN_UTILITY["generative" if ctx.td.task.generative else "retrieval"],
             "screen_scores": screen.tolist(),
             "screen_base_utility": screen_base,
             "screen_seconds": round(screen_seconds, 3),
         }
         if verify_top == 0:
-            meta.update(verified_heads=[], rank_rule="screen only: score = screen estimate, ranks from it, "
-                                                     "intervened_utility = base - estimate (first order)")
-            return MethodResult(scores=screen, kind="heads",
-                                extra={"base_utility": screen_base, "intervened": screen_base - screen},
-                                meta=meta)
+            meta.update(
+                verified_heads=[],
+                rank_rule="screen only: score = screen estimate, ranks from it, "
+                "intervened_utility = base - estimate (first order)",
+            )
+            return MethodResult(
+                scores=screen,
+                kind="heads",
+                extra={"base_utility": screen_base, "intervened": screen_base - screen},
+                meta=meta,
+            )
 
         verified = top_heads_by(screen, verify_top)
         start = time.perf_counter()
-        base, intervened = exact_head_utilities(ctx, verified, utility, caption_corpus,
-                                                desc=f"V-SEAM verification of {verify_top} heads ({ctx.td.task.name})")
+        base, intervened = exact_head_utilities(
+            ctx,
+            verified,
+            utility,
+            caption_corpus,
+            desc=f"V-SEAM verification of {verify_top} heads ({ctx.td.task.name})",
+        )
         exact = base - intervened
         scores = screen.copy()
         inter = np.full(screen.shape, np.nan)
@@ -248,8 +284,14 @@ class AtpScreenHeads(Method):
         rest = [h for h in top_heads_by(screen, total) if h not in chosen]
         for r, (layer, head) in enumerate(rest, start=verify_top + 1):
             ranks[layer, head] = r
-        meta.update(verified_heads=[list(h) for h in verified], rank_rule=RANK_RULE,
-                    verify_seconds=round(time.perf_counter() - start, 3))
-        return MethodResult(scores=scores, kind="heads",
-                            extra={"base_utility": float(base), "intervened": inter, "ranks": ranks},
-                            meta=meta)
+        meta.update(
+            verified_heads=[list(h) for h in verified],
+            rank_rule=RANK_RULE,
+            verify_seconds=round(time.perf_counter() - start, 3),
+        )
+        return MethodResult(
+            scores=scores,
+            kind="heads",
+            extra={"base_utility": float(base), "intervened": inter, "ranks": ranks},
+            meta=meta,
+        )

@@ -2,7 +2,7 @@
 
 Zhang and Nanda (2024) study activation patching of groups of components but define no
 FFN-neuron ranking; the HONES paper compares against one (Tables 1-2, appendix D.6).
-**This recipe is our construction** (shared/spec/methods.md, "Baselines"), per example x:
+**This recipe is our construction** (docs/methods.md, "Baselines"), per example x:
 
 1. **Clean run**: z_l(T) of every layer, the logits at T, and the input of the first
    decoder layer (the merged embeddings: text embeddings with the projected image
@@ -44,7 +44,7 @@ FFN-neuron ranking; the HONES paper compares against one (Tables 1-2, appendix D
    ``unrefined="zero"``: only neurons scored alone keep a score, every other neuron 0.
 7. **Table**: the mean over the non-skipped examples.
 
-Everything runs under ``torch.no_grad``; shards checkpoint sums per ``ShardedRun``.
+Everything runs under ``torch.no_grad``; shards checkpoint sums through the engine's shard loop.
 
 Cost per example (no backward): 2 + ceil(L * ceil(d_ff / G) / batch_size) forwards
 + about log2(G) refinement rounds of up to 2 * beam * refine rows.
@@ -53,16 +53,18 @@ Cost per example (no backward): 2 + ceil(L * ceil(d_ff / G) / batch_size) forwar
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import nnsight
 import numpy as np
 import torch
 
+from hones_nn.engine.encoding import encode_prompts, repeat_inputs, to_device
+from hones_nn.engine.readout import attribution_inputs, image_positions
 from hones_nn.interventions.base import SiteEdit, apply_edits
-from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
-from hones_nn.methods.grad import encode_items, gold_token_id, image_positions, method_prompt, repeat_inputs
-from hones_nn.runner.shards import ShardedRun
+from hones_nn.methods.base import Method, MethodResult, Passes, RunContext, ShardPlan, register_method
+from hones_nn.methods.grad import gold_token_id
 
 UNREFINED = ("share", "zero")
 
@@ -70,8 +72,9 @@ UNREFINED = ("share", "zero")
 # ---------------------------------------------------------------- runs
 
 
-def _metric_rows(ctx: RunContext, inputs: dict, noise: torch.Tensor | None, groups: list, clean_z: torch.Tensor
-                 ) -> torch.Tensor:
+def _metric_rows(
+    ctx: RunContext, inputs: dict, noise: torch.Tensor | None, groups: list, clean_z: torch.Tensor
+) -> torch.Tensor:
     """Logits at T [len(groups), vocab] of the corrupted run, each row patching one group.
 
     ``groups``: (layer, LongTensor of neuron indices) or None (no patch). ``noise``:
@@ -92,8 +95,10 @@ def _metric_rows(ctx: RunContext, inputs: dict, noise: torch.Tensor | None, grou
             mask[r, idx] = True
         edits = []
         for layer, mask in masks.items():
-            def patch(z, mask=mask.to(engine.device), value=clean_z[layer]):
+
+            def patch(z, mask=mask.to(engine.device), value=clean_z[layer]):  # noqa: B008 (bound per layer)
                 z[:, -1] = torch.where(mask, value.to(z.device, z.dtype), z[:, -1])
+
             edits.append(SiteEdit(layer, "down_proj_input", patch))
         with torch.no_grad(), engine.envoy.trace(**rows):
             if noise is not None:
@@ -112,8 +117,9 @@ def clean_run(ctx: RunContext, inputs: dict) -> tuple[torch.Tensor, torch.Tensor
     num_layers = ctx.sizes.num_layers
     with torch.no_grad(), engine.envoy.trace(**inputs):
         h0 = nnsight.save(adapter.layer(engine.envoy, 0).input[0].detach().clone())
-        z = nnsight.save([adapter.down_proj(engine.envoy, layer).input[0, -1].detach().clone()
-                          for layer in range(num_layers)])
+        z = nnsight.save(
+            [adapter.down_proj(engine.envoy, layer).input[0, -1].detach().clone() for layer in range(num_layers)]
+        )
         logits = nnsight.save(adapter.lm_head(engine.envoy).output[0, -1].float().cpu())
     return torch.stack(list(z)), logits, h0
 
@@ -129,15 +135,19 @@ def _counterfactual_image(ctx: RunContext, item):
     return source  # a PIL image
 
 
-def corruption(ctx: RunContext, item, clean_h0: torch.Tensor, clean_inputs: dict
-               ) -> tuple[dict, torch.Tensor | None]:
+def corruption(ctx: RunContext, item, clean_h0: torch.Tensor, clean_inputs: dict) -> tuple[dict, torch.Tensor | None]:
     """(inputs of the corrupted run, noise [S, H] for layer 0's input or None)."""
     if ctx.options.get("counterfactual") is not None:
-        prompt = method_prompt(ctx.td.task, item)
-        enc = ctx.loaded.adapter.encode(ctx.loaded.processor, [_counterfactual_image(ctx, item)], [prompt.user_text])
-        return {k: v.to(ctx.engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}, None
+        prompt = ctx.td.task.attribution_prompt(item)
+        enc = encode_prompts(
+            ctx.loaded,
+            [_counterfactual_image(ctx, item)],
+            [replace(prompt, image_index=0)],
+            reference_compat=ctx.td.task.reference_compat,
+        )
+        return to_device(enc.inputs, ctx.engine.device), None
     scale = float(ctx.options.get("noise_scale", 3.0))
-    image = image_positions(ctx, clean_inputs["input_ids"])[0].cpu()
+    image = image_positions(clean_inputs["input_ids"], ctx.sizes.image_token_id)[0].cpu()
     sigma = float(clean_h0[image.to(clean_h0.device)].float().std())
     generator = torch.Generator().manual_seed(int(ctx.seed) * 1_000_003 + int(item.row))
     noise = torch.zeros(tuple(clean_h0.shape), dtype=torch.float32)
@@ -146,14 +156,23 @@ def corruption(ctx: RunContext, item, clean_h0: torch.Tensor, clean_inputs: dict
 
 
 def blocks_of(num_layers: int, d_ff: int, block: int) -> list[tuple[int, torch.Tensor]]:
-    return [(layer, torch.arange(s, min(s + block, d_ff))) for layer in range(num_layers) for s in range(0, d_ff, block)]
+    return [
+        (layer, torch.arange(s, min(s + block, d_ff))) for layer in range(num_layers) for s in range(0, d_ff, block)
+    ]
 
 
-def example_scores(ctx: RunContext, item, block: int = 256, refine: int = 4, beam: int = 4,
-                   unrefined: str = "share", min_gap: float = 1e-6) -> dict | None:
+def example_scores(
+    ctx: RunContext,
+    item,
+    block: int = 256,
+    refine: int = 4,
+    beam: int = 4,
+    unrefined: str = "share",
+    min_gap: float = 1e-6,
+) -> dict | None:
     """One example: {"neurons": [L, d_ff], "blocks": [n_blocks] recoveries, ...}; None if skipped."""
     sizes = ctx.sizes
-    inputs = encode_items(ctx, [item])
+    inputs = attribution_inputs(ctx.engine, ctx.td, [item])
     clean_z, clean_logits, h0 = clean_run(ctx, inputs)
     corrupt_inputs, noise = corruption(ctx, item, h0, inputs)
     y = gold_token_id(ctx, item)
@@ -205,14 +224,24 @@ def example_scores(ctx: RunContext, item, block: int = 256, refine: int = 4, bea
 @register_method
 class GroupPatching(Method):
     name = "group-patching"
-    summary = ("Group patching (our construction after Zhang & Nanda 2024): normalised recovery of clean z(T) "
-               "blocks patched into an image-corrupted run, top blocks refined by halving")
+    summary = (
+        "Group patching (our construction after Zhang & Nanda 2024): normalised recovery of clean z(T) "
+        "blocks patched into an image-corrupted run, top blocks refined by halving"
+    )
     needs = "discovery split of the task (gold answers); optional counterfactual image"
-    cost = ("2 + ceil(L * ceil(d_ff / G) / batch_size) forwards + ~log2(G) refinement rounds of "
-            "<= 2 * beam * refine rows per example (G = block, default 256; no backward)")
+    cost = (
+        "2 + ceil(L * ceil(d_ff / G) / batch_size) forwards + ~log2(G) refinement rounds of "
+        "<= 2 * beam * refine rows per example (G = block, default 256; no backward)"
+    )
     site = "z (down_proj input) at T; corruption on the image-token embeddings"
 
-    def attribute(self, ctx: RunContext) -> MethodResult:
+    @classmethod
+    def passes(cls, shape, options: dict) -> Passes:
+        block = int(options.get("block", 256))
+        rows = 2 + shape.num_layers * math.ceil(shape.d_ff / block)
+        return Passes(rows, f"{rows} forwards (2 + L * ceil(d_ff / G), G = {block}) + refinement", "forward")
+
+    def plan(self, ctx: RunContext) -> ShardPlan:
         opts = ctx.options
         block = int(opts.get("block", 256))
         refine = int(opts.get("refine", 4))
@@ -224,31 +253,49 @@ class GroupPatching(Method):
         if unrefined not in UNREFINED:
             raise ValueError(f"unknown unrefined rule {unrefined!r}; choose one of {', '.join(UNREFINED)}")
         source = opts.get("counterfactual")
-        corruption_name = ("noise" if source is None else
-                           f"counterfactual:{source}" if isinstance(source, (str, Path)) else
-                           f"counterfactual:{type(source).__name__}")
-        settings = {"block": block, "refine": refine, "beam": beam, "unrefined": unrefined, "min_gap": min_gap,
-                    "noise_scale": float(opts.get("noise_scale", 3.0)), "corruption": corruption_name}
-        config = {"method": self.name, **settings, **ctx.run_config()}
-        run = ShardedRun(ctx.checkpoint_dir, config, ctx.td.n, int(opts.get("shard_size", 64)))
-        n_blocks = ctx.sizes.num_layers * math.ceil(ctx.sizes.d_ff / block)
+        corruption_name = (
+            "noise"
+            if source is None
+            else f"counterfactual:{source}"
+            if isinstance(source, (str, Path))
+            else f"counterfactual:{type(source).__name__}"
+        )
+        return ShardPlan(
+            config={
+                "block": block,
+                "refine": refine,
+                "beam": beam,
+                "unrefined": unrefined,
+                "min_gap": min_gap,
+                "noise_scale": float(opts.get("noise_scale", 3.0)),
+                "corruption": corruption_name,
+            }
+        )
 
-        def compute(shard: range) -> dict[str, np.ndarray]:
-            total = torch.zeros(ctx.sizes.num_layers, ctx.sizes.d_ff, dtype=torch.float64)
-            block_total = torch.zeros(n_blocks, dtype=torch.float64)
-            count = skipped = 0
-            for i in shard:
-                result = example_scores(ctx, ctx.td.items[i], block, refine, beam, unrefined, min_gap)
-                if result is None:
-                    skipped += 1
-                    continue
-                total += result["neurons"]
-                block_total += result["blocks"]
-                count += 1
-            return {"sum": total.numpy(), "block_sum": block_total.numpy(),
-                    "count": np.array([float(count)]), "skipped": np.array([float(skipped)])}
+    def shard(self, ctx: RunContext, item_ids: list[int], plan: ShardPlan) -> dict[str, np.ndarray]:
+        c = plan.config
+        n_blocks = ctx.sizes.num_layers * math.ceil(ctx.sizes.d_ff / c["block"])
+        total = torch.zeros(ctx.sizes.num_layers, ctx.sizes.d_ff, dtype=torch.float64)
+        block_total = torch.zeros(n_blocks, dtype=torch.float64)
+        count = skipped = 0
+        for i in item_ids:
+            result = example_scores(
+                ctx, ctx.td.items[i], c["block"], c["refine"], c["beam"], c["unrefined"], c["min_gap"]
+            )
+            if result is None:
+                skipped += 1
+                continue
+            total += result["neurons"]
+            block_total += result["blocks"]
+            count += 1
+        return {
+            "sum": total.numpy(),
+            "block_sum": block_total.numpy(),
+            "count": np.array([float(count)]),
+            "skipped": np.array([float(skipped)]),
+        }
 
-        parts = run.run(compute, desc=f"{self.name} ({ctx.td.task.name})", progress=ctx.progress)
+    def reduce(self, ctx: RunContext, parts: list[dict[str, np.ndarray]], plan: ShardPlan) -> MethodResult:
         count = sum(p["count"][0] for p in parts)
         skipped = sum(p["skipped"][0] for p in parts)
         if count == 0:
@@ -259,10 +306,13 @@ class GroupPatching(Method):
             )
         scores = sum(p["sum"] for p in parts) / count
         blocks_mean = (sum(p["block_sum"] for p in parts) / count).reshape(ctx.sizes.num_layers, -1)
-        run.cleanup()
         return MethodResult(
             scores=scores,
-            meta={**settings, "n_used": int(count), "n_skipped_no_gap": int(skipped),
-                  "metric": "logit(y) - logit(t*) at T, t* = top token of the corrupted run (runner-up if = y)",
-                  "mean_block_recovery": blocks_mean.round(6).tolist()},
+            meta={
+                **plan.config,
+                "n_used": int(count),
+                "n_skipped_no_gap": int(skipped),
+                "metric": "logit(y) - logit(t*) at T, t* = top token of the corrupted run (runner-up if = y)",
+                "mean_block_recovery": blocks_mean.round(6).tolist(),
+            },
         )

@@ -18,7 +18,7 @@ top K_h heads, weighted by their V-SEAM scores S_h (heads with S_h <= 0 dropped)
 
 ``reference_compat=True`` reproduces the official code instead: the positive part of the
 difference of means, max(0, E_x c - E_x c_h); ties, token rules and IDF documents as the
-reference (see shared/spec/reference-code-behaviour.md); if no head has a positive
+reference (see docs/reference-code-behaviour.md); if no head has a positive
 score, the signed mean contribution.
 
 Neurons in layers below head h's layer cannot be affected by h: their difference is
@@ -34,82 +34,37 @@ Cost: (1 + K_h) forwards per example, no generation, every neuron at once.
 
 from __future__ import annotations
 
-import math
 import random
-from collections import Counter
 
 import nnsight
 import numpy as np
 import torch
 
+from hones_nn.engine.encoding import encode_rows
+from hones_nn.engine.sweep import make_intervention
+from hones_nn.engine.tables import ScoreTable
 from hones_nn.interventions.base import SiteEdit, apply_edits
-from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
-from hones_nn.runner.shards import ShardedRun
-from hones_nn.runner.sweep import encode_rows, make_intervention
-from hones_nn.runner.tables import ScoreTable
-from hones_nn.tasks.retrieval import decision_token_ids
-
-MAX_TARGET_TOKENS = 128
-
+from hones_nn.methods.base import (
+    Method,
+    MethodResult,
+    Passes,
+    RunContext,
+    ShardPlan,
+    register_method,
+    top_heads_option,
+)
 
 # ---------------------------------------------------------------- target directions
 
 
-def _special_ids(tokenizer) -> set[int]:
-    ids = set(tokenizer.all_special_ids)
-    if tokenizer.unk_token_id is not None:
-        ids.add(tokenizer.unk_token_id)
-    return ids
-
-
-def target_token_ids(tokenizer, text: str, limit: int = MAX_TARGET_TOKENS) -> list[int]:
-    """encode(text) without special tokens, specials (unk included) removed, duplicates kept."""
-    special = _special_ids(tokenizer)
-    ids = [t for t in tokenizer(text, add_special_tokens=False)["input_ids"] if t not in special]
-    return ids[:limit]
-
-
-def caption_idf(tokenizer, items, reference_compat: bool = False) -> dict[int, float]:
-    """idf(t) = ln((n+1)/(df(t)+1)) + 1 over the split's references.
-
-    Paper default: one document per image (the set of tokens of all its references).
-    Reference code: one document per reference.
-    """
-    documents = []
-    for item in items:
-        refs = item.data["references"]
-        if reference_compat:
-            documents.extend(set(target_token_ids(tokenizer, r)) for r in refs)
-        else:
-            documents.append({t for r in refs for t in target_token_ids(tokenizer, r)})
-    df = Counter(t for doc in documents for t in doc)
-    n = len(documents)
-    return {t: math.log((n + 1) / (d + 1)) + 1.0 for t, d in df.items()}
-
-
-def target_directions(ctx: RunContext, items, idf: dict[int, float] | None) -> torch.Tensor:
-    """u_y per item, [n_items, hidden], unit norm (eps 1e-12)."""
-    tokenizer = ctx.engine.tokenizer
+def target_directions(ctx: RunContext, items, context=None) -> torch.Tensor:
+    """u_y per item, [n_items, hidden], unit norm (eps 1e-12): the weighted mean of the
+    unembedding rows of the task's direction tokens (``Task.direction_tokens``)."""
+    tokenizer, task = ctx.engine.tokenizer, ctx.td.task
     W_U = ctx.loaded.adapter.lm_head(ctx.loaded.model).weight.detach().float().cpu()
-    task = ctx.td.task
-    compat = task.reference_compat
     rows = []
     for item in items:
-        if task.name == "retrieval":
-            if compat:
-                ids, weights = target_token_ids(tokenizer, "Yes")[:1], [1.0]
-            else:
-                ids, weights = [decision_token_ids(tokenizer)[0]], [1.0]
-        elif task.name == "caption":
-            refs = item.data["references"][:5]
-            if compat:
-                ids = target_token_ids(tokenizer, " ".join(refs))
-            else:
-                ids = [t for r in refs for t in target_token_ids(tokenizer, r)][:MAX_TARGET_TOKENS]
-            weights = [idf.get(t, 1.0) for t in ids]
-        else:
-            ids = target_token_ids(tokenizer, task.target_texts(item)[0])
-            weights = [1.0] * len(ids)
+        ids, weights = task.direction_tokens(tokenizer, item, context)
         if not ids:
             raise ValueError(
                 f"item {item.item_id!r}: the target {task.target_texts(item)!r} has no non-special tokens in this "
@@ -121,16 +76,13 @@ def target_directions(ctx: RunContext, items, idf: dict[int, float] | None) -> t
     return torch.stack(rows)
 
 
-def hones_prompt(task, item):
-    return task.positive_prompt(item) if task.name == "retrieval" else item.prompts[0]
-
-
 # ---------------------------------------------------------------- contributions
 
 
 @torch.no_grad()
-def contributions(ctx: RunContext, item_ids: list[int], conditions: list, mode: str = "mean",
-                  u: torch.Tensor | None = None) -> torch.Tensor:
+def contributions(
+    ctx: RunContext, item_ids: list[int], conditions: list, mode: str = "mean", u: torch.Tensor | None = None
+) -> torch.Tensor:
     """c [n_items, n_conditions, L, d_ff] at T, each item under each condition.
 
     Recipe: rows are (item, condition) pairs; one trace per batch reads z(T) of every
@@ -143,37 +95,48 @@ def contributions(ctx: RunContext, item_ids: list[int], conditions: list, mode: 
     if u is None:
         raise ValueError("target directions u_y are required")
     # W_down^T u_y per item and layer: [L, n_items, d_ff]
-    proj = torch.stack([
-        u @ adapter.down_proj(ctx.loaded.model, layer).weight.detach().float().cpu()
-        for layer in range(sizes.num_layers)
-    ])
+    proj = torch.stack(
+        [
+            u @ adapter.down_proj(ctx.loaded.model, layer).weight.detach().float().cpu()
+            for layer in range(sizes.num_layers)
+        ]
+    )
     out = torch.zeros(len(items), len(conditions), sizes.num_layers, sizes.d_ff, dtype=torch.float64)
     rows = [(i, c) for i in range(len(items)) for c in range(len(conditions))]
     num_heads = sizes.num_heads
     encodings: dict = {}  # the previous batch's encoding, reused when it holds the same prompts
     for start in range(0, len(rows), ctx.batch_size):
         chunk = rows[start : start + ctx.batch_size]
-        prompts = [hones_prompt(ctx.td.task, items[i]) for i, _ in chunk]
-        enc = encode_rows(ctx.loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat,
-                          cache=encodings)
+        prompts = [ctx.td.task.attribution_prompt(items[i]) for i, _ in chunk]
+        enc = encode_rows(
+            ctx.loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat, cache=encodings
+        )
         inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
 
         class _Rows:  # the condition of each row, for make_intervention
             def __init__(self, c):
                 self.condition = c
 
-        intervention = make_intervention(conditions, [_Rows(c) for _, c in chunk], num_heads, mode, seed=ctx.seed,
-                                         row_keys=[items[i].item_id for i, _ in chunk],
-                                         valid_lengths=enc.inputs["attention_mask"].sum(1).tolist())
+        intervention = make_intervention(
+            conditions,
+            [_Rows(c) for _, c in chunk],
+            num_heads,
+            mode,
+            seed=ctx.seed,
+            row_keys=[items[i].item_id for i, _ in chunk],
+            valid_lengths=enc.inputs["attention_mask"].sum(1).tolist(),
+        )
         row_proj = proj[:, [i for i, _ in chunk]].to(engine.device)  # [L, rows, d_ff]
         edits = intervention.edits(len(chunk)) if intervention is not None else []
         for layer in range(sizes.num_layers):
-            def read(z, layer=layer):
+
+            def read(z, layer=layer, row_proj=row_proj):
                 return (z[:, -1].float() * row_proj[layer]).cpu()
+
             edits.append(SiteEdit(layer, "down_proj_input", read))
         with engine.envoy.trace(**inputs):
             saved = nnsight.save(apply_edits(engine.envoy, adapter, edits))
-        c = torch.stack([s for s in saved[-sizes.num_layers:]], dim=1)  # [rows, L, d_ff]
+        c = torch.stack(list(saved[-sizes.num_layers :]), dim=1)  # [rows, L, d_ff]
         for (i, cond), value in zip(chunk, c):
             out[i, cond] = value.double()
     return out
@@ -215,38 +178,49 @@ class _HonesBase(Method):
     use_heads = True
     needs = "discovery split + a V-SEAM head table (computed first unless --heads is given)"
     cost = "(1 + K_h) forwards per example (prompt only, no generation)"
+    needs_heads = True
+    uses_top_heads = True
 
-    def attribute(self, ctx: RunContext) -> MethodResult:
-        compat = ctx.td.task.reference_compat
+    @classmethod
+    def passes(cls, shape, options: dict) -> Passes:
+        if not cls.use_heads:
+            return Passes(1, "1 forward", "forward")
+        k = top_heads_option(shape, options)
+        return Passes(1 + k, f"{1 + k} forwards (1 + K_h, K_h = {k})", "forward")
+
+    def plan(self, ctx: RunContext) -> ShardPlan:
         k = int(ctx.options.get("top_heads", 30))
-        heads_table = ctx.options.get("heads_table")
         if self.use_heads:
-            heads, weights = select_heads(ctx, heads_table, k, self.random_heads)
+            heads, weights = select_heads(ctx, ctx.options.get("heads_table"), k, self.random_heads)
         else:
             heads, weights = [], []
-        conditions = [None] + list(heads)
-        idf = None
-        if ctx.td.task.name == "caption":
-            idf = caption_idf(ctx.engine.tokenizer, ctx.td.items, reference_compat=compat)
-        u_all = target_directions(ctx, ctx.td.items, idf)
-        config = {"method": self.name, "heads": heads, "weights": weights, **ctx.run_config()}
-        run = ShardedRun(ctx.checkpoint_dir, config, ctx.td.n, int(ctx.options.get("shard_size", 64)))
+        task, tokenizer = ctx.td.task, ctx.engine.tokenizer
+        u_all = target_directions(ctx, ctx.td.items, task.direction_context(tokenizer, ctx.td.items))
+        return ShardPlan(
+            config={"heads": heads, "weights": weights},
+            state={"k": k, "heads": heads, "weights": weights, "conditions": [None, *heads], "u": u_all},
+        )
 
-        def compute(shard: range) -> dict[str, np.ndarray]:
-            ids = list(shard)
-            c = contributions(ctx, ids, conditions, mode=self.head_mode, u=u_all[ids])
-            return _accumulate(c, conditions)
+    def shard(self, ctx: RunContext, item_ids: list[int], plan: ShardPlan) -> dict[str, np.ndarray]:
+        conditions = plan.state["conditions"]
+        c = contributions(ctx, item_ids, conditions, mode=self.head_mode, u=plan.state["u"][item_ids])
+        return _accumulate(c, conditions)
 
-        parts = run.run(compute, desc=f"{self.name} ({ctx.td.task.name})", progress=ctx.progress)
+    def reduce(self, ctx: RunContext, parts: list[dict[str, np.ndarray]], plan: ShardPlan) -> MethodResult:
+        heads, weights = plan.state["heads"], plan.state["weights"]
         count = sum(p["count"][0] for p in parts)
         c_mean = sum(p["c_sum"] for p in parts) / count  # [1+K, L, d_ff]
         positive_mean = sum(p["positive_sum"] for p in parts) / count  # [K, L, d_ff]
-        importance, rule = self.combine(c_mean, positive_mean, heads, weights, compat)
-        run.cleanup()
+        importance, rule = self.combine(c_mean, positive_mean, heads, weights, ctx.td.task.reference_compat)
         return MethodResult(
             scores=importance,
-            meta={"heads": [list(h) for h in heads], "head_weights": weights, "combine": rule,
-                  "top_heads": k, "head_intervention": self.head_mode if self.use_heads else None},
+            meta={
+                "heads": [list(h) for h in heads],
+                "head_weights": weights,
+                "combine": rule,
+                "top_heads": plan.state["k"],
+                "head_intervention": self.head_mode if self.use_heads else None,
+            },
         )
 
     def combine(self, c_mean, positive_mean, heads, weights, compat):
@@ -278,6 +252,7 @@ class Hones(_HonesBase):
 class HonesNoHead(_HonesBase):
     name = "hones-nohead"
     use_heads = False
+    needs_heads = False
     summary = "Ablation NoHead: rank by the mean contribution E_x c, no heads"
     needs = "discovery split"
     cost = "1 forward per example"
@@ -287,6 +262,7 @@ class HonesNoHead(_HonesBase):
 class HonesRandHead(_HonesBase):
     name = "hones-randhead"
     random_heads = True
+    needs_heads = False
     summary = "Ablation RandHead: K_h random heads (seeded), weights 1"
     needs = "discovery split"
 

@@ -1,6 +1,6 @@
 """LLM-Knowledge: neuron-level knowledge attribution (Yu & Ananiadou 2024), a HONES baseline.
 
-shared/spec/methods.md, "Baselines": the importance of neuron (l, i) for the target y is
+docs/methods.md, "Baselines": the importance of neuron (l, i) for the target y is
 the change of the target's log-probability when the neuron's write-out is added to the
 residual stream entering the layer's MLP, read through the final norm and unembedding:
 
@@ -45,15 +45,9 @@ from __future__ import annotations
 
 import torch
 
-from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
-from hones_nn.methods.dla import (
-    final_norm_params,
-    mean_over_shards,
-    read_at_T,
-    rms,
-    target_ids,
-    target_mode,
-)
+from hones_nn.engine.readout import final_norm_params, read_at_T, rms
+from hones_nn.methods.base import MeanOverExamples, RunContext, ShardPlan, register_method
+from hones_nn.methods.dla import target_mode
 
 NORM_SCALES = ("final", "residual", "live")
 
@@ -66,17 +60,18 @@ def norm_scale_option(options: dict) -> str:
 
 
 @torch.no_grad()
-def llm_knowledge_per_example(ctx: RunContext, item_ids: list[int], mode: str = "first",
-                              norm_scale: str = "final", chunk: int = 1024) -> torch.Tensor:
+def llm_knowledge_per_example(
+    ctx: RunContext, item_ids: list[int], mode: str = "first", norm_scale: str = "final", chunk: int = 1024
+) -> torch.Tensor:
     """Imp_{l,i}(x) [n, L, d_ff] float64 for the given items."""
     adapter, model = ctx.loaded.adapter, ctx.loaded.model
-    items = [ctx.td.items[i] for i in item_ids]
+    items = ctx.items(item_ids)
     tokenizer, task = ctx.engine.tokenizer, ctx.td.task
     L, F = ctx.sizes.num_layers, ctx.sizes.d_ff
     W_U = adapter.lm_head(model).weight.detach()
     device = W_U.device
     W_U = W_U.float()
-    gamma, eps = final_norm_params(ctx)
+    gamma, eps = final_norm_params(ctx.loaded)
     gamma = gamma.to(device)
     hidden = gamma.shape[0]
     out = torch.zeros(len(items), L, F, dtype=torch.float64)
@@ -84,9 +79,9 @@ def llm_knowledge_per_example(ctx: RunContext, item_ids: list[int], mode: str = 
         batch = items[start : start + ctx.batch_size]
         targets = []
         for item in batch:
-            ids = target_ids(tokenizer, task, item)
+            ids = task.gold_token_ids(tokenizer, item)
             targets.append(torch.tensor(ids[:1] if mode == "first" else ids, device=device))
-        read = read_at_T(ctx, batch, sites=("r", "z"), final=norm_scale == "final")
+        read = read_at_T(ctx.engine, ctx.td, batch, sites=("r", "z"), final=norm_scale == "final")
         sigma_T = rms(read["h"], eps) if norm_scale == "final" else None
         for layer in range(L):
             W_down = adapter.down_proj(model, layer).weight.detach().to(device).float()  # [hidden, d_ff]
@@ -103,8 +98,9 @@ def llm_knowledge_per_example(ctx: RunContext, item_ids: list[int], mode: str = 
                 w_sq = W64.pow(2).sum(0)  # [d_ff]
                 sq = r64.pow(2).sum(-1, keepdim=True) + 2 * z64 * r_dot_w + z64.pow(2) * w_sq
                 sigma_cand = torch.sqrt(sq / hidden + eps)  # [B, d_ff]
-            base_logp = [torch.log_softmax(base_unscaled[b] / sigma_base[b], -1)[tgt].mean()
-                         for b, tgt in enumerate(targets)]
+            base_logp = [
+                torch.log_softmax(base_unscaled[b] / sigma_base[b], -1)[tgt].mean() for b, tgt in enumerate(targets)
+            ]
             for c0 in range(0, F, chunk):
                 cols = slice(c0, min(F, c0 + chunk))
                 M = (W_U @ (gamma[:, None] * W_down[:, cols])).double().T  # [C, V], shared by the batch
@@ -117,19 +113,29 @@ def llm_knowledge_per_example(ctx: RunContext, item_ids: list[int], mode: str = 
 
 
 @register_method
-class LLMKnowledge(Method):
+class LLMKnowledge(MeanOverExamples):
     name = "llm-knowledge"
     summary = "LLM-Knowledge (Yu & Ananiadou 2024): log p(y | r + z_i W_down[:, i]) - log p(y | r) at T"
     needs = "discovery split of the task (gold targets)"
     cost = "1 forward per example (prompt prefill only) + per layer d_ff candidate log-softmaxes over the vocabulary"
     site = "z (down_proj input) and the residual entering the MLP"
 
-    def attribute(self, ctx: RunContext) -> MethodResult:
-        mode = target_mode(ctx.options)
-        scale = norm_scale_option(ctx.options)
+    @classmethod
+    def passes(cls, shape, options: dict):
+        from hones_nn.methods.base import Passes
+
+        return Passes(1, "1 forward (+ per-layer d_ff x V log-softmaxes)", "forward")
+
+    def plan(self, ctx: RunContext) -> ShardPlan:
         chunk = int(ctx.options.get("chunk", 1024))
         if chunk <= 0:
             raise ValueError(f"chunk must be positive, got {chunk}")
-        config = {**ctx.run_config(), "method": self.name, "target": mode, "norm_scale": scale}
-        scores = mean_over_shards(ctx, config, lambda ids: llm_knowledge_per_example(ctx, ids, mode, scale, chunk))
-        return MethodResult(scores=scores, meta={"target": mode, "norm_scale": scale, "chunk": chunk})
+        return ShardPlan(
+            config={"target": target_mode(ctx.options), "norm_scale": norm_scale_option(ctx.options)}, state=chunk
+        )
+
+    def per_example(self, ctx: RunContext, item_ids: list[int], plan: ShardPlan) -> torch.Tensor:
+        return llm_knowledge_per_example(ctx, item_ids, plan.config["target"], plan.config["norm_scale"], plan.state)
+
+    def result_meta(self, plan: ShardPlan) -> dict:
+        return {**plan.config, "chunk": plan.state}

@@ -1,6 +1,6 @@
 """MA: mean activation magnitude (Xu et al. 2025), a HONES baseline (section 5.1).
 
-shared/spec/methods.md, "Baselines": the mean of the gated activation
+docs/methods.md, "Baselines": the mean of the gated activation
 g = act_fn(gate_proj(x)) over the prompt positions of the prefill pass, per example,
 then over the discovery examples,
 
@@ -39,6 +39,10 @@ class MeanActivation(Method):
         stats = mean_activation_stats(ctx, ctx.td, positions, self.name)
         return MethodResult(
             scores=stats["ma"],
-            meta={"positions": positions, "statistic": "mean_x mean over positions of g",
-                  "n_examples_used": stats["n"], "n_without_positions": stats["n_without_positions"]},
+            meta={
+                "positions": positions,
+                "statistic": "mean_x mean over positions of g",
+                "n_examples_used": stats["n"],
+                "n_without_positions": stats["n_without_positions"],
+            },
         )

@@ -3,7 +3,7 @@
 "Finding and Editing Multi-Modal Neurons in Pre-Trained Transformers" (Pan, Cao, Wang,
 Yang, Wang; Findings of ACL 2024; shared/papers/pan-multimodal-neurons-summary.txt):
 a gradient-free contribution of FFN neuron i to a target token t, read through the
-unembedding without the final norm. shared/spec/methods.md, "Baselines":
+unembedding without the final norm. docs/methods.md, "Baselines":
 
     s_{l,i}(x) = g_{l,i}(T) * W_down[:, i] . W_U[t],      g = act_fn(gate_proj(x)),
 
@@ -35,24 +35,153 @@ import re
 
 import torch
 
-from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
-from hones_nn.methods.dla import (
-    mean_over_shards,
-    read_at_T,
-    target_ids,
-    unembedding_rows,
-    write_out_projection,
-)
-from hones_nn.methods.hones import target_token_ids
+from hones_nn.engine.readout import read_at_T, unembedding_rows, write_out_projection
+from hones_nn.methods.base import MeanOverExamples, RunContext, ShardPlan, register_method
+from hones_nn.tasks.targets import special_ids, target_token_ids
 
 STOP_WORDS = frozenset(
-    """a an the this that these those there here it its is are was were be been being am has have had do does did
-    of in on at to from by with without for into onto over under above below behind beside between near next
-    and or but nor so yet as than then while if of up down out off about around through across along against
-    some any each every all both few many much more most other another such no not only own same very too
-    one two three four five six seven eight nine ten several lot lots
-    he she they we you i his her their our your my him them us me who whom whose which what where when why how
-    can could will would shall should may might must just also still again""".split()
+    [
+        "a",
+        "an",
+        "the",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "it",
+        "its",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "has",
+        "have",
+        "had",
+        "do",
+        "does",
+        "did",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "from",
+        "by",
+        "with",
+        "without",
+        "for",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "above",
+        "below",
+        "behind",
+        "beside",
+        "between",
+        "near",
+        "next",
+        "and",
+        "or",
+        "but",
+        "nor",
+        "so",
+        "yet",
+        "as",
+        "than",
+        "then",
+        "while",
+        "if",
+        "of",
+        "up",
+        "down",
+        "out",
+        "off",
+        "about",
+        "around",
+        "through",
+        "across",
+        "along",
+        "against",
+        "some",
+        "any",
+        "each",
+        "every",
+        "all",
+        "both",
+        "few",
+        "many",
+        "much",
+        "more",
+        "most",
+        "other",
+        "another",
+        "such",
+        "no",
+        "not",
+        "only",
+        "own",
+        "same",
+        "very",
+        "too",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "several",
+        "lot",
+        "lots",
+        "he",
+        "she",
+        "they",
+        "we",
+        "you",
+        "i",
+        "his",
+        "her",
+        "their",
+        "our",
+        "your",
+        "my",
+        "him",
+        "them",
+        "us",
+        "me",
+        "who",
+        "whom",
+        "whose",
+        "which",
+        "what",
+        "where",
+        "when",
+        "why",
+        "how",
+        "can",
+        "could",
+        "will",
+        "would",
+        "shall",
+        "should",
+        "may",
+        "might",
+        "must",
+        "just",
+        "also",
+        "still",
+        "again",
+    ]
 )
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -65,7 +194,7 @@ def content_words(text: str) -> list[tuple[int, int]]:
 def caption_target_ids(tokenizer, reference: str) -> list[int]:
     """The first token of each content word of ``reference`` (duplicates kept)."""
     spans = content_words(reference)
-    special = set(tokenizer.all_special_ids) | ({tokenizer.unk_token_id} - {None})
+    special = special_ids(tokenizer)
     ids: list[int] = []
     if spans and getattr(tokenizer, "is_fast", False):
         enc = tokenizer(reference, add_special_tokens=False, return_offsets_mapping=True)
@@ -83,46 +212,49 @@ def caption_target_ids(tokenizer, reference: str) -> list[int]:
 
 
 def pan_target_ids(tokenizer, task, item) -> list[int]:
-    """The target tokens whose W_U rows are averaged (one token except for captions)."""
-    if task.name == "caption":
-        reference = item.data["references"][0]
+    """The target tokens whose W_U rows are averaged: the content words of the task's
+    descriptive text (caption: the first reference), else the first gold token."""
+    reference = task.descriptive_text(item)
+    if reference is not None:
         ids = caption_target_ids(tokenizer, reference)
         if not ids:
             raise ValueError(
-                f"caption item {item.item_id!r}: the first reference {reference!r} has no non-special token; "
+                f"item {item.item_id!r}: the reference {reference!r} has no non-special token; "
                 "fix or drop the item, or use an activation baseline ('ap', 'ma')"
             )
         return ids
-    return target_ids(tokenizer, task, item)[:1]
+    return task.gold_token_ids(tokenizer, item)[:1]
 
 
 @torch.no_grad()
 def pan_per_example(ctx: RunContext, item_ids: list[int]) -> torch.Tensor:
     """s_{l,i}(x) [n, L, d_ff] float64 for the given items."""
-    items = [ctx.td.items[i] for i in item_ids]
+    items = ctx.items(item_ids)
     tokenizer, task = ctx.engine.tokenizer, ctx.td.task
     L, F = ctx.sizes.num_layers, ctx.sizes.d_ff
     out = torch.zeros(len(items), L, F, dtype=torch.float64)
     for start in range(0, len(items), ctx.batch_size):
         batch = items[start : start + ctx.batch_size]
-        direction = torch.stack([unembedding_rows(ctx, pan_target_ids(tokenizer, task, item)).mean(0)
-                                 for item in batch])  # [B, hidden]
-        g = read_at_T(ctx, batch, sites=("g",))["g"]  # [B, L, d_ff]
+        direction = torch.stack(
+            [unembedding_rows(ctx.loaded, pan_target_ids(tokenizer, task, item)).mean(0) for item in batch]
+        )  # [B, hidden]
+        g = read_at_T(ctx.engine, ctx.td, batch, sites=("g",))["g"]  # [B, L, d_ff]
         for layer in range(L):
-            out[start : start + len(batch), layer] = g[:, layer].double() * write_out_projection(ctx, layer, direction)
+            out[start : start + len(batch), layer] = g[:, layer].double() * write_out_projection(
+                ctx.loaded, layer, direction
+            )
     return out
 
 
 @register_method
-class PanContribution(Method):
+class PanContribution(MeanOverExamples):
     name = "pan-act"
     summary = "Pan et al. 2024 (Act): g_i(T) * W_down[:, i] . W_U[t] for the gold token t (caption: content words)"
     needs = "discovery split of the task (gold targets; captions: the first reference)"
-    cost = "1 forward per example (prompt prefill only)"
     site = "g (act_fn output)"
 
-    def attribute(self, ctx: RunContext) -> MethodResult:
-        config = {**ctx.run_config(), "method": self.name}
-        scores = mean_over_shards(ctx, config, lambda ids: pan_per_example(ctx, ids))
-        return MethodResult(scores=scores, meta={"activation": "g = act_fn(gate_proj(x)) at T",
-                                                 "caption_target": "content words of the first reference"})
+    def per_example(self, ctx: RunContext, item_ids: list[int], plan: ShardPlan) -> torch.Tensor:
+        return pan_per_example(ctx, item_ids)
+
+    def result_meta(self, plan: ShardPlan) -> dict:
+        return {"activation": "g = act_fn(gate_proj(x)) at T", "caption_target": "content words of the first reference"}

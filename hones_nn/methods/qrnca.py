@@ -2,7 +2,7 @@
 models for long-form texts"): integrated gradients on z(T), neuron clusters per example,
 inverse cluster attribution across examples, common neurons dropped.
 
-Spec (shared/spec/methods.md, "Baselines"): integrated gradients on z at T with a zero
+Spec (docs/methods.md, "Baselines"): integrated gradients on z at T with a zero
 baseline, m steps (default 20) scaling the whole layer's z together, gradient of p(y);
 per example keep neurons above 0.2 * max; aggregate over examples with the
 inverse-cluster-frequency weighting; drop neurons common to more than 30% of examples.
@@ -54,16 +54,16 @@ ceil(L / max(1, batch_size // m)) forward/backward passes of up to max(m, batch_
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import nnsight
 import numpy as np
 import torch
 
-from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
-from hones_nn.methods.grad import encode_items, frozen_parameters, gold_token_id, repeat_inputs
-from hones_nn.runner.shards import ShardedRun
+from hones_nn.engine.encoding import repeat_inputs
+from hones_nn.engine.readout import attribution_inputs, frozen_parameters
+from hones_nn.methods.base import Method, MethodResult, Passes, RunContext, ShardPlan, register_method
+from hones_nn.methods.grad import gold_token_id
 
 RULES = ("right", "midpoint")
 
@@ -80,8 +80,9 @@ def ig_alphas(steps: int, rule: str = "right") -> torch.Tensor:
     raise ValueError(f"unknown Riemann rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
-def integrated_gradients(ctx: RunContext, item, steps: int = 20, rule: str = "right",
-                         layers: list[int] | None = None) -> torch.Tensor:
+def integrated_gradients(
+    ctx: RunContext, item, steps: int = 20, rule: str = "right", layers: list[int] | None = None
+) -> torch.Tensor:
     """IG [L, d_ff] of one example (rows of layers not asked are 0).
 
     Row (l, k) of a forward scales layer l's z(T) by alpha_k; at every other layer its
@@ -94,7 +95,7 @@ def integrated_gradients(ctx: RunContext, item, steps: int = 20, rule: str = "ri
     layers = list(range(sizes.num_layers)) if layers is None else sorted(set(layers))
     alphas = ig_alphas(steps, rule)
     y = gold_token_id(ctx, item)
-    base = encode_items(ctx, [item])
+    base = attribution_inputs(ctx.engine, ctx.td, [item])
     per_forward = max(1, ctx.batch_size // steps)
     grad_sum = torch.zeros(sizes.num_layers, sizes.d_ff, dtype=torch.float64)
     z_clean = torch.zeros(sizes.num_layers, sizes.d_ff, dtype=torch.float64)
@@ -112,30 +113,29 @@ def integrated_gradients(ctx: RunContext, item, steps: int = 20, rule: str = "ri
             mine = torch.zeros(n_rows, dtype=torch.bool)
             mine[j * steps : (j + 1) * steps] = True
             own[layer] = (mine.to(engine.device)[:, None], j * steps)
-        with frozen_parameters(ctx.loaded.model), torch.enable_grad():
-            with engine.envoy.trace(**inputs):
-                leaves, clean = {}, {}
-                for layer in sorted(group):
-                    z = adapter.down_proj(engine.envoy, layer).input
-                    z_t = z[:, -1].clone()  # a copy: z is edited in place below
-                    mine, first_row = own[layer]
-                    # the layer's own rows are clean up to this layer
-                    clean[layer] = z_t[first_row].detach().double().cpu()
-                    leaf = (z_t.detach().float() * cols[layer]).to(z.dtype).requires_grad_(True)
-                    z[:, -1] = torch.where(mine, leaf, z_t)
-                    leaves[layer] = leaf
-                logits = adapter.lm_head(engine.envoy).output[:, -1].float()
-                probs = torch.softmax(logits, -1)[:, y]
-                loss = probs.sum()  # rows are independent: each row's gradient is its own
-                with loss.backward():
-                    grads = {}
-                    for j in reversed(range(len(group))):
-                        layer = group[j]
-                        g = leaves[layer].grad
-                        grads[layer] = g[j * steps : (j + 1) * steps].double().sum(0).cpu()
-                    grads = nnsight.save(grads)
-                clean = nnsight.save(clean)
-        for j, layer in enumerate(group):
+        with frozen_parameters(ctx.loaded.model), torch.enable_grad(), engine.envoy.trace(**inputs):
+            leaves, clean = {}, {}
+            for layer in sorted(group):
+                z = adapter.down_proj(engine.envoy, layer).input
+                z_t = z[:, -1].clone()  # a copy: z is edited in place below
+                mine, first_row = own[layer]
+                # the layer's own rows are clean up to this layer
+                clean[layer] = z_t[first_row].detach().double().cpu()
+                leaf = (z_t.detach().float() * cols[layer]).to(z.dtype).requires_grad_(True)
+                z[:, -1] = torch.where(mine, leaf, z_t)
+                leaves[layer] = leaf
+            logits = adapter.lm_head(engine.envoy).output[:, -1].float()
+            probs = torch.softmax(logits, -1)[:, y]
+            loss = probs.sum()  # rows are independent: each row's gradient is its own
+            with loss.backward():
+                grads = {}
+                for j in reversed(range(len(group))):
+                    layer = group[j]
+                    g = leaves[layer].grad
+                    grads[layer] = g[j * steps : (j + 1) * steps].double().sum(0).cpu()
+                grads = nnsight.save(grads)
+            clean = nnsight.save(clean)
+        for layer in group:
             grad_sum[layer] = grads[layer]
             z_clean[layer] = clean[layer]
     return z_clean * grad_sum / steps
@@ -166,30 +166,43 @@ def combine(na_sum: np.ndarray, occ: np.ndarray, n: float, common: float) -> tup
 @register_method
 class QRNCA(Method):
     name = "qrnca"
-    summary = ("QRNCA (Chen et al. 2025): integrated gradients of p(y) on z(T), clusters above 0.2 max, "
-               "inverse cluster attribution, common neurons dropped")
+    summary = (
+        "QRNCA (Chen et al. 2025): integrated gradients of p(y) on z(T), clusters above 0.2 max, "
+        "inverse cluster attribution, common neurons dropped"
+    )
     needs = "discovery split of the task (gold answers); at least 4 examples"
-    cost = ("L * m forward rows + backward per example (m = steps, default 20): "
-            "ceil(L / max(1, batch_size // m)) forward/backward passes")
+    cost = (
+        "L * m forward rows + backward per example (m = steps, default 20): "
+        "ceil(L / max(1, batch_size // m)) forward/backward passes"
+    )
+    needs_gradients = True
 
-    def attribute(self, ctx: RunContext) -> MethodResult:
+    @classmethod
+    def passes(cls, shape, options: dict) -> Passes:
+        steps = int(options.get("steps", 20))
+        rows = shape.num_layers * steps
+        return Passes(rows, f"{rows} forward+backward rows (L * m, m = {steps})", "backward")
+
+    def plan(self, ctx: RunContext) -> ShardPlan:
         steps = int(ctx.options.get("steps", 20))
         rule = str(ctx.options.get("rule", "right"))
         threshold = float(ctx.options.get("threshold", 0.2))
         common = float(ctx.options.get("common", 0.3))
         ig_alphas(steps, rule)  # validate before any forward
-        config = {"method": self.name, "steps": steps, "rule": rule, "threshold": threshold, **ctx.run_config()}
-        run = ShardedRun(ctx.checkpoint_dir, config, ctx.td.n, int(ctx.options.get("shard_size", 64)))
+        return ShardPlan(config={"steps": steps, "rule": rule, "threshold": threshold}, state=common)
 
-        def compute(shard: range) -> dict[str, np.ndarray]:
-            na_sum = occ = ig_sum = 0.0
-            for i in shard:
-                ig = integrated_gradients(ctx, ctx.td.items[i], steps=steps, rule=rule)
-                na, member = cluster_stats(ig, threshold)
-                na_sum, occ, ig_sum = na_sum + na, occ + member, ig_sum + ig.numpy()
-            return {"na_sum": na_sum, "occ": occ, "ig_sum": ig_sum, "count": np.array([float(len(shard))])}
+    def shard(self, ctx: RunContext, item_ids: list[int], plan: ShardPlan) -> dict[str, np.ndarray]:
+        steps, rule, threshold = plan.config["steps"], plan.config["rule"], plan.config["threshold"]
+        na_sum = occ = ig_sum = 0.0
+        for i in item_ids:
+            ig = integrated_gradients(ctx, ctx.td.items[i], steps=steps, rule=rule)
+            na, member = cluster_stats(ig, threshold)
+            na_sum, occ, ig_sum = na_sum + na, occ + member, ig_sum + ig.numpy()
+        return {"na_sum": na_sum, "occ": occ, "ig_sum": ig_sum, "count": np.array([float(len(item_ids))])}
 
-        parts = run.run(compute, desc=f"{self.name} ({ctx.td.task.name})", progress=ctx.progress)
+    def reduce(self, ctx: RunContext, parts: list[dict[str, np.ndarray]], plan: ShardPlan) -> MethodResult:
+        steps, rule, threshold = plan.config["steps"], plan.config["rule"], plan.config["threshold"]
+        common = plan.state
         n = sum(p["count"][0] for p in parts)
         na_sum = sum(p["na_sum"] for p in parts)
         occ = sum(p["occ"] for p in parts)
@@ -202,13 +215,19 @@ class QRNCA(Method):
                 "(--limit), at least 4.",
                 stacklevel=2,
             )
-        run.cleanup()
         return MethodResult(
             scores=scores,
-            meta={"steps": steps, "rule": rule, "threshold": threshold, "common": common,
-                  "n_attributed": int(n), "n_cluster_neurons": int((occ > 0).sum()),
-                  "n_common": int(is_common.sum()), "n_kept": kept,
-                  "mean_ig_abs_max": float(np.abs(sum(p["ig_sum"] for p in parts) / n).max()),
-                  "score": "ln(N/(occ+1)) * mean_x NA_x, 0 for common (occ > common*N) and unclustered neurons",
-                  "objective": "p(y) at T, y = first gold answer token"},
+            meta={
+                "steps": steps,
+                "rule": rule,
+                "threshold": threshold,
+                "common": common,
+                "n_attributed": int(n),
+                "n_cluster_neurons": int((occ > 0).sum()),
+                "n_common": int(is_common.sum()),
+                "n_kept": kept,
+                "mean_ig_abs_max": float(np.abs(sum(p["ig_sum"] for p in parts) / n).max()),
+                "score": "ln(N/(occ+1)) * mean_x NA_x, 0 for common (occ > common*N) and unclustered neurons",
+                "objective": "p(y) at T, y = first gold answer token",
+            },
         )

@@ -1,6 +1,6 @@
 """Random: the uniform baseline over all FFN neurons (HONES appendix D.3, "Random Selection").
 
-shared/spec/methods.md, "Baselines": "Random: uniform over all neurons, seeded." The
+docs/methods.md, "Baselines": "Random: uniform over all neurons, seeded." The
 score table is a seeded random permutation of 0 .. L * d_ff - 1 (scores are distinct, so
 the top k of the table is a uniform random k-subset of all neurons, for every k at once;
 no per-layer quota). Seeded by ``ctx.seed`` through ``numpy.random.default_rng``; the
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hones_nn.methods.base import Method, MethodResult, RunContext, register_method
+from hones_nn.methods.base import Method, MethodResult, Passes, RunContext, register_method
 
 
 def random_scores(num_layers: int, d_ff: int, seed: int) -> np.ndarray:
@@ -37,7 +37,13 @@ class RandomNeurons(Method):
     cost = "0 forwards (no model run)"
     site = "none"
 
+    @classmethod
+    def passes(cls, shape, options: dict) -> Passes:
+        return Passes(0, "no model run", "none")
+
     def attribute(self, ctx: RunContext) -> MethodResult:
         sizes = ctx.sizes
-        return MethodResult(scores=random_scores(sizes.num_layers, sizes.d_ff, ctx.seed),
-                            meta={"seed": int(ctx.seed), "rng": "numpy default_rng (PCG64) permutation"})
+        return MethodResult(
+            scores=random_scores(sizes.num_layers, sizes.d_ff, ctx.seed),
+            meta={"seed": int(ctx.seed), "rng": "numpy default_rng (PCG64) permutation"},
+        )

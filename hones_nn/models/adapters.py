@@ -28,8 +28,9 @@ answers teacher-forced after the prompt when given.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -50,11 +51,6 @@ class ModelSizes:
     image_token_id: int
 
     @property
-    def attn_dim(self) -> int:
-        """Width of ``o_proj``'s input: ``num_heads * head_dim``."""
-        return self.num_heads * self.head_dim
-
-    @property
     def num_neurons(self) -> int:
         return self.num_layers * self.d_ff
 
@@ -72,7 +68,7 @@ class Encoded:
     """
 
     inputs: dict[str, torch.Tensor]
-    last_prompt_index: torch.LongTensor
+    last_prompt_index: torch.Tensor  # long
     answer_mask: torch.Tensor | None
     answer_ids: list[list[int]]
     prompts: list[str] = field(default_factory=list)
@@ -93,12 +89,14 @@ class Encoded:
     def seq_len(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Encoded":
+    def to(self, device=None, dtype: torch.dtype | None = None) -> Encoded:
         """A copy with the tensors of ``inputs`` on ``device``; floating ones (pixels) cast to ``dtype``."""
         inputs = {}
         for key, value in self.inputs.items():
             if torch.is_tensor(value):
-                value = value.to(device=device, dtype=dtype if dtype is not None and value.is_floating_point() else None)
+                value = value.to(
+                    device=device, dtype=dtype if dtype is not None and value.is_floating_point() else None
+                )
             inputs[key] = value
         return Encoded(inputs, self.last_prompt_index, self.answer_mask, self.answer_ids, self.prompts)
 
@@ -107,9 +105,10 @@ class Encoded:
 PER_LAYER_PARTS = ("layer", "attention", "o_proj", "mlp", "act_fn", "gate_proj", "up_proj", "down_proj")
 GLOBAL_PARTS = ("layers", "final_norm", "lm_head", "vision_tower", "projector", "embed_tokens")
 
-# Per-token input tensors (shape [B, S]) that encode re-pads, with their pad value
-# (None: the tokenizer's pad id) and the value appended answer tokens get.
-_TOKEN_KEYS = {"input_ids": (None, None), "attention_mask": (0, 1), "mm_token_type_ids": (0, 0)}
+# Per-token input tensors (shape [B, S]) that encode re-pads, with their pad value and the
+# value appended answer tokens get (input_ids: neither is used; the tokenizer's pad id and
+# the answer's own ids are).
+_TOKEN_KEYS: dict[str, tuple[int, int]] = {"input_ids": (-1, -1), "attention_mask": (0, 1), "mm_token_type_ids": (0, 0)}
 
 
 @dataclass(frozen=True)
@@ -308,7 +307,9 @@ class ArchitectureAdapter:
             ]
 
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        rows = {key: [] for key in _TOKEN_KEYS if key in enc}
+        if pad_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an EOS token to pad batches with; set pad_token")
+        rows: dict[str, list[list[int]]] = {key: [] for key in _TOKEN_KEYS if key in enc}
         for b in range(batch):
             for key in rows:
                 prompt_part = enc[key][b][mask[b]].tolist()
@@ -317,11 +318,11 @@ class ArchitectureAdapter:
         width = max(len(r) for r in rows["input_ids"])
         inputs: dict[str, torch.Tensor] = {}
         for key, values in rows.items():
-            pad = pad_id if key == "input_ids" else _TOKEN_KEYS[key][0]
+            pad: int = pad_id if key == "input_ids" else _TOKEN_KEYS[key][0]
             dtype = enc[key].dtype
             out = torch.full((batch, width), pad, dtype=dtype)
             for b, r in enumerate(values):
-                out[b, width - len(r):] = torch.tensor(r, dtype=dtype)
+                out[b, width - len(r) :] = torch.tensor(r, dtype=dtype)
             inputs[key] = out
         for key in self.input_keys:
             if key not in inputs and key in enc:
@@ -398,9 +399,7 @@ def adapter_for(model_or_config) -> ArchitectureAdapter:
     """The adapter of a model, an nnsight envoy of one, a config, or a class/model_type name."""
     name, label = _architecture_name(model_or_config)
     if name is None:
-        raise ValueError(
-            f"unsupported architecture {label}; supported: {', '.join(supported_architectures())}"
-        )
+        raise ValueError(f"unsupported architecture {label}; supported: {', '.join(supported_architectures())}")
     return _REGISTRY[name]
 
 

@@ -20,7 +20,16 @@ from typing import Any
 import torch
 
 from hones_nn.models.adapters import ArchitectureAdapter, adapter_for
-from hones_nn.models.embedded import EMBEDDED_MODELS
+
+# The shipped checkpoints are data files, hones_nn/embedded/weights/NAME/, found here by
+# path: the embedded package (their builders and training) builds on this one, so this
+# module cannot import it.
+EMBEDDED_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "embedded" / "weights"
+EMBEDDED_MODELS: dict[str, Path] = {
+    "tiny-llava": EMBEDDED_WEIGHTS_DIR / "tiny-llava",
+    "tiny-qwen2.5-vl": EMBEDDED_WEIGHTS_DIR / "tiny-qwen2.5-vl",
+}
+DEFAULT_MODEL = "tiny-llava"
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
@@ -67,7 +76,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[str, bool]:
         if not (folder / "config.json").exists():
             raise FileNotFoundError(
                 f"the embedded model {name!r} is not there yet ({folder} has no config.json). Train it with "
-                f"`python -m hones_nn.models.train --out runs/{name}` and copy runs/{name}/model to {folder}."
+                f"`hones-nn train-embedded --recipe --out-dir runs/{name}` and copy runs/{name}/model to {folder}."
             )
         return str(folder), True
     if os.path.isdir(name):
@@ -97,11 +106,13 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> str | None:
         from huggingface_hub import snapshot_download
 
         return snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=["*.safetensors"])
-    except Exception:  # noqa: BLE001 - not cached: no hash
+    except Exception:
         return None
 
 
-def load_processor(path: str, adapter: ArchitectureAdapter, revision: str | None = None, trust_remote_code: bool = False):
+def load_processor(
+    path: str, adapter: ArchitectureAdapter, revision: str | None = None, trust_remote_code: bool = False
+):
     if adapter.family == "qwen":
         from hones_nn.models.qwen_inputs import QwenVLInputs
 

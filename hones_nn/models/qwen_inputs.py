@@ -12,7 +12,7 @@ things, which :class:`QwenVLInputs` does the same way:
    (transformers 5.22 Qwen models need it for their multimodal RoPE).
 
 It works with a real checkpoint's tokenizer + image processor
-(:meth:`QwenVLInputs.from_pretrained`) as with the tiny ones of ``hones_nn.models.tiny``.
+(:meth:`QwenVLInputs.from_pretrained`) as with the tiny ones of ``hones_nn.embedded.tiny_random``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _PLACEHOLDER = "<<<hones-image-placeholder>>>"
 QWEN_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}"
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"  # noqa: E501
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
@@ -97,7 +97,9 @@ class QwenVLInputs:
                 t = t.replace(self.image_token, _PLACEHOLDER * counts[k], 1)
                 k += 1
             expanded.append(t.replace(_PLACEHOLDER, self.image_token))
-        tok = self.tokenizer(expanded, padding=padding, padding_side=padding_side, return_tensors=return_tensors, **kwargs)
+        tok = self.tokenizer(
+            expanded, padding=padding, padding_side=padding_side, return_tensors=return_tensors, **kwargs
+        )
         input_ids = tok["input_ids"]
         got = (input_ids == self.image_token_id).sum().item() if torch.is_tensor(input_ids) else None
         if got is not None and got != sum(counts):
@@ -116,7 +118,7 @@ class QwenVLInputs:
         (path / "chat_template.jinja").write_text(self.chat_template)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, revision=None, trust_remote_code: bool = False, **kwargs) -> "QwenVLInputs":
+    def from_pretrained(cls, name_or_path, revision=None, trust_remote_code: bool = False, **kwargs) -> QwenVLInputs:
         tokenizer = AutoTokenizer.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code, **kwargs
         )
@@ -136,10 +138,13 @@ def _processor_chat_template(name_or_path, revision=None) -> str | None:
         else:
             try:
                 resolved = cached_file(
-                    name_or_path, filename, revision=revision,
-                    _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+                    name_or_path,
+                    filename,
+                    revision=revision,
+                    _raise_exceptions_for_missing_entries=False,
+                    _raise_exceptions_for_connection_errors=False,
                 )
-            except Exception:  # noqa: BLE001 - a missing optional file
+            except Exception:
                 resolved = None
         if resolved:
             text = Path(resolved).read_text()

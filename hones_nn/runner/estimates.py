@@ -29,16 +29,17 @@ It is a deliberately conservative estimate of the *activation* peak (attention
 probabilities are counted as materialised, as eager / CPU SDPA do; flash attention on a
 GPU does not keep them), not of the allocator's fragmentation. The tests check it against
 the torch profiler's measured peak on the five tiny configs: measured <= estimate <=
-:data:`ESTIMATE_FACTOR` x measured (the estimate was 1.3-3.1 x the measurement there). Passes per example follow each method's
-``cost`` string, in rows (one row = one prompt under one condition).
+:data:`ESTIMATE_FACTOR` x measured (the estimate was 1.3-3.1 x the measurement there). Passes per
+example follow each method's ``Method.passes`` declaration, in rows (one row = one prompt under one condition).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from hones_nn.methods.base import default_top_heads, get_method
 
 GENERATION_STEPS = 24  # Engine's max_new_tokens
 ESTIMATE_FACTOR = 3.0  # estimates are within this factor of the measured peak on the tiny configs
@@ -51,29 +52,77 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # Qwen2(.5)-VL depends on the image: 256 tokens for a 448 x 448 image.
 KNOWN_CONFIGS: dict[str, dict] = {
     "llava-hf/llava-1.5-7b-hf": dict(
-        family="llava", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32, d_ff=11008,
-        vocab_size=32064, image_tokens=576, vision=dict(hidden=1024, d_ff=4096, heads=16, layers=24, patches=577),
-        params=7_063_427_072),
+        family="llava",
+        num_layers=32,
+        hidden_size=4096,
+        num_heads=32,
+        num_kv_heads=32,
+        d_ff=11008,
+        vocab_size=32064,
+        image_tokens=576,
+        vision=dict(hidden=1024, d_ff=4096, heads=16, layers=24, patches=577),
+        params=7_063_427_072,
+    ),
     "llava-hf/llava-1.5-13b-hf": dict(
-        family="llava", num_layers=40, hidden_size=5120, num_heads=40, num_kv_heads=40, d_ff=13824,
-        vocab_size=32064, image_tokens=576, vision=dict(hidden=1024, d_ff=4096, heads=16, layers=24, patches=577),
-        params=13_351_500_800),
+        family="llava",
+        num_layers=40,
+        hidden_size=5120,
+        num_heads=40,
+        num_kv_heads=40,
+        d_ff=13824,
+        vocab_size=32064,
+        image_tokens=576,
+        vision=dict(hidden=1024, d_ff=4096, heads=16, layers=24, patches=577),
+        params=13_351_500_800,
+    ),
     "llava-hf/llava-v1.6-vicuna-7b-hf": dict(
-        family="llava", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32, d_ff=11008,
-        vocab_size=32064, image_tokens=2880, vision=dict(hidden=1024, d_ff=4096, heads=16, layers=24, patches=577),
-        params=7_063_427_072),
+        family="llava",
+        num_layers=32,
+        hidden_size=4096,
+        num_heads=32,
+        num_kv_heads=32,
+        d_ff=11008,
+        vocab_size=32064,
+        image_tokens=2880,
+        vision=dict(hidden=1024, d_ff=4096, heads=16, layers=24, patches=577),
+        params=7_063_427_072,
+    ),
     "Qwen/Qwen2-VL-7B-Instruct": dict(
-        family="qwen", num_layers=28, hidden_size=3584, num_heads=28, num_kv_heads=4, d_ff=18944,
-        vocab_size=152064, image_tokens=256, vision=dict(hidden=1280, d_ff=5120, heads=16, layers=32, patches=1024),
-        params=8_291_375_616),
+        family="qwen",
+        num_layers=28,
+        hidden_size=3584,
+        num_heads=28,
+        num_kv_heads=4,
+        d_ff=18944,
+        vocab_size=152064,
+        image_tokens=256,
+        vision=dict(hidden=1280, d_ff=5120, heads=16, layers=32, patches=1024),
+        params=8_291_375_616,
+    ),
     "Qwen/Qwen2.5-VL-7B-Instruct": dict(
-        family="qwen", num_layers=28, hidden_size=3584, num_heads=28, num_kv_heads=4, d_ff=18944,
-        vocab_size=152064, image_tokens=256, vision=dict(hidden=1280, d_ff=3420, heads=16, layers=32, patches=1024),
-        params=8_292_166_656),
+        family="qwen",
+        num_layers=28,
+        hidden_size=3584,
+        num_heads=28,
+        num_kv_heads=4,
+        d_ff=18944,
+        vocab_size=152064,
+        image_tokens=256,
+        vision=dict(hidden=1280, d_ff=3420, heads=16, layers=32, patches=1024),
+        params=8_292_166_656,
+    ),
     "Qwen/Qwen2.5-VL-3B-Instruct": dict(
-        family="qwen", num_layers=36, hidden_size=2048, num_heads=16, num_kv_heads=2, d_ff=11008,
-        vocab_size=151936, image_tokens=256, vision=dict(hidden=1280, d_ff=3420, heads=16, layers=32, patches=1024),
-        params=3_754_622_976),
+        family="qwen",
+        num_layers=36,
+        hidden_size=2048,
+        num_heads=16,
+        num_kv_heads=2,
+        d_ff=11008,
+        vocab_size=151936,
+        image_tokens=256,
+        vision=dict(hidden=1280, d_ff=3420, heads=16, layers=32, patches=1024),
+        params=3_754_622_976,
+    ),
 }
 
 
@@ -120,11 +169,23 @@ def _from_config(config, source: str) -> ModelShape:
     v_ff = int(getattr(vision, "intermediate_size", 0) or v_hidden * int(getattr(vision, "mlp_ratio", 4)))
     v_heads = int(getattr(vision, "num_attention_heads", 0) or getattr(vision, "num_heads", 0) or 1)
     image_tokens, patches = _image_tokens(config, adapter.family)
-    return ModelShape(source=source, family=adapter.family, num_layers=sizes.num_layers,
-                      hidden_size=sizes.hidden_size, num_heads=sizes.num_heads, num_kv_heads=sizes.num_kv_heads,
-                      head_dim=sizes.head_dim, d_ff=sizes.d_ff, vocab_size=sizes.vocab_size,
-                      image_tokens=image_tokens, params=int(params), vision_hidden=v_hidden, vision_d_ff=v_ff,
-                      vision_heads=v_heads, vision_patches=patches)
+    return ModelShape(
+        source=source,
+        family=adapter.family,
+        num_layers=sizes.num_layers,
+        hidden_size=sizes.hidden_size,
+        num_heads=sizes.num_heads,
+        num_kv_heads=sizes.num_kv_heads,
+        head_dim=sizes.head_dim,
+        d_ff=sizes.d_ff,
+        vocab_size=sizes.vocab_size,
+        image_tokens=image_tokens,
+        params=int(params),
+        vision_hidden=v_hidden,
+        vision_d_ff=v_ff,
+        vision_heads=v_heads,
+        vision_patches=patches,
+    )
 
 
 def _image_tokens(config, family: str) -> tuple[int, int]:
@@ -148,7 +209,7 @@ def _image_tokens(config, family: str) -> tuple[int, int]:
 
 def model_shape(name: str) -> ModelShape:
     """A :class:`ModelShape` from a model name, folder or config file (see the module doc)."""
-    from hones_nn.models.embedded import EMBEDDED_MODELS
+    from hones_nn.models.loading import EMBEDDED_MODELS
 
     if name in EMBEDDED_MODELS:
         from transformers import AutoConfig
@@ -157,9 +218,9 @@ def model_shape(name: str) -> ModelShape:
 
         return _from_config(AutoConfig.from_pretrained(resolve_model_path(name)[0]), f"embedded model {name}")
     if name.startswith("tiny-random-"):
-        from hones_nn.models.tiny import _build, _normalise
+        from hones_nn.embedded.tiny_random import _build, _normalise
 
-        config, _ = _build(_normalise(name[len("tiny-random-"):]))
+        config, _ = _build(_normalise(name[len("tiny-random-") :]))
         return _from_config(config, f"tiny random config {name}")
     path = Path(name)
     if path.is_dir() and (path / "config.json").exists():
@@ -177,14 +238,20 @@ def model_shape(name: str) -> ModelShape:
     if name in KNOWN_CONFIGS:
         k = dict(KNOWN_CONFIGS[name])
         vision = k.pop("vision")
-        return ModelShape(source=f"built-in table (config.json of {name})", head_dim=k["hidden_size"] // k["num_heads"],
-                          vision_hidden=vision["hidden"], vision_d_ff=vision["d_ff"], vision_heads=vision["heads"],
-                          vision_patches=vision["patches"], **k)
+        return ModelShape(
+            source=f"built-in table (config.json of {name})",
+            head_dim=k["hidden_size"] // k["num_heads"],
+            vision_hidden=vision["hidden"],
+            vision_d_ff=vision["d_ff"],
+            vision_heads=vision["heads"],
+            vision_patches=vision["patches"],
+            **k,
+        )
     try:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(name, local_files_only=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         raise ValueError(
             f"no config for {name!r}: there is no network access here, so pass a local model folder or a "
             f"config.json path, a tiny config (tiny-llava, tiny-random-llava, tiny-random-llava-next, "
@@ -197,8 +264,9 @@ def model_shape(name: str) -> ModelShape:
 # ---------------------------------------------------------------------- memory
 
 
-def activation_bytes(shape: ModelShape, kind: str, seq_len: int, dtype_bytes: int = 4,
-                     vision_patches: int | None = None) -> int:
+def activation_bytes(
+    shape: ModelShape, kind: str, seq_len: int, dtype_bytes: int = 4, vision_patches: int | None = None
+) -> int:
     """Per-row activation peak (bytes) of one pass of ``kind``: forward, forward-logprob,
     backward, generation (see the module doc). ``vision_patches`` overrides the config's
     typical patches per image (Qwen's depend on the image size)."""
@@ -239,52 +307,47 @@ class MethodEstimate:
         return asdict(self)
 
 
-def method_passes(method: str, shape: ModelShape, top_heads: int, utility: str = "metric",
-                  steps: int = 20, block: int = 256, verify_top: int | None = None) -> tuple[float, str, str]:
-    """(rows per example, description, the pass kind that sets the memory peak)."""
-    LH = shape.num_layers * shape.num_heads
-    gen = utility == "metric"
-    head_kind = "generation" if gen else "forward-logprob"
-    what = "generations" if gen else "teacher-forced forwards"
-    n = verify_top if verify_top is not None else 4 * top_heads
-    table = {
-        "vseam": (LH + 1, f"{LH + 1} {what} (L*H + 1)", head_kind),
-        "atp-screen": (n + 2, f"1 forward + 1 backward (screen) + {n + 1} {what} (verify N = {n})", "backward"),
-        "hones": (1 + top_heads, f"{1 + top_heads} forwards (1 + K_h, K_h = {top_heads})", "forward"),
-        "hones-gaussian": (1 + top_heads, f"{1 + top_heads} forwards (1 + K_h)", "forward"),
-        "hones-randhead": (1 + top_heads, f"{1 + top_heads} forwards (1 + K_h)", "forward"),
-        "hones-nohead": (1, "1 forward", "forward"),
-        "ap": (1, "1 forward", "forward"), "ma": (1, "1 forward", "forward"),
-        "dla": (1, "1 forward", "forward"), "pan-act": (1, "1 forward", "forward"),
-        "llm-knowledge": (1, "1 forward (+ per-layer d_ff x V log-softmaxes)", "forward"),
-        "ape": (4, "4 forwards (one per task)", "forward"),
-        "grad": (1, "1 forward + 1 backward", "backward"),
-        "qrnca": (shape.num_layers * steps, f"{shape.num_layers * steps} forward+backward rows (L * m, m = {steps})",
-                  "backward"),
-        "group-patching": (2 + shape.num_layers * math.ceil(shape.d_ff / block),
-                           f"{2 + shape.num_layers * math.ceil(shape.d_ff / block)} forwards "
-                           f"(2 + L * ceil(d_ff / G), G = {block}) + refinement", "forward"),
-        "random": (0, "no model run", "none"),
-    }
-    return table.get(method, (float("nan"), "see `cost`", "forward"))
+def method_passes(method: str, shape: ModelShape, options: dict) -> tuple[float, str, str]:
+    """(rows per example, description, the pass kind that sets the memory peak): the
+    method's own declaration (``Method.passes``)."""
+    passes = get_method(method).passes(shape, options)
+    return passes.rows, passes.text, passes.kind
 
 
-def estimate_methods(shape: ModelShape, methods: list[str], batch_size: int = 1, dtype: str = "float32",
-                     text_tokens: int = DEFAULT_TEXT_TOKENS, top_heads: int | None = None,
-                     utility: str = "metric") -> list[MethodEstimate]:
-    from hones_nn.runner.pipeline import default_top_heads
-
+def estimate_methods(
+    shape: ModelShape,
+    methods: list[str],
+    batch_size: int = 1,
+    dtype: str = "float32",
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    top_heads: int | None = None,
+    utility: str = "metric",
+    options: dict | None = None,
+) -> list[MethodEstimate]:
     b = DTYPE_BYTES[dtype]
-    k = top_heads or default_top_heads(shape.num_layers, shape.num_heads)
+    opts = {
+        **(options or {}),
+        "top_heads": top_heads or default_top_heads(shape.num_layers, shape.num_heads),
+        "utility": utility,
+    }
     weights = shape.params * b
     seq = shape.seq_len(text_tokens)
     out = []
     for name in methods:
-        rows, text, kind = method_passes(name, shape, k, utility)
+        rows, text, kind = method_passes(name, shape, opts)
         act = 0 if kind == "none" else activation_bytes(shape, kind, seq, b)
-        out.append(MethodEstimate(name, text, rows, kind, act, weights if kind != "none" else 0,
-                                  (weights if kind != "none" else 0) + act,
-                                  (weights if kind != "none" else 0) + batch_size * act))
+        out.append(
+            MethodEstimate(
+                name,
+                text,
+                rows,
+                kind,
+                act,
+                weights if kind != "none" else 0,
+                (weights if kind != "none" else 0) + act,
+                (weights if kind != "none" else 0) + batch_size * act,
+            )
+        )
     return out
 
 

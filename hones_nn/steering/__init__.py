@@ -11,5 +11,14 @@ Modules: :mod:`~hones_nn.steering.scales` (the scales and their training loop),
 from hones_nn.steering.io import ScalesFile, load_scales, read_neuron_file, save_scales, select_neurons
 from hones_nn.steering.scales import SteeringConfig, TrainResult, scale_hooks, train_scales
 
-__all__ = ["ScalesFile", "SteeringConfig", "TrainResult", "load_scales", "read_neuron_file", "save_scales",
-           "scale_hooks", "select_neurons", "train_scales"]
+__all__ = [
+    "ScalesFile",
+    "SteeringConfig",
+    "TrainResult",
+    "load_scales",
+    "read_neuron_file",
+    "save_scales",
+    "scale_hooks",
+    "select_neurons",
+    "train_scales",
+]

@@ -44,8 +44,16 @@ def parse_baselines(text: str | Sequence[str] | None) -> list[str]:
         return []
     if parts == ["all"]:
         return list(BASELINES)
-    aliases = {"fixed": "fixed-amp", "fixedamp": "fixed-amp", "grid-search": "grid", "randneuron": "rand-neuron",
-               "random": "rand-neuron", "nokl": "no-kl", "no_kl": "no-kl", "rand_neuron": "rand-neuron"}
+    aliases = {
+        "fixed": "fixed-amp",
+        "fixedamp": "fixed-amp",
+        "grid-search": "grid",
+        "randneuron": "rand-neuron",
+        "random": "rand-neuron",
+        "nokl": "no-kl",
+        "no_kl": "no-kl",
+        "rand_neuron": "rand-neuron",
+    }
     out = []
     for p in parts:
         p = aliases.get(p, p)
@@ -65,8 +73,9 @@ def fixed_amp(neurons: Sequence[tuple[int, int]], factor: float = 2.0) -> Neuron
     return uniform_scales(neurons, factor)
 
 
-def random_neurons_like(neurons: Sequence[tuple[int, int]], d_ff: int, seed: int = 0,
-                        exclude_selected: bool = True) -> list[tuple[int, int]]:
+def random_neurons_like(
+    neurons: Sequence[tuple[int, int]], d_ff: int, seed: int = 0, exclude_selected: bool = True
+) -> list[tuple[int, int]]:
     """Random neurons with the same count per layer as ``neurons`` (sorted).
 
     Drawn uniformly without replacement within each layer (generator seeded by ``seed``
@@ -79,8 +88,10 @@ def random_neurons_like(neurons: Sequence[tuple[int, int]], d_ff: int, seed: int
     for layer, chosen in sorted(by_layer.items()):
         pool = np.array([i for i in range(d_ff) if not (exclude_selected and i in chosen)])
         if len(pool) < len(chosen):
-            raise ValueError(f"layer {layer}: cannot draw {len(chosen)} random neurons outside the {len(chosen)} "
-                             f"selected ones among {d_ff}")
+            raise ValueError(
+                f"layer {layer}: cannot draw {len(chosen)} random neurons outside the {len(chosen)} "
+                f"selected ones among {d_ff}"
+            )
         rng = np.random.default_rng([seed, layer])
         out.extend((layer, int(i)) for i in rng.choice(pool, size=len(chosen), replace=False))
     return sorted(out)
@@ -105,9 +116,17 @@ def _pick(values: dict[float, float], higher_is_better: bool) -> float:
     return sorted(tied, key=lambda f: (abs(f - 1.0), f))[0]
 
 
-def grid_search(engine, td_dev, neurons, grid: Sequence[float] = GRID, criterion: str = "metric",
-                config: SteeringConfig | None = None, batch_size: int = 32, progress: bool = True,
-                base_dev_metric: float | None = None) -> GridResult:
+def grid_search(
+    engine,
+    td_dev,
+    neurons,
+    grid: Sequence[float] = GRID,
+    criterion: str = "metric",
+    config: SteeringConfig | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    base_dev_metric: float | None = None,
+) -> GridResult:
     """The shared factor of ``grid`` that is best on ``td_dev`` (see the module doc)."""
     from hones_nn.evaluation.evaluate import evaluate
 
@@ -123,8 +142,14 @@ def grid_search(engine, td_dev, neurons, grid: Sequence[float] = GRID, criterion
             if factor == 1.0 and base_dev_metric is not None:
                 value = base_dev_metric
             else:
-                value = evaluate(engine, td_dev, None if factor == 1.0 else uniform_scales(neurons, factor),
-                                 batch_size=batch_size, progress=progress, desc=f"grid s={factor:g} (dev)").metric
+                value = evaluate(
+                    engine,
+                    td_dev,
+                    None if factor == 1.0 else uniform_scales(neurons, factor),
+                    batch_size=batch_size,
+                    progress=progress,
+                    desc=f"grid s={factor:g} (dev)",
+                ).metric
             table.append({"factor": factor, "dev_metric": value})
         else:
             losses = dev_loss(engine.loaded, td_dev, neurons, torch.full((len(neurons),), factor), config)
@@ -134,16 +159,32 @@ def grid_search(engine, td_dev, neurons, grid: Sequence[float] = GRID, criterion
     return GridResult(_pick(values, higher_is_better=criterion == "metric"), criterion, table)
 
 
-def train_rand_neuron(loaded, td_dev, neurons, config: SteeringConfig, seed: int = 0, checkpoint_dir=None,
-                      progress: bool = True) -> TrainResult:
+def train_rand_neuron(
+    loaded, td_dev, neurons, config: SteeringConfig, seed: int = 0, checkpoint_dir=None, progress: bool = True
+) -> TrainResult:
     """Learned scales on random neurons (same per-layer counts, disjoint from ``neurons``)."""
     chosen = random_neurons_like(neurons, loaded.sizes.d_ff, seed=seed)
-    return train_scales(loaded, td_dev, chosen, config, checkpoint_dir=checkpoint_dir, progress=progress,
-                        desc=f"steer rand-neuron ({td_dev.task.name})")
+    return train_scales(
+        loaded,
+        td_dev,
+        chosen,
+        config,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        desc=f"steer rand-neuron ({td_dev.task.name})",
+    )
 
 
-def train_no_kl(loaded, td_dev, neurons, config: SteeringConfig, checkpoint_dir=None,
-                progress: bool = True) -> TrainResult:
+def train_no_kl(
+    loaded, td_dev, neurons, config: SteeringConfig, checkpoint_dir=None, progress: bool = True
+) -> TrainResult:
     """Ours without the KL term (beta = 0)."""
-    return train_scales(loaded, td_dev, neurons, dataclasses.replace(config, beta=0.0),
-                        checkpoint_dir=checkpoint_dir, progress=progress, desc=f"steer no-kl ({td_dev.task.name})")
+    return train_scales(
+        loaded,
+        td_dev,
+        neurons,
+        dataclasses.replace(config, beta=0.0),
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        desc=f"steer no-kl ({td_dev.task.name})",
+    )

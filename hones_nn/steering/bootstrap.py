@@ -70,8 +70,11 @@ def bleu_metric(sums: np.ndarray, n: int) -> np.ndarray:
     sys_len, ref_len = sums[..., 0], sums[..., 1]
     correct, total = sums[..., 2:6], sums[..., 6:10]
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_prec = np.where((correct > 0) & (total > 0), np.log(np.where(correct > 0, correct, 1))
-                            - np.log(np.where(total > 0, total, 1)), -np.inf)
+        log_prec = np.where(
+            (correct > 0) & (total > 0),
+            np.log(np.where(correct > 0, correct, 1)) - np.log(np.where(total > 0, total, 1)),
+            -np.inf,
+        )
         geo = np.exp(log_prec.mean(-1))
         short = np.where(sys_len > 0, np.exp(1 - ref_len / np.where(sys_len > 0, sys_len, 1)), 0.0)
         bp = np.where(sys_len < ref_len, short, 1.0)
@@ -88,8 +91,14 @@ def resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return counts
 
 
-def paired_bootstrap(ours, baseline, metric: Callable[[np.ndarray, int], np.ndarray] = mean_metric,
-                     n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> BootstrapResult:
+def paired_bootstrap(
+    ours,
+    baseline,
+    metric: Callable[[np.ndarray, int], np.ndarray] = mean_metric,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> BootstrapResult:
     """Paired bootstrap of metric(ours) - metric(baseline).
 
     ``ours``, ``baseline``: per-item statistics, [n] (utilities) or [n, d], aligned by item.
@@ -140,10 +149,8 @@ def item_statistics(td, outputs: list[list], utilities: list[float], stat: str =
     """(per-item statistics, metric function) of one condition's test outputs."""
     if stat not in STATS:
         raise ValueError(f"unknown bootstrap statistic {stat!r}; choose one of {', '.join(STATS)}")
-    if td.task.name == "caption" and stat == "metric":
-        from hones_nn.tasks.metrics import bleu4_stats
-
-        rows = [bleu4_stats(out[0], item.data["references"]) for item, out in zip(td.items, outputs)]
+    if td.task.corpus_level_metric and stat == "metric":
+        rows = [td.task.metric_stats(item, out) for item, out in zip(td.items, outputs)]
         return np.asarray(rows, dtype=np.float64), bleu_metric
     return np.asarray(utilities, dtype=np.float64)[:, None], mean_metric
 

@@ -82,8 +82,10 @@ def read_neuron_file(path: str | Path) -> list[tuple[int, int]]:
         if missing:
             raise ValueError(f"{path}: no column(s) {', '.join(missing)}; a neuron file needs columns layer, neuron")
         if meta.get(b"hones_nn.kind") == b'"neurons"' and "rank" in table.column_names:
-            raise ValueError(f"{path} is a full neuron score table (every neuron ranked): pass it as --scores "
-                             "with --top-k or --top-ratio, not as --neurons")
+            raise ValueError(
+                f"{path} is a full neuron score table (every neuron ranked): pass it as --scores "
+                "with --top-k or --top-ratio, not as --neurons"
+            )
         layers = table.column("layer").to_numpy()
         neurons = table.column("neuron").to_numpy()
         pairs = _pairs(zip(layers.tolist(), neurons.tolist()), path)
@@ -99,8 +101,10 @@ def check_neurons(neurons, num_layers: int, d_ff: int, source: str = "neurons") 
     neurons = [(int(layer), int(i)) for layer, i in neurons]
     bad = [(layer, i) for layer, i in neurons if not (0 <= layer < num_layers and 0 <= i < d_ff)]
     if bad:
-        raise ValueError(f"{source}: {len(bad)} neuron(s) outside the model ({num_layers} layers x {d_ff} "
-                         f"neurons), first {bad[:3]}; the file was made for another model")
+        raise ValueError(
+            f"{source}: {len(bad)} neuron(s) outside the model ({num_layers} layers x {d_ff} "
+            f"neurons), first {bad[:3]}; the file was made for another model"
+        )
     unique = sorted(set(neurons))
     if len(unique) != len(neurons):
         raise ValueError(f"{source}: {len(neurons) - len(unique)} duplicate neuron(s); list each neuron once")
@@ -109,17 +113,25 @@ def check_neurons(neurons, num_layers: int, d_ff: int, source: str = "neurons") 
     return unique
 
 
-def select_neurons(loaded, scores: str | None = None, top_k: int | None = None, top_ratio: float | None = None,
-                   neurons_file: str | None = None, task: str | None = None) -> tuple[list[tuple[int, int]], dict]:
+def select_neurons(
+    loaded,
+    scores: str | None = None,
+    top_k: int | None = None,
+    top_ratio: float | None = None,
+    neurons_file: str | None = None,
+    task: str | None = None,
+) -> tuple[list[tuple[int, int]], dict]:
     """The neurons to steer and a description of where they came from (for the metadata)."""
-    from hones_nn.runner.tables import read_neuron_table, top_k_for_ratio
+    from hones_nn.engine.tables import read_neuron_table, top_k_for_ratio
 
     sizes = loaded.sizes
     if (scores is None) == (neurons_file is None):
         raise ValueError("give the neurons either as --scores TABLE (with --top-k or --top-ratio) or as --neurons FILE")
     if neurons_file is not None:
         if top_k is not None or top_ratio is not None:
-            raise ValueError("--top-k / --top-ratio select from a score table; with --neurons every listed neuron is used")
+            raise ValueError(
+                "--top-k / --top-ratio select from a score table; with --neurons every listed neuron is used"
+            )
         chosen = check_neurons(read_neuron_file(neurons_file), sizes.num_layers, sizes.d_ff, str(neurons_file))
         return chosen, {"source": "file", "path": str(neurons_file), "k": len(chosen)}
     table = read_neuron_table(scores, loaded, "steering")
@@ -130,8 +142,13 @@ def select_neurons(loaded, scores: str | None = None, top_k: int | None = None, 
     if not 0 < top_k <= len(table.rank):
         raise ValueError(f"--top-k must be in 1..{len(table.rank)}, got {top_k}")
     chosen = check_neurons(table.top(top_k), sizes.num_layers, sizes.d_ff, str(scores))
-    info = {"source": "scores", "path": str(scores), "k": top_k, "ranking_method": table.meta.get("method"),
-            "ranking_task": table.meta.get("task")}
+    info = {
+        "source": "scores",
+        "path": str(scores),
+        "k": top_k,
+        "ranking_method": table.meta.get("method"),
+        "ranking_task": table.meta.get("task"),
+    }
     if task is not None and table.meta.get("task") not in (None, task):
         info["note"] = f"neurons ranked for task {table.meta.get('task')!r}, steered on {task!r}"
     return chosen, info
@@ -161,8 +178,10 @@ class ScalesFile:
         their_hash, their_id = self.meta.get("weights_hash"), self.meta.get("model_id")
         if their_hash is not None and loaded.weights_hash is not None:
             if their_hash != loaded.weights_hash:
-                raise ValueError(f"{path} was learned on model {their_id!r} (weights {their_hash}), not on "
-                                 f"{loaded.model_id!r} (weights {loaded.weights_hash}); re-learn it for this model")
+                raise ValueError(
+                    f"{path} was learned on model {their_id!r} (weights {their_hash}), not on "
+                    f"{loaded.model_id!r} (weights {loaded.weights_hash}); re-learn it for this model"
+                )
         elif their_id not in (None, loaded.model_id):
             raise ValueError(f"{path} was learned on model {their_id!r}, not {loaded.model_id!r}")
 
@@ -209,9 +228,9 @@ def load_scales(path: str | Path) -> ScalesFile:
     for key, value in raw.items():
         if key.startswith(META_PREFIX):
             try:
-                meta[key[len(META_PREFIX):]] = json.loads(value)
+                meta[key[len(META_PREFIX) :]] = json.loads(value)
             except json.JSONDecodeError:
-                meta[key[len(META_PREFIX):]] = value
+                meta[key[len(META_PREFIX) :]] = value
     neurons = [(int(layer), int(i)) for layer, i in neurons_t.tolist()]
     if len(neurons) != scales.numel():
         raise ValueError(f"{path}: {len(neurons)} neurons but {scales.numel()} scales")

@@ -30,7 +30,7 @@ Choices (written down here; the paper leaves them open):
   deltas of the reference learning rate are rounded away there: learn and apply scales
   in float32 (the default) where that matters.
 * **Frozen weights:** every parameter has ``requires_grad`` False during training
-  (:func:`hones_nn.methods.grad.frozen_parameters`, flags restored after), so the graph
+  (:func:`hones_nn.engine.readout.frozen_parameters`, flags restored after), so the graph
   starts at the scale vector and no parameter ``.grad`` is ever written.
 * **Targets:** generative tasks (VQA, OCR, caption) teacher-force the gold answer after
   the prompt; CE is the token mean over the answer tokens *and the final EOS*
@@ -65,9 +65,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from hones_nn.evaluation.engine import encode_prompts
+from hones_nn.engine.encoding import encode_prompts
+from hones_nn.engine.readout import frozen_parameters
 from hones_nn.interventions.neurons import NeuronScale
-from hones_nn.methods.grad import frozen_parameters
 from hones_nn.tasks.base import Prompt
 from hones_nn.tasks.retrieval import decision_token_ids
 from hones_nn.utils.io import atomic_write_with, read_safetensors
@@ -113,8 +113,10 @@ def neuron_groups(neurons: Sequence[tuple[int, int]]) -> dict[int, tuple[torch.T
     groups: dict[int, list[tuple[int, int]]] = {}
     for k, (layer, i) in enumerate(neurons):
         groups.setdefault(int(layer), []).append((int(i), k))
-    return {layer: (torch.tensor([i for i, _ in pairs]), torch.tensor([k for _, k in pairs]))
-            for layer, pairs in sorted(groups.items())}
+    return {
+        layer: (torch.tensor([i for i, _ in pairs]), torch.tensor([k for _, k in pairs]))
+        for layer, pairs in sorted(groups.items())
+    }
 
 
 @contextlib.contextmanager
@@ -161,17 +163,7 @@ def epoch_rows(td, config: SteeringConfig, epoch: int) -> list[Row]:
     rng = np.random.default_rng([config.seed, epoch])
     rows: list[Row] = []
     for item in td.items:
-        if td.task.name == "retrieval":
-            pos = item.data["positive_index"]
-            rows.append(Row(item.prompts[pos], True))
-            others = [k for k in range(len(item.prompts)) if k != pos]
-            take = min(config.negatives, len(others))
-            for k in sorted(rng.choice(len(others), size=take, replace=False).tolist()) if take else []:
-                rows.append(Row(item.prompts[others[k]], False))
-        else:
-            if item.prompts[0].answer is None:
-                raise ValueError(f"item {item.item_id!r} has no gold answer to train the scales on")
-            rows.append(Row(item.prompts[0]))
+        rows.extend(Row(prompt, yes) for prompt, yes in td.task.training_rows(item, rng, config.negatives))
     order = rng.permutation(len(rows))
     return [rows[i] for i in order]
 
@@ -254,8 +246,12 @@ class TrainResult:
         return NeuronScale(self.neurons, self.scales.clone())
 
     def meta(self) -> dict:
-        return {"hyperparameters": self.config.as_dict(), "curve": self.curve, "epoch_losses": self.epochs,
-                "resumed_from_epoch": self.resumed_from_epoch}
+        return {
+            "hyperparameters": self.config.as_dict(),
+            "curve": self.curve,
+            "epoch_losses": self.epochs,
+            "resumed_from_epoch": self.resumed_from_epoch,
+        }
 
 
 def cosine_factor(step: int, total: int, min_ratio: float) -> float:
@@ -267,10 +263,17 @@ def cosine_factor(step: int, total: int, min_ratio: float) -> float:
 
 
 def _fingerprint(loaded, td, neurons, config: SteeringConfig) -> str:
-    ident = {"model_id": loaded.model_id, "weights_hash": loaded.weights_hash, "task": td.task.name,
-             "data": td.data_dir, "split": td.split, "items": [i.item_id for i in td.items],
-             "neurons": [list(n) for n in neurons], "config": config.as_dict(),
-             "reference_compat": td.task.reference_compat}
+    ident = {
+        "model_id": loaded.model_id,
+        "weights_hash": loaded.weights_hash,
+        "task": td.task.name,
+        "data": td.data_dir,
+        "split": td.split,
+        "items": [i.item_id for i in td.items],
+        "neurons": [list(n) for n in neurons],
+        "config": config.as_dict(),
+        "reference_compat": td.task.reference_compat,
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -279,19 +282,32 @@ def _write_checkpoint(path: Path, state: dict) -> None:
     optimizer = state["optimizer"]
     tensors = {"delta": state["delta"].contiguous()}
     for key, value in optimizer["state"].get(0, {}).items():
-        tensors[f"optimizer.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).detach().cpu().contiguous()
-    meta = {"fingerprint": state["fingerprint"], "epoch": str(state["epoch"]), "curve": state["curve"],
-            "epochs": state["epochs"], "scheduler": json.dumps(state["scheduler"]),
-            "param_groups": json.dumps(optimizer["param_groups"])}
+        tensors[f"optimizer.{key}"] = (
+            (value if torch.is_tensor(value) else torch.tensor(value)).detach().cpu().contiguous()
+        )
+    meta = {
+        "fingerprint": state["fingerprint"],
+        "epoch": str(state["epoch"]),
+        "curve": state["curve"],
+        "epochs": state["epochs"],
+        "scheduler": json.dumps(state["scheduler"]),
+        "param_groups": json.dumps(optimizer["param_groups"]),
+    }
     atomic_write_with(path, lambda p: save_file(tensors, p, metadata=meta))
 
 
 def _read_checkpoint(path: Path) -> dict:
     tensors, meta = read_safetensors(path, f"steering checkpoint {path}", "; delete it to redo that epoch")
     opt_state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("optimizer.")}
-    return {"fingerprint": meta.get("fingerprint"), "epoch": int(meta.get("epoch", 0)), "delta": tensors["delta"],
-            "optimizer": {"state": {0: opt_state} if opt_state else {}, "param_groups": json.loads(meta["param_groups"])},
-            "scheduler": json.loads(meta["scheduler"]), "curve": meta["curve"], "epochs": meta["epochs"]}
+    return {
+        "fingerprint": meta.get("fingerprint"),
+        "epoch": int(meta.get("epoch", 0)),
+        "delta": tensors["delta"],
+        "optimizer": {"state": {0: opt_state} if opt_state else {}, "param_groups": json.loads(meta["param_groups"])},
+        "scheduler": json.loads(meta["scheduler"]),
+        "curve": meta["curve"],
+        "epochs": meta["epochs"],
+    }
 
 
 def _latest_checkpoint(folder: Path, fingerprint: str):
@@ -309,9 +325,15 @@ def _latest_checkpoint(folder: Path, fingerprint: str):
     return None
 
 
-def train_scales(loaded, td, neurons: Sequence[tuple[int, int]], config: SteeringConfig | None = None,
-                 checkpoint_dir: str | Path | None = None, progress: bool = True, desc: str | None = None,
-                 ) -> TrainResult:
+def train_scales(
+    loaded,
+    td,
+    neurons: Sequence[tuple[int, int]],
+    config: SteeringConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> TrainResult:
     """Learn delta for ``neurons`` on ``td`` (the dev split); weights stay frozen.
 
     Returns the learned delta (clamped) and the loss curve (per optimizer step: loss, ce,
@@ -330,7 +352,8 @@ def train_scales(loaded, td, neurons: Sequence[tuple[int, int]], config: Steerin
     steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_factor(step, total_steps, config.min_lr_ratio))
+        optimizer, lambda step: cosine_factor(step, total_steps, config.min_lr_ratio)
+    )
     curve: list[dict] = []
     epoch_log: list[dict] = []
     start_epoch = 0
@@ -350,12 +373,16 @@ def train_scales(loaded, td, neurons: Sequence[tuple[int, int]], config: Steerin
     with frozen_parameters(loaded.model), torch.enable_grad():
         for epoch in range(start_epoch, config.epochs):
             rows = epoch_rows(td, config, epoch)
-            chunks = [rows[i:i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
+            chunks = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
             sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
-            bar = tqdm(total=len(chunks), desc=desc or f"steer {td.task.name} epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress, leave=False)
+            bar = tqdm(
+                total=len(chunks),
+                desc=desc or f"steer {td.task.name} epoch {epoch + 1}/{config.epochs}",
+                disable=not progress,
+                leave=False,
+            )
             for group_start in range(0, len(chunks), config.grad_accum):
-                group = chunks[group_start:group_start + config.grad_accum]
+                group = chunks[group_start : group_start + config.grad_accum]
                 optimizer.zero_grad(set_to_none=True)
                 logged = {"ce": 0.0, "kl": 0.0}
                 for chunk in group:
@@ -366,7 +393,7 @@ def train_scales(loaded, td, neurons: Sequence[tuple[int, int]], config: Steerin
                     logged["ce"] += parts["ce"].item() / len(group)
                     logged["kl"] += parts["kl"].item() / len(group)
                     bar.update(1)
-                l2 = config.l2 * (delta ** 2).sum()
+                l2 = config.l2 * (delta**2).sum()
                 if config.l2 > 0:
                     l2.backward()
                 grad_norm = float(torch.nn.utils.clip_grad_norm_([delta], config.clip))
@@ -377,8 +404,18 @@ def train_scales(loaded, td, neurons: Sequence[tuple[int, int]], config: Steerin
                     delta.clamp_(-config.clamp, config.clamp)
                 l2_value = l2.item()
                 total = logged["ce"] + config.beta * logged["kl"] + l2_value
-                curve.append({"step": step, "epoch": epoch, "loss": total, "ce": logged["ce"], "kl": logged["kl"],
-                              "l2": l2_value, "lr": lr, "grad_norm": grad_norm})
+                curve.append(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": total,
+                        "ce": logged["ce"],
+                        "kl": logged["kl"],
+                        "l2": l2_value,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                    }
+                )
                 sums["loss"] += total
                 sums["ce"] += logged["ce"]
                 sums["kl"] += logged["kl"]
@@ -387,9 +424,15 @@ def train_scales(loaded, td, neurons: Sequence[tuple[int, int]], config: Steerin
             n_steps = max(1, math.ceil(len(chunks) / config.grad_accum))
             epoch_log.append({"epoch": epoch, **{k: v / n_steps for k, v in sums.items()}})
             if folder is not None:
-                state = {"fingerprint": fingerprint, "epoch": epoch + 1, "delta": delta.detach().cpu().clone(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "curve": json.dumps(curve), "epochs": json.dumps(epoch_log)}
+                state = {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch + 1,
+                    "delta": delta.detach().cpu().clone(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "curve": json.dumps(curve),
+                    "epochs": json.dumps(epoch_log),
+                }
                 _write_checkpoint(folder / f"epoch-{epoch + 1}.safetensors", state)
     return TrainResult(neurons, delta.detach().cpu().clone(), config, curve, epoch_log, start_epoch)
 
@@ -406,7 +449,7 @@ def dev_loss(loaded, td, neurons, scales: torch.Tensor | None, config: SteeringC
     rows = epoch_rows(td, config, 0)
     ce_sum = kl_sum = weight = 0.0
     for i in range(0, len(rows), config.batch_size):
-        batch = make_batch(loaded, td, rows[i:i + config.batch_size], config, device)
+        batch = make_batch(loaded, td, rows[i : i + config.batch_size], config, device)
         if scales is None:
             parts = batch_losses(loaded, batch, [], torch.zeros(0), 0.0)
         else:

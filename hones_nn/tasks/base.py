@@ -101,7 +101,9 @@ class ImageSource:
                 raise BadItemError(f"image {image_id!r} (row {row}) has no bytes and no path; re-import the dataset")
             image.load()
         except FileNotFoundError:
-            raise BadItemError(f"image {image_id!r}: file {path} is missing; restore it or re-import the dataset") from None
+            raise BadItemError(
+                f"image {image_id!r}: file {path} is missing; restore it or re-import the dataset"
+            ) from None
         except (UnidentifiedImageError, OSError) as exc:
             raise BadItemError(
                 f"image {image_id!r} (row {row}) is corrupt or unreadable ({exc}); rebuild or re-import the "
@@ -172,3 +174,77 @@ class Task:
     def target_texts(self, item: Item) -> list[str]:
         """The texts whose tokens define the target direction u_y (HONES 4.2)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------ prompts the methods read
+    # Each method asks the task which prompt, rows and tokens it needs, so that no code
+    # outside ``hones_nn.tasks`` branches on a task's name.
+
+    asks_questions: ClassVar[bool] = False  # items carry a question (fuzzy-set modulation needs one)
+    corpus_level_metric: ClassVar[bool] = False  # the metric is not a mean of utilities (caption BLEU)
+
+    def attribution_prompt(self, item: Item) -> Prompt:
+        """The prompt whose last position T neuron attributions read (retrieval: the
+        positive candidate, whose gold decision is " Yes")."""
+        return item.prompts[0]
+
+    def utility_prompts(self, item: Item, utility: str) -> list[int]:
+        """Indices of the prompts a head sweep runs for ``utility`` (every prompt by default)."""
+        return list(range(len(item.prompts)))
+
+    def teacher_forced_utility(self, item: Item, scores: dict[int, float], utility: str) -> float:
+        """An item's fast utility from its prompts' teacher-forced scores ({prompt: score}
+        for the prompts of :meth:`utility_prompts`): the gold answer's log-prob or
+        first-token probability of the one prompt."""
+        return scores[0]
+
+    def screen_rows(self, item: Item) -> list[tuple[Prompt, float]]:
+        """(prompt, weight) rows whose weighted teacher-forced utility sum is the item's
+        AtP screen utility U (one row: the gold answer's log-prob)."""
+        return [(item.prompts[0], 1.0)]
+
+    def training_rows(self, item: Item, rng, negatives: int) -> list[tuple[Prompt, bool | None]]:
+        """(prompt, decision) rows steering trains on: the teacher-forced gold answer
+        (decision None); retrieval overrides with Yes/No rows."""
+        if item.prompts[0].answer is None:
+            raise ValueError(f"item {item.item_id!r} has no gold answer to train the scales on")
+        return [(item.prompts[0], None)]
+
+    def gold_token_ids(self, tokenizer, item: Item) -> list[int]:
+        """The gold continuation's tokens at T (the first is the token the model must
+        predict there), specials removed; an error naming the item when there is none."""
+        from hones_nn.tasks.targets import target_token_ids
+
+        text = self.attribution_prompt(item).answer or ""
+        ids = target_token_ids(tokenizer, text)
+        if not ids:
+            raise ValueError(
+                f"item {item.item_id!r}: the target {text!r} has no non-special token in this tokenizer, so the "
+                "target logit is undefined; fix or drop the item, or use an activation baseline ('ap', 'ma')"
+            )
+        return ids
+
+    def direction_context(self, tokenizer, items: list[Item]):
+        """What :meth:`direction_tokens` needs from the whole split (caption: IDF weights)."""
+        return None
+
+    def direction_tokens(self, tokenizer, item: Item, context=None) -> tuple[list[int], list[float]]:
+        """(token ids, weights) whose weighted mean unembedding row is HONES's target
+        direction u_y: the tokens of the first target text, weight 1 each."""
+        from hones_nn.tasks.targets import target_token_ids
+
+        ids = target_token_ids(tokenizer, self.target_texts(item)[0])
+        return ids, [1.0] * len(ids)
+
+    def descriptive_text(self, item: Item) -> str | None:
+        """A free-text description whose content words are targets (caption: the first
+        reference), for methods that attribute content words; None when the gold answer is
+        itself short."""
+        return None
+
+    def metric_stats(self, item: Item, outputs: list):
+        """Sufficient statistics of the corpus metric for one item (summed over items,
+        :meth:`metric_from_stats` gives the metric), for tasks with a corpus-level metric."""
+        raise ValueError(f"task {self.name!r} has no corpus-level metric statistics")
+
+    def metric_from_stats(self, stats) -> float:
+        raise ValueError(f"task {self.name!r} has no corpus-level metric statistics")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 from hones_nn.tasks.base import BadItemError, Item, Prompt, Task, register_task
-from hones_nn.tasks.metrics import corpus_bleu4, sentence_bleu4
+from hones_nn.tasks.metrics import bleu4_from_stats, bleu4_stats, corpus_bleu4, sentence_bleu4
 from hones_nn.tasks.prompts import instruction
+from hones_nn.tasks.targets import MAX_TARGET_TOKENS, caption_idf, target_token_ids
 
 
 @register_task
@@ -23,6 +24,7 @@ class CaptionTask(Task):
     name = "caption"
     metric_name = "bleu4"
     required_fields = ("captions",)
+    corpus_level_metric = True
 
     def make_item(self, record: dict, row: int) -> Item:
         refs = [c.strip() for c in (record["captions"] or []) if c and c.strip()]
@@ -42,3 +44,27 @@ class CaptionTask(Task):
 
     def target_texts(self, item: Item) -> list[str]:
         return list(item.data["references"][:5])
+
+    def direction_context(self, tokenizer, items: list[Item]) -> dict[int, float]:
+        """IDF weights of the references' tokens over the split (see ``caption_idf``)."""
+        return caption_idf(tokenizer, items, reference_compat=self.reference_compat)
+
+    def direction_tokens(self, tokenizer, item: Item, context=None) -> tuple[list[int], list[float]]:
+        """The tokens of the first five references, IDF-weighted (paper: each reference
+        encoded on its own; reference code: the five joined by spaces and encoded once)."""
+        refs = item.data["references"][:5]
+        if self.reference_compat:
+            ids = target_token_ids(tokenizer, " ".join(refs))
+        else:
+            ids = [t for r in refs for t in target_token_ids(tokenizer, r)][:MAX_TARGET_TOKENS]
+        idf = context or {}
+        return ids, [idf.get(t, 1.0) for t in ids]
+
+    def descriptive_text(self, item: Item) -> str | None:
+        return item.data["references"][0]
+
+    def metric_stats(self, item: Item, outputs: list):
+        return bleu4_stats(outputs[0], item.data["references"])
+
+    def metric_from_stats(self, stats) -> float:
+        return bleu4_from_stats(stats)

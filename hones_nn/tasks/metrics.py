@@ -21,21 +21,21 @@ import math
 import operator
 import re
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 
 __all__ = [
-    "normalize_vqa_answer",
-    "vqa_soft_accuracy",
-    "vqa_reference_match",
-    "levenshtein",
     "anls",
+    "bleu4_from_stats",
+    "bleu4_stats",
     "coco_caption_tokens",
     "corpus_bleu4",
-    "sentence_bleu4",
-    "bleu4_stats",
-    "bleu4_from_stats",
-    "ndcg_at_k",
+    "levenshtein",
     "ndcg_at_5_single",
+    "ndcg_at_k",
+    "normalize_vqa_answer",
+    "sentence_bleu4",
+    "vqa_reference_match",
+    "vqa_soft_accuracy",
 ]
 
 
@@ -65,43 +65,140 @@ def _check_str_list(values, what: str, min_len: int = 1) -> list[str]:
 # included (see normalize_vqa_answer).
 
 _VQA_CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
-    "couldnt": "couldn't", "couldn'tve": "couldn’t’ve", "couldnt’ve": "couldn’t’ve",
-    "didnt": "didn’t", "doesnt": "doesn’t", "dont": "don’t", "hadnt": "hadn’t",
-    "hadnt’ve": "hadn’t’ve", "hadn'tve": "hadn’t’ve", "hasnt": "hasn’t", "havent": "haven’t",
-    "hed": "he’d", "hed’ve": "he’d’ve", "he’dve": "he’d’ve", "hes": "he’s", "howd": "how’d",
-    "howll": "how’ll", "hows": "how’s", "Id’ve": "I’d’ve", "I’dve": "I’d’ve", "Im": "I’m",
-    "Ive": "I’ve", "isnt": "isn’t", "itd": "it’d", "itd’ve": "it’d’ve", "it’dve": "it’d’ve",
-    "itll": "it’ll", "let’s": "let’s", "maam": "ma’am", "mightnt": "mightn’t",
-    "mightnt’ve": "mightn’t’ve", "mightn’tve": "mightn’t’ve", "mightve": "might’ve",
-    "mustnt": "mustn’t", "mustve": "must’ve", "neednt": "needn’t", "notve": "not’ve",
-    "oclock": "o’clock", "oughtnt": "oughtn’t", "ow’s’at": "’ow’s’at", "’ows’at": "’ow’s’at",
-    "’ow’sat": "’ow’s’at", "shant": "shan’t", "shed’ve": "she’d’ve", "she’dve": "she’d’ve",
-    "she’s": "she’s", "shouldve": "should’ve", "shouldnt": "shouldn’t",
-    "shouldnt’ve": "shouldn’t’ve", "shouldn’tve": "shouldn’t’ve", "somebody’d": "somebodyd",
-    "somebodyd’ve": "somebody’d’ve", "somebody’dve": "somebody’d’ve",
-    "somebodyll": "somebody’ll", "somebodys": "somebody’s", "someoned": "someone’d",
-    "someoned’ve": "someone’d’ve", "someone’dve": "someone’d’ve", "someonell": "someone’ll",
-    "someones": "someone’s", "somethingd": "something’d", "somethingd’ve": "something’d’ve",
-    "something’dve": "something’d’ve", "somethingll": "something’ll", "thats": "that’s",
-    "thered": "there’d", "thered’ve": "there’d’ve", "there’dve": "there’d’ve",
-    "therere": "there’re", "theres": "there’s", "theyd": "they’d", "theyd’ve": "they’d’ve",
-    "they’dve": "they’d’ve", "theyll": "they’ll", "theyre": "they’re", "theyve": "they’ve",
-    "twas": "’twas", "wasnt": "wasn’t", "wed’ve": "we’d’ve", "we’dve": "we’d’ve",
-    "weve": "we've", "werent": "weren’t", "whatll": "what’ll", "whatre": "what’re",
-    "whats": "what’s", "whatve": "what’ve", "whens": "when’s", "whered": "where’d",
-    "wheres": "where's", "whereve": "where’ve", "whod": "who’d", "whod’ve": "who’d’ve",
-    "who’dve": "who’d’ve", "wholl": "who’ll", "whos": "who’s", "whove": "who've",
-    "whyll": "why’ll", "whyre": "why’re", "whys": "why’s", "wont": "won’t",
-    "wouldve": "would’ve", "wouldnt": "wouldn’t", "wouldnt’ve": "wouldn’t’ve",
-    "wouldn’tve": "wouldn’t’ve", "yall": "y’all", "yall’ll": "y’all’ll", "y’allll": "y’all’ll",
-    "yall’d’ve": "y’all’d’ve", "y’alld’ve": "y’all’d’ve", "y’all’dve": "y’all’d’ve",
-    "youd": "you’d", "youd’ve": "you’d’ve", "you’dve": "you’d’ve", "youll": "you’ll",
-    "youre": "you’re", "youve": "you’ve",
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldve": "could've",
+    "couldnt": "couldn't",
+    "couldn'tve": "couldn’t’ve",
+    "couldnt’ve": "couldn’t’ve",
+    "didnt": "didn’t",
+    "doesnt": "doesn’t",
+    "dont": "don’t",
+    "hadnt": "hadn’t",
+    "hadnt’ve": "hadn’t’ve",
+    "hadn'tve": "hadn’t’ve",
+    "hasnt": "hasn’t",
+    "havent": "haven’t",
+    "hed": "he’d",
+    "hed’ve": "he’d’ve",
+    "he’dve": "he’d’ve",
+    "hes": "he’s",
+    "howd": "how’d",
+    "howll": "how’ll",
+    "hows": "how’s",
+    "Id’ve": "I’d’ve",
+    "I’dve": "I’d’ve",
+    "Im": "I’m",
+    "Ive": "I’ve",
+    "isnt": "isn’t",
+    "itd": "it’d",
+    "itd’ve": "it’d’ve",
+    "it’dve": "it’d’ve",
+    "itll": "it’ll",
+    "let’s": "let’s",
+    "maam": "ma’am",
+    "mightnt": "mightn’t",
+    "mightnt’ve": "mightn’t’ve",
+    "mightn’tve": "mightn’t’ve",
+    "mightve": "might’ve",
+    "mustnt": "mustn’t",
+    "mustve": "must’ve",
+    "neednt": "needn’t",
+    "notve": "not’ve",
+    "oclock": "o’clock",
+    "oughtnt": "oughtn’t",
+    "ow’s’at": "’ow’s’at",
+    "’ows’at": "’ow’s’at",
+    "’ow’sat": "’ow’s’at",
+    "shant": "shan’t",
+    "shed’ve": "she’d’ve",
+    "she’dve": "she’d’ve",
+    "she’s": "she’s",
+    "shouldve": "should’ve",
+    "shouldnt": "shouldn’t",
+    "shouldnt’ve": "shouldn’t’ve",
+    "shouldn’tve": "shouldn’t’ve",
+    "somebody’d": "somebodyd",
+    "somebodyd’ve": "somebody’d’ve",
+    "somebody’dve": "somebody’d’ve",
+    "somebodyll": "somebody’ll",
+    "somebodys": "somebody’s",
+    "someoned": "someone’d",
+    "someoned’ve": "someone’d’ve",
+    "someone’dve": "someone’d’ve",
+    "someonell": "someone’ll",
+    "someones": "someone’s",
+    "somethingd": "something’d",
+    "somethingd’ve": "something’d’ve",
+    "something’dve": "something’d’ve",
+    "somethingll": "something’ll",
+    "thats": "that’s",
+    "thered": "there’d",
+    "thered’ve": "there’d’ve",
+    "there’dve": "there’d’ve",
+    "therere": "there’re",
+    "theres": "there’s",
+    "theyd": "they’d",
+    "theyd’ve": "they’d’ve",
+    "they’dve": "they’d’ve",
+    "theyll": "they’ll",
+    "theyre": "they’re",
+    "theyve": "they’ve",
+    "twas": "’twas",
+    "wasnt": "wasn’t",
+    "wed’ve": "we’d’ve",
+    "we’dve": "we’d’ve",
+    "weve": "we've",
+    "werent": "weren’t",
+    "whatll": "what’ll",
+    "whatre": "what’re",
+    "whats": "what’s",
+    "whatve": "what’ve",
+    "whens": "when’s",
+    "whered": "where’d",
+    "wheres": "where's",
+    "whereve": "where’ve",
+    "whod": "who’d",
+    "whod’ve": "who’d’ve",
+    "who’dve": "who’d’ve",
+    "wholl": "who’ll",
+    "whos": "who’s",
+    "whove": "who've",
+    "whyll": "why’ll",
+    "whyre": "why’re",
+    "whys": "why’s",
+    "wont": "won’t",
+    "wouldve": "would’ve",
+    "wouldnt": "wouldn’t",
+    "wouldnt’ve": "wouldn’t’ve",
+    "wouldn’tve": "wouldn’t’ve",
+    "yall": "y’all",
+    "yall’ll": "y’all’ll",
+    "y’allll": "y’all’ll",
+    "yall’d’ve": "y’all’d’ve",
+    "y’alld’ve": "y’all’d’ve",
+    "y’all’dve": "y’all’d’ve",
+    "youd": "you’d",
+    "youd’ve": "you’d’ve",
+    "you’dve": "you’d’ve",
+    "youll": "you’ll",
+    "youre": "you’re",
+    "youve": "you’ve",
 }
 _VQA_MANUAL_MAP = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
 }
 _VQA_ARTICLES = ("a", "an", "the")
 # Verbatim, including the look-ahead typo "(?!<=\d)" (meant as a look-behind): it never
@@ -109,8 +206,7 @@ _VQA_ARTICLES = ("a", "an", "the")
 # "5." and "a.b" lose theirs).
 _VQA_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _VQA_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
-_VQA_PUNCT = (";", ":", "/", "'", "[", "]", '"', "(", ")", "=", "+", "\\", "_",
-              ">", "<", "@", "`", ",", "?")
+_VQA_PUNCT = (";", ":", "/", "'", "[", "]", '"', "(", ")", "=", "+", "\\", "_", ">", "<", "@", "`", ",", "?")
 # The official call is ``periodStrip.sub("", outText, re.UNICODE)``: the flag lands in the
 # ``count`` parameter, so at most re.UNICODE == 32 periods are removed. Kept for parity.
 _VQA_PERIOD_STRIP_COUNT = 32
@@ -296,27 +392,148 @@ def anls(prediction: str, answers: str | Sequence[str], tau: float = 0.5) -> flo
 
 # pycocoevalcap's list, verbatim. It is compared with lower-cased tokens, so the bracket
 # entries never match: "(" comes out as "-lrb-" and stays a token, as in the official run.
-_COCO_PUNCTUATIONS = ("''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
-                      ".", "?", "!", ",", ":", "-", "--", "...", ";")
+_COCO_PUNCTUATIONS = (
+    "''",
+    "'",
+    "``",
+    "`",
+    "-LRB-",
+    "-RRB-",
+    "-LCB-",
+    "-RCB-",
+    ".",
+    "?",
+    "!",
+    ",",
+    ":",
+    "-",
+    "--",
+    "...",
+    ";",
+)
 _OPEN_BRACKETS = {"(": "-LRB-", "[": "-LSB-", "{": "-LCB-"}
 _CLOSE_BRACKETS = {")": "-RRB-", "]": "-RSB-", "}": "-RCB-"}
 # Words whose final period PTBTokenizer 3.4.1 keeps attached (each checked against the
 # jar, mid-sentence and sentence-final; "may.", "sun.", "sat.", "fig.", "sec.", "mm." split).
 _ABBREV_ALWAYS = frozenset(
-    "mr mrs ms dr drs prof st mt ave rd blvd jr sr bros esq ltd corp inc co cos dept univ "
-    "col gen rev maj det adm sgt capt pres hon mme mlle lt gov govs sen sens rep reps atty "
-    "attys messrs cpl pvt ste lieut brig cmdr comdr pfc spc supt supts plc bancorp bhd "
-    "assn intl sys pty ptys pte ph est sq ft tel ext al etc vs seq ind mo va md ky ga ct "
-    "vt fla calif jan feb mar apr jun jul aug sep sept oct nov dec mon tue tues wed thu "
-    "thurs fri".split()
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "drs",
+        "prof",
+        "st",
+        "mt",
+        "ave",
+        "rd",
+        "blvd",
+        "jr",
+        "sr",
+        "bros",
+        "esq",
+        "ltd",
+        "corp",
+        "inc",
+        "co",
+        "cos",
+        "dept",
+        "univ",
+        "col",
+        "gen",
+        "rev",
+        "maj",
+        "det",
+        "adm",
+        "sgt",
+        "capt",
+        "pres",
+        "hon",
+        "mme",
+        "mlle",
+        "lt",
+        "gov",
+        "govs",
+        "sen",
+        "sens",
+        "rep",
+        "reps",
+        "atty",
+        "attys",
+        "messrs",
+        "cpl",
+        "pvt",
+        "ste",
+        "lieut",
+        "brig",
+        "cmdr",
+        "comdr",
+        "pfc",
+        "spc",
+        "supt",
+        "supts",
+        "plc",
+        "bancorp",
+        "bhd",
+        "assn",
+        "intl",
+        "sys",
+        "pty",
+        "ptys",
+        "pte",
+        "ph",
+        "est",
+        "sq",
+        "ft",
+        "tel",
+        "ext",
+        "al",
+        "etc",
+        "vs",
+        "seq",
+        "ind",
+        "mo",
+        "va",
+        "md",
+        "ky",
+        "ga",
+        "ct",
+        "vt",
+        "fla",
+        "calif",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "mon",
+        "tue",
+        "tues",
+        "wed",
+        "thu",
+        "thurs",
+        "fri",
+    ]
 )
 # ... and those it keeps only when capitalised (state names that are also words).
-_ABBREV_IF_CAPITALISED = frozenset("wash miss ill mass del la pa tex".split())
+_ABBREV_IF_CAPITALISED = frozenset(["wash", "miss", "ill", "mass", "del", "la", "pa", "tex"])
 _CONTRACTION_SUFFIX = re.compile(r"^(.+?)(n't|'s|'re|'ve|'m|'d|'ll)$", re.IGNORECASE)
-_SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("got", "ta"),
-                "wanna": ("wan", "na"), "gimme": ("gim", "me"), "lemme": ("lem", "me")}
-_TYPOGRAPHIC = str.maketrans({"’": "'", "‘": "'", "`": "'", "“": '"', "”": '"',
-                              "…": " ... ", "–": " -- ", "—": " -- "})
+_SPLIT_WORDS = {
+    "cannot": ("can", "not"),
+    "gonna": ("gon", "na"),
+    "gotta": ("got", "ta"),
+    "wanna": ("wan", "na"),
+    "gimme": ("gim", "me"),
+    "lemme": ("lem", "me"),
+}
+_TYPOGRAPHIC = str.maketrans({"’": "'", "‘": "'", "`": "'", "“": '"', "”": '"', "…": " ... ", "–": " -- ", "—": " -- "})
 
 
 def _period_is_abbreviation(core: str, next_chunk: str) -> bool:
@@ -378,10 +595,7 @@ def _ptb_chunk(chunk: str, next_chunk: str) -> list[str]:
         elif c in _OPEN_BRACKETS:
             head.append(_OPEN_BRACKETS[c])
             chunk = chunk[1:]
-        elif c in "$#" and len(chunk) > 1:
-            head.append(c)
-            chunk = chunk[1:]
-        elif c in ",;:" and len(chunk) > 1:
+        elif (c in "$#" and len(chunk) > 1) or (c in ",;:" and len(chunk) > 1):
             head.append(c)
             chunk = chunk[1:]
         else:
@@ -473,7 +687,7 @@ def _bleu_inputs(predictions, references) -> tuple[list[str], list[list[str]]]:
     return hyp_lines, ref_lines
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sacrebleu(sentence: bool):
     from sacrebleu.metrics import BLEU
 

@@ -15,13 +15,13 @@ INSTRUCTIONS: dict[str, dict[str, str]] = {
         "vqa": "Question: {question} Answer the question briefly using one or a few words.",
         "ocr": "Please transcribe the text inside the blue box. Output text only.",
         "caption": "Describe the image in one sentence.",
-        "retrieval": "Candidate: {candidate} Does the candidate correctly describe the image? Answer exactly Yes or No.",
+        "retrieval": "Candidate: {candidate} Does the candidate correctly describe the image? Answer exactly Yes or No.",  # noqa: E501
     },
     "qwen": {
         "vqa": "Question: {question} Answer the question with a short phrase.",
         "ocr": "Transcribe the text inside the blue box. Output text only.",
         "caption": "Describe the image in one sentence.",
-        "retrieval": "Candidate: {candidate} Does the candidate correctly describe the image? Answer exactly Yes or No.",
+        "retrieval": "Candidate: {candidate} Does the candidate correctly describe the image? Answer exactly Yes or No.",  # noqa: E501
     },
 }
 

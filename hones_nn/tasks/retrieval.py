@@ -52,8 +52,12 @@ class RetrievalTask(Task):
         if positive is None or not 0 <= positive < len(candidates):
             raise BadItemError(f"retrieval item {image_id!r} has no valid positive_index; rebuild the dataset")
         prompts = [
-            Prompt(image_id, row, instruction(self.family, "retrieval", candidate=c),
-                   YES_WORD if k == positive else NO_WORD)
+            Prompt(
+                image_id,
+                row,
+                instruction(self.family, "retrieval", candidate=c),
+                YES_WORD if k == positive else NO_WORD,
+            )
             for k, c in enumerate(candidates)
         ]
         return Item(image_id, row, prompts, {"positive_index": positive, "n_candidates": len(candidates)})
@@ -67,3 +71,51 @@ class RetrievalTask(Task):
     def positive_prompt(self, item: Item) -> Prompt:
         """HONES's retrieval target: the decision " Yes" with the positive candidate."""
         return item.prompts[item.data["positive_index"]]
+
+    def attribution_prompt(self, item: Item) -> Prompt:
+        return self.positive_prompt(item)
+
+    def utility_prompts(self, item: Item, utility: str) -> list[int]:
+        # the fast 'prob' utility is P(" Yes") on the positive candidate alone
+        if utility == "prob":
+            return [item.data["positive_index"]]
+        return list(range(len(item.prompts)))
+
+    def teacher_forced_utility(self, item: Item, scores: dict[int, float], utility: str) -> float:
+        """'logprob': the margin logit-diff(positive) - mean logit-diff(negatives);
+        'prob': P(" Yes") among {Yes, No} on the positive candidate."""
+        pos = item.data["positive_index"]
+        if utility == "logprob":
+            negatives = [d for p, d in scores.items() if p != pos]
+            return scores[pos] - (sum(negatives) / len(negatives) if negatives else 0.0)
+        return scores[pos]
+
+    def screen_rows(self, item: Item) -> list[tuple[Prompt, float]]:
+        """U = logit-diff(positive) - mean logit-diff(negatives): weight 1 on the positive,
+        -1 / n_negatives on each negative."""
+        pos = item.data["positive_index"]
+        n_neg = len(item.prompts) - 1
+        return [(prompt, 1.0 if p == pos else -1.0 / max(1, n_neg)) for p, prompt in enumerate(item.prompts)]
+
+    def training_rows(self, item: Item, rng, negatives: int) -> list[tuple[Prompt, bool | None]]:
+        """The positive candidate (" Yes") and ``negatives`` random negatives (" No")."""
+        pos = item.data["positive_index"]
+        rows: list[tuple[Prompt, bool | None]] = [(item.prompts[pos], True)]
+        others = [k for k in range(len(item.prompts)) if k != pos]
+        take = min(negatives, len(others))
+        for k in sorted(rng.choice(len(others), size=take, replace=False).tolist()) if take else []:
+            rows.append((item.prompts[others[k]], False))
+        return rows
+
+    def gold_token_ids(self, tokenizer, item: Item) -> list[int]:
+        """The decision token " Yes" (the same id evaluation reads)."""
+        return [decision_token_ids(tokenizer)[0]]
+
+    def direction_tokens(self, tokenizer, item: Item, context=None) -> tuple[list[int], list[float]]:
+        """ " Yes" (the evaluation's decision token); the reference code reads "Yes" without
+        the leading space, a different BPE token: that is the ``reference_compat`` variant."""
+        if self.reference_compat:
+            from hones_nn.tasks.targets import target_token_ids
+
+            return target_token_ids(tokenizer, YES_WORD)[:1], [1.0]
+        return [decision_token_ids(tokenizer)[0]], [1.0]

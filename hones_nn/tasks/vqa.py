@@ -23,6 +23,7 @@ class VQATask(Task):
     name = "vqa"
     metric_name = "vqa_accuracy"
     required_fields = ("vqa",)
+    asks_questions = True
 
     def make_item(self, record: dict, row: int) -> Item:
         qa = record["vqa"] or {}
@@ -36,8 +37,12 @@ class VQATask(Task):
         if not answers:
             answers = [answer] * 10
         prompt = Prompt(image_id, row, instruction(self.family, "vqa", question=question), answer)
-        return Item(image_id, row, [prompt], {"answer": answer, "all_answers": answers,
-                                              "question_type": qa.get("question_type") or ""})
+        return Item(
+            image_id,
+            row,
+            [prompt],
+            {"answer": answer, "all_answers": answers, "question_type": qa.get("question_type") or ""},
+        )
 
     def utility(self, item: Item, outputs: list) -> float:
         prediction = outputs[0]

@@ -50,6 +50,6 @@ def read_safetensors(path: str | os.PathLike, label: str, hint: str = "") -> tup
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a corrupt header
+            return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})  # noqa: SIM118
+    except Exception as exc:
         raise ValueError(f"{label} is not a readable safetensors file ({exc}){hint}") from None

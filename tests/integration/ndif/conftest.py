@@ -26,7 +26,7 @@ def _answers(host: str) -> bool:
 
     try:
         return "connected" in httpx.get(f"{host}/connected", timeout=3).text
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -36,8 +36,10 @@ def ndif_host() -> str:
     if not host.startswith(("http://127.", "http://localhost")):
         pytest.fail(f"the ndif tests talk to loopback only, not {host}")
     if not _answers(host):
-        reason = (f"no NDIF server answers at {host}: start the local stack with "
-                  "`bash tests/integration/ndif/install.sh && bash tests/integration/ndif/start.sh`")
+        reason = (
+            f"no NDIF server answers at {host}: start the local stack with "
+            "`bash tests/integration/ndif/install.sh && bash tests/integration/ndif/start.sh`"
+        )
         if os.environ.get("NDIF_TEST_REQUIRED") == "1":
             pytest.fail(reason)
         pytest.skip(reason)

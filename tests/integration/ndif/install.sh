@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the local NDIF stack (shared/spec/ndif-local.md): redis (Debian), and the server
+# Install the local NDIF stack (docs/ndif-local.md): redis (Debian), and the server
 # in its own Python 3.12 venv (ndif needs >= 3.12; the project runs on 3.11).
 # Idempotent: a venv that already imports ndif is kept. Prints the install time.
 set -euo pipefail
@@ -22,7 +22,7 @@ else
   [ -n "$PY312" ] || { echo "install.sh: python3.12 not found (ndif needs Python >= 3.12)" >&2; exit 1; }
   "$PY312" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
-  # Versions from shared/spec/ndif-local.md: nnsight 0.8.1 breaks server auto-deploy, 0.8.0 works;
+  # Versions from docs/ndif-local.md: nnsight 0.8.1 breaks server auto-deploy, 0.8.0 works;
   # transformers 5.23 breaks TransformersModel from a path.
   "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 "ndif[api,ray]==0.1.2" \
       nnsight==0.8.0 transformers==5.22.2 "moto[server]" pillow

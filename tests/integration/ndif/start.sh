@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the local NDIF stack on 127.0.0.1 (shared/spec/ndif-local.md): redis, moto (S3),
+# Start the local NDIF stack on 127.0.0.1 (docs/ndif-local.md): redis, moto (S3),
 # a Ray head with a declared GPU and the CPU model actor, the NDIF controller, the API.
 # PIDs go to $STATE/pids (stop.sh ends exactly those); logs to $STATE/logs.
 # Prints the start time; exits non-zero if the API does not answer /connected.

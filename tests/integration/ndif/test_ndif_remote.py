@@ -27,14 +27,15 @@ KEY = "hones-planted-key-7f3a9c1e5b2d"
 def hones(*args, env=None, timeout=900):
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "hones_nn.cli", *args], capture_output=True, text=True,
-                         env=environment, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "hones_nn.cli", *args], capture_output=True, text=True, env=environment, timeout=timeout
+    )
     out.seconds = time.perf_counter() - started
     return out
 
 
 def max_diff(a: Path, b: Path) -> float:
-    from hones_nn.runner.tables import read_table
+    from hones_nn.engine.tables import read_table
 
     return float(np.abs(read_table(a).matrix() - read_table(b).matrix()).max())
 
@@ -54,16 +55,31 @@ def local_rank(tmp_path_factory):
 
 def test_rank_hones_remote_equals_local_and_leaks_no_key(ndif_host, local_rank, tmp_path, capsys):
     out = tmp_path / "remote"
-    res = hones("rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--out-dir", str(out), "--remote",
-                "--ndif-host", ndif_host, env={"NDIF_API_KEY": KEY})
+    res = hones(
+        "rank",
+        "--task",
+        "vqa",
+        "--method",
+        "hones",
+        "--limit",
+        "4",
+        "--out-dir",
+        str(out),
+        "--remote",
+        "--ndif-host",
+        ndif_host,
+        env={"NDIF_API_KEY": KEY},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     heads = max_diff(local_rank / "vqa.heads.parquet", out / "vqa.heads.parquet")
     neurons = max_diff(local_rank / "vqa.hones.parquet", out / "vqa.hones.parquet")
     with capsys.disabled():
-        print(f"\n[ndif] rank --method hones --remote --limit 4: {res.seconds:.1f}s; {summary(res.stderr)}; "
-              f"max |remote - local|: heads {heads:.3g}, neurons {neurons:.3g}")
+        print(
+            f"\n[ndif] rank --method hones --remote --limit 4: {res.seconds:.1f}s; {summary(res.stderr)}; "
+            f"max |remote - local|: heads {heads:.3g}, neurons {neurons:.3g}"
+        )
     assert heads <= 1e-5 and neurons <= 1e-5
-    from hones_nn.runner.tables import read_table
+    from hones_nn.engine.tables import read_table
 
     assert read_table(out / "vqa.hones.parquet").meta["backend"] == "ndif"
     # the planted key: in no output, no file the run wrote (tables, metadata, checkpoints)
@@ -80,8 +96,10 @@ def test_evaluate_remote_equals_local(ndif_host, local_rank, capsys):
     assert local.returncode == 0 and remote.returncode == 0, remote.stderr[-3000:]
     a, b = json.loads(local.stdout), json.loads(remote.stdout)
     with capsys.disabled():
-        print(f"\n[ndif] evaluate --remote --limit 12 --mask: {remote.seconds:.1f}s (local {local.seconds:.1f}s); "
-              f"{summary(remote.stderr)}; base {b['base_metric']} masked {b['masked_metric']}")
+        print(
+            f"\n[ndif] evaluate --remote --limit 12 --mask: {remote.seconds:.1f}s (local {local.seconds:.1f}s); "
+            f"{summary(remote.stderr)}; base {b['base_metric']} masked {b['masked_metric']}"
+        )
     for key in ("base_metric", "masked_metric", "relative_drop", "n", "k"):
         assert abs(a[key] - b[key]) <= 1e-5, key
     assert KEY not in remote.stdout and KEY not in remote.stderr
@@ -108,25 +126,25 @@ def test_dry_run_counts_the_requests_and_sends_nothing(ndif_host, tmp_path, caps
 
 
 def _engine(ndif_host, **settings):
-    from hones_nn.evaluation.engine import Engine
+    from hones_nn.engine.core import Engine
+    from hones_nn.engine.remote import RemoteSettings
     from hones_nn.models.loading import load_model
-    from hones_nn.runner.remote import RemoteSettings
 
     loaded = load_model("tiny-llava")
     return loaded, Engine(loaded, remote=RemoteSettings(mode="ndif", host=ndif_host, **settings))
 
 
 def _inputs(loaded, n=2):
-    from hones_nn.evaluation.engine import encode_prompts
-    from hones_nn.evaluation.evaluate import prepare_task
+    from hones_nn.engine.encoding import encode_prompts
+    from hones_nn.tasks.task_data import prepare_task
 
     td = prepare_task(loaded, "vqa", split="test", limit=n)
     return encode_prompts(loaded, td.images, [item.prompts[0] for item in td.items]).inputs
 
 
 def test_server_side_error_shows_server_message_and_request(ndif_host, tmp_path, monkeypatch, capsys):
+    from hones_nn.engine.remote import JobJournal, RemoteRunError, request_scope
     from hones_nn.interventions.neurons import NeuronMask
-    from hones_nn.runner.remote import JobJournal, RemoteRunError, request_scope
 
     monkeypatch.setenv("NDIF_API_KEY", KEY)
     loaded, engine = _engine(ndif_host)
@@ -143,7 +161,7 @@ def test_server_side_error_shows_server_message_and_request(ndif_host, tmp_path,
 
 
 def test_client_timeout_then_reattach_without_resubmitting(ndif_host, tmp_path, capsys):
-    from hones_nn.runner.remote import JobJournal, RemoteTimeoutError, request_scope
+    from hones_nn.engine.remote import JobJournal, RemoteTimeoutError, request_scope
 
     loaded, engine = _engine(ndif_host, timeout_s=0.05)
     inputs = _inputs(loaded, 3)
@@ -156,7 +174,7 @@ def test_client_timeout_then_reattach_without_resubmitting(ndif_host, tmp_path, 
     engine.remote.settings.timeout_s = 600
     with request_scope("shard-00000", JobJournal(tmp_path / "jobs.json")):
         tokens = engine.generate(inputs)
-    from hones_nn.evaluation.engine import Engine
+    from hones_nn.engine.core import Engine
 
     assert tokens == Engine(loaded).generate(inputs)
     stats = engine.remote.stats
@@ -170,14 +188,33 @@ def test_server_stopped_mid_run_then_resume(ndif_host, stack_control, tmp_path, 
     heads = tmp_path / "heads.parquet"
     res = hones("heads", "--task", "vqa", "--limit", "16", "--utility", "logprob", "--out", str(heads))
     assert res.returncode == 0, res.stderr[-2000:]
-    args = ["rank", "--task", "vqa", "--method", "hones", "--limit", "16", "--heads", str(heads), "--batch-size", "6",
-            "--option", "shard_size=2", "--json"]
+    args = [
+        "rank",
+        "--task",
+        "vqa",
+        "--method",
+        "hones",
+        "--limit",
+        "16",
+        "--heads",
+        str(heads),
+        "--batch-size",
+        "6",
+        "--option",
+        "shard_size=2",
+        "--json",
+    ]
     local = hones(*args, "--out-dir", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr[-2000:]
     remote_args = [*args, "--out-dir", str(tmp_path / "remote"), "--remote", "--ndif-host", ndif_host]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "hones_nn.cli", *remote_args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hones_nn.cli", *remote_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     checkpoints = tmp_path / "remote" / ".checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(checkpoints.rglob("shard-*.safetensors")):
@@ -188,8 +225,10 @@ def test_server_stopped_mid_run_then_resume(ndif_host, stack_control, tmp_path, 
     _, err = proc.communicate(timeout=300)
     done_before = len(list(checkpoints.rglob("shard-*.safetensors")))
     with capsys.disabled():
-        print(f"\n[ndif] server stopped mid-run: exit {proc.returncode} after {time.time() - stopped_at:.1f}s, "
-              f"{done_before}/8 shards kept; error: {err.strip().splitlines()[-1][:300]}")
+        print(
+            f"\n[ndif] server stopped mid-run: exit {proc.returncode} after {time.time() - stopped_at:.1f}s, "
+            f"{done_before}/8 shards kept; error: {err.strip().splitlines()[-1][:300]}"
+        )
     assert proc.returncode == 3 and ("unreachable" in err or "lost contact" in err), err[-2000:]
     assert 1 <= done_before < 8
     started = start()
@@ -206,15 +245,15 @@ def test_server_stopped_mid_run_then_resume(ndif_host, stack_control, tmp_path, 
 
 def test_model_not_hosted_is_a_clear_error(ndif_host, tmp_path, capsys):
     """A model the server cannot load (here: a copy without weights, server side)."""
+    from hones_nn.engine.remote import RemoteRunError, model_hosted
     from hones_nn.models.loading import resolve_model_path
-    from hones_nn.runner.remote import RemoteRunError, model_hosted
 
     loaded, _ = _engine(ndif_host)
     folder = tmp_path / "not-hosted"
     shutil.copytree(resolve_model_path("tiny-llava")[0], folder, ignore=shutil.ignore_patterns("*.safetensors"))
     loaded.model_id = str(folder)
-    from hones_nn.evaluation.engine import Engine
-    from hones_nn.runner.remote import RemoteSettings
+    from hones_nn.engine.core import Engine
+    from hones_nn.engine.remote import RemoteSettings
 
     engine = Engine(loaded, remote=RemoteSettings(mode="ndif", host=ndif_host, deploy_timeout_s=20))
     hosted, message = model_hosted(ndif_host, engine.remote.model_key, engine.remote.repo_id)

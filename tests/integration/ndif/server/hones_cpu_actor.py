@@ -1,4 +1,4 @@
-"""A CPU model actor for a local NDIF server (shared/spec/ndif-local.md, point 4).
+"""A CPU model actor for a local NDIF server (docs/ndif-local.md, point 4).
 
 NDIF's stock actor calls CUDA (set_device, synchronize, a placement check). This
 subclass loads the model on CPU with the same loader, ignores the (declared, not real)
@@ -17,9 +17,8 @@ from typing import Any
 
 import ray
 import torch
-from nnsight.modeling.huggingface import HuggingFaceModel
-
 from ndif.services.ray.deployments.modeling.base import BaseModelDeployment
+from nnsight.modeling.huggingface import HuggingFaceModel
 
 logger = logging.getLogger("ndif")
 

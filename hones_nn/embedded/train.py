@@ -1,0 +1,396 @@
+"""Reproducible training of the embedded models (tiny LLaVA, tiny Qwen2.5-VL) on the synthetic train split.
+
+    python -m hones_nn.embedded.train --out-dir runs/tiny-llava --steps 6000       (one run)
+    hones-nn train-embedded --recipe --out-dir runs/tiny-llava                  (the shipped recipe)
+    hones-nn train-embedded --recipe --architecture qwen2.5-vl --out-dir runs/tiny-qwen
+
+Each step draws 32 examples, the four tasks in equal numbers, from the train half of the
+scene space (never an evaluation image, see ``in_train_space``). Labels are drawn per
+step from a step-indexed random stream, so a run resumed from a checkpoint continues
+with exactly the batches an uninterrupted run would have seen. The loss is cross-entropy
+on the answer tokens and the end-of-sequence token only.
+
+Checkpoints (model and optimizer state as safetensors, progress as JSON) are written
+atomically every ``--checkpoint-every`` steps; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from hones_nn.data.synthetic import (
+    SyntheticWorld,
+    captions_for,
+    perturb_scene,
+    render,
+    sample_scene,
+    vqa_for,
+)
+from hones_nn.embedded.architectures import BUILDERS
+from hones_nn.models.adapters import adapter_for
+from hones_nn.tasks.prompts import NO_WORD, TASK_NAMES, YES_WORD, instruction
+from hones_nn.utils.io import atomic_write_json, atomic_write_with
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    seed: int = 0
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 300
+    weight_decay: float = 0.01
+    n_train_scenes: int = 40000
+    checkpoint_every: int = 500
+    threads: int = 0  # 0: torch's default
+    stop_at: int = 0  # stop (and export) at this step of the `steps` schedule; 0: run it all
+    init_from: str = ""  # start from a training checkpoint's model.safetensors instead of a fresh init
+    task_weights: str = "1,1,1,1"  # relative share of vqa,ocr,caption,retrieval examples per batch
+    architecture: str = "llava"  # llava (tiny-llava) or qwen2.5-vl (tiny-qwen2.5-vl)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in BUILDERS:
+            raise ValueError(f"--architecture {self.architecture!r}: choose one of {', '.join(BUILDERS)}")
+
+    @property
+    def family(self) -> str:
+        return "qwen" if self.architecture.startswith("qwen") else "llava"
+
+
+def _user_prompt(processor, text: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def training_example(task: str, scene, rng: random.Random, scenes, family: str = "llava") -> tuple[str, str]:
+    """(instruction, answer) of one training example of ``task`` for ``scene``."""
+    if task == "vqa":
+        qa = vqa_for(scene, rng)
+        return instruction(family, "vqa", question=qa["question"]), qa["answer"]
+    if task == "ocr":
+        return instruction(family, "ocr"), scene.word
+    if task == "caption":
+        return instruction(family, "caption"), rng.choice(captions_for(scene))
+    if task == "retrieval":
+        if rng.random() < 0.5:
+            candidate, answer = rng.choice(captions_for(scene)), YES_WORD
+        else:
+            if rng.random() < 0.7:
+                other = perturb_scene(scene, rng)
+            else:
+                other = rng.choice(scenes)[0]
+                while other.content_key == scene.content_key:
+                    other = sample_scene(rng)
+            candidate, answer = rng.choice(captions_for(other)), NO_WORD
+        return instruction(family, "retrieval", candidate=candidate), answer
+    raise ValueError(f"unknown task {task!r}")
+
+
+def batch_tasks(config: TrainConfig) -> list[str]:
+    """The task of each batch row: shares by ``task_weights``, largest remainder rounding."""
+    weights = [float(w) for w in config.task_weights.split(",")]
+    if len(weights) != len(TASK_NAMES) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"--task-weights needs {len(TASK_NAMES)} non-negative numbers (vqa,ocr,caption,retrieval)")
+    exact = [config.batch_size * w / sum(weights) for w in weights]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: exact[i] - counts[i], reverse=True)[
+        : config.batch_size - sum(counts)
+    ]:
+        counts[i] += 1
+    return [task for task, n in zip(TASK_NAMES, counts) for _ in range(n)]
+
+
+def make_batch(processor, scenes, step: int, config: TrainConfig, adapter=None):
+    rng = random.Random(f"train-batch:{config.seed}:{step}")
+    tokenizer = processor.tokenizer
+    images, prompts, answers = [], [], []
+    texts = []
+    for task in batch_tasks(config):
+        scene = rng.choice(scenes)[0]
+        text, answer = training_example(task, scene, rng, scenes, config.family)
+        images.append(Image.fromarray(render(scene).pixels))
+        texts.append(text)
+        answers.append(answer)
+    if config.architecture != "llava":
+        return _adapter_batch(adapter, processor, images, texts, answers)
+    prompts = [_user_prompt(processor, text) for text in texts]
+    enc = processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    # append answer + </s> to each left-padded prompt, then pad on the right
+    rows, labels = [], []
+    for ids, mask, answer in zip(enc["input_ids"], enc["attention_mask"], answers):
+        prompt_ids = ids[mask.bool()].tolist()
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(prompt_ids + answer_ids)
+        labels.append([-100] * len(prompt_ids) + answer_ids)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    label_tensor = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        attention[i, : len(r)] = 1
+        label_tensor[i, : len(r)] = torch.tensor(lab)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "pixel_values": enc["pixel_values"],
+        "labels": label_tensor,
+    }
+
+
+def _adapter_batch(adapter, processor, images, texts, answers) -> dict:
+    """A teacher-forced batch built by the architecture adapter (the same encoding every
+    recipe evaluates with): left-padded prompt + answer + EOS, loss on answer and EOS only.
+    (tiny-llava's shipped recipe keeps its original right-padded batches, so its numbers
+    reproduce exactly.)"""
+    enc = adapter.encode(processor, images, texts, answers=answers)
+    labels = enc.inputs["input_ids"].masked_fill(~enc.answer_mask, -100)
+    return {**enc.inputs, "labels": labels}
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _optimizer_tensors(optimizer, model) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                tensor = value if torch.is_tensor(value) else torch.tensor(value)
+                out[f"{names[id(p)]}::{key}"] = tensor.detach().clone().contiguous()
+    return out
+
+
+def _load_optimizer_tensors(optimizer, model, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        name, field = key.split("::")
+        optimizer.state[params[name]][field] = value
+
+
+def train(config: TrainConfig) -> Path:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    model, processor = BUILDERS[config.architecture](seed=config.seed)
+    adapter = adapter_for(model.config)
+    if config.init_from:
+        model.load_state_dict(load_file(config.init_from))
+    world = SyntheticWorld(config.seed)
+    scenes = world.scenes({"train": config.n_train_scenes})["train"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
+    start, history, elapsed = 0, [], 0.0
+    if (ckpt / "progress.json").exists():
+        progress = json.loads((ckpt / "progress.json").read_text())
+        # what does not change the numbers may differ between a run and its resumption
+        free = ("out", "threads", "checkpoint_every", "stop_at")
+        saved = {"architecture": "llava", **progress["config"]}  # written before the option existed
+        if {k: v for k, v in saved.items() if k not in free} != {
+            k: v for k, v in asdict(config).items() if k not in free
+        }:
+            raise SystemExit(
+                f"{ckpt} was written with another configuration ({progress['config']}); "
+                "use a new --out-dir or the same options to resume"
+            )
+        model.load_state_dict(load_file(ckpt / "model.safetensors"))
+        _load_optimizer_tensors(optimizer, model, load_file(ckpt / "optimizer.safetensors"))
+        start, history, elapsed = progress["step"], progress["history"], progress["seconds"]
+        print(f"resuming from step {start}")
+    model.train()
+    end = config.stop_at or config.steps
+    bar = tqdm(range(start, end), initial=start, total=end, desc=f"training tiny-{config.architecture}")
+    t0 = time.perf_counter() - elapsed
+    running = []
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        batch = make_batch(processor, scenes, step, config, adapter)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        running.append(loss.item())
+        if (step + 1) % 50 == 0:
+            history.append({"step": step + 1, "loss": sum(running) / len(running)})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            running = []
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
+            ckpt.mkdir(exist_ok=True)
+            atomic_write_with(
+                ckpt / "model.safetensors",
+                lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p),
+            )
+            atomic_write_with(
+                ckpt / "optimizer.safetensors", lambda p: save_file(_optimizer_tensors(optimizer, model), p)
+            )
+            atomic_write_json(
+                ckpt / "progress.json",
+                {
+                    "step": step + 1,
+                    "history": history,
+                    "seconds": time.perf_counter() - t0,
+                    "config": asdict(config),
+                },
+            )
+    model.eval()
+    final = out / "model"
+    model.save_pretrained(final)
+    processor.save_pretrained(final)
+    seconds = json.loads((ckpt / "progress.json").read_text())["seconds"]
+    atomic_write_json(
+        final / "training_info.json",
+        {
+            "config": asdict(config),
+            "train_seconds": seconds,
+            "torch_threads": torch.get_num_threads(),
+            "final_loss": history[-1]["loss"] if history else None,
+            "history": history,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+    )
+    return final
+
+
+def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> list[TrainConfig]:
+    """The shipped models' recipes: phases run one after the other, each from the last's weights.
+
+    tiny-llava:
+    Phase 1: all four tasks in equal shares, AdamW lr 2e-3 with a 6,000-step cosine
+    schedule, stopped at step 2,500 (VQA, OCR and caption were then at or near their
+    targets; retrieval's NDCG@5 was 0.44). Phase 2: from phase 1's weights, a fresh
+    3,500-step schedule at lr 1e-3 with retrieval given half of every batch
+    (weights vqa:ocr:caption:retrieval = 1:1:1:3), new optimizer, seed 1 (retrieval
+    0.873). Phase 3: from phase 2's weights, a 3,000-step schedule at lr 5e-4 with
+    retrieval 5/8 of every batch (1:1:1:5), seed 2, stopped at step 1,500 (retrieval
+    0.984, VQA 0.895 on the 300 test images).
+
+    tiny-qwen2.5-vl (``architecture="qwen2.5-vl"``): the same phase 1, then phase 2's
+    1:1:1:3 mix on a 2,000-step schedule stopped at step 1,000, as far as the CPU budget
+    of the session that trained it went.
+    """
+    root = Path(out)
+    if architecture == "qwen2.5-vl":
+        phase1 = TrainConfig(
+            out=str(root / "phase1"),
+            seed=0,
+            steps=6000,
+            stop_at=2500,
+            lr=2e-3,
+            warmup=300,
+            task_weights="1,1,1,1",
+            threads=threads,
+            architecture=architecture,
+        )
+        phase2 = TrainConfig(
+            out=str(root / "phase2"),
+            seed=1,
+            steps=2000,
+            stop_at=1000,
+            lr=1e-3,
+            warmup=100,
+            task_weights="1,1,1,3",
+            threads=threads,
+            architecture=architecture,
+            init_from=str(root / "phase1" / "checkpoint" / "model.safetensors"),
+        )
+        return [phase1, phase2]
+    if architecture != "llava":
+        raise ValueError(f"no training recipe for {architecture!r}; choose llava or qwen2.5-vl")
+    phase1 = TrainConfig(
+        out=str(root / "phase1"),
+        seed=0,
+        steps=6000,
+        stop_at=2500,
+        lr=2e-3,
+        warmup=300,
+        task_weights="1,1,1,1",
+        threads=threads,
+    )
+    phase2 = TrainConfig(
+        out=str(root / "phase2"),
+        seed=1,
+        steps=3500,
+        lr=1e-3,
+        warmup=100,
+        task_weights="1,1,1,3",
+        init_from=str(root / "phase1" / "checkpoint" / "model.safetensors"),
+        threads=threads,
+    )
+    phase3 = TrainConfig(
+        out=str(root / "phase3"),
+        seed=2,
+        steps=3000,
+        stop_at=1500,
+        lr=5e-4,
+        warmup=100,
+        task_weights="1,1,1,5",
+        init_from=str(root / "phase2" / "checkpoint" / "model.safetensors"),
+        threads=threads,
+    )
+    return [phase1, phase2, phase3]
+
+
+def train_recipe(out: str, threads: int = 0, architecture: str = "llava") -> Path:
+    """Run every phase (each resumable) and put the final model in OUT/model."""
+    phases = recipe_phases(out, threads, architecture)
+    finals = [train(config) for config in phases]
+    final = Path(out) / "model"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(finals[-1], final)
+    info = json.loads((final / "training_info.json").read_text())
+    info["recipe"] = [
+        {**json.loads((f / "training_info.json").read_text()), "phase": i + 1} for i, f in enumerate(finals)
+    ]
+    info["train_seconds_total"] = sum(p["train_seconds"] for p in info["recipe"])
+    atomic_write_json(final / "training_info.json", info)
+    return final
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--recipe",
+        action="store_true",
+        help="Run the shipped model's recipe into OUT (tiny-llava, or tiny-qwen2.5-vl with "
+        "--architecture qwen2.5-vl; other options but --threads are ignored).",
+    )
+    for field, default in asdict(TrainConfig(out="")).items():
+        if field == "out":
+            parser.add_argument("--out-dir", dest="out", required=True)
+        else:
+            parser.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
+    args = vars(parser.parse_args(argv))
+    if args.pop("recipe"):
+        final = train_recipe(args["out"], threads=args["threads"], architecture=args["architecture"])
+    else:
+        final = train(TrainConfig(**args))
+    print(f"saved {final}")
+
+
+if __name__ == "__main__":
+    main()

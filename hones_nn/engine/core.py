@@ -1,0 +1,223 @@
+"""Run a task's prompts through the model, optionally under an intervention.
+
+Generative tasks decode greedily (plain argmax, no repetition penalty, at most 24 new
+tokens, as the reference) inside one nnsight trace per batch whose body re-applies the
+intervention at every generation step. Retrieval runs one forward per batch and reads
+logit(" Yes") - logit(" No") at the last prompt position T.
+
+Batches are processor-batched encodings in a single invoke (nnsight 0.8 cannot batch
+images across invokes), left-padded, so T is position -1 of every row.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import nnsight
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from hones_nn.engine.encoding import encode_prompts, to_device
+from hones_nn.interventions.base import Intervention, NoIntervention, apply_edits
+from hones_nn.tasks.base import ImageSource, Item, Prompt, Task, clean_generation
+from hones_nn.tasks.retrieval import decision_token_ids
+
+MAX_NEW_TOKENS = 24
+
+# nnsight ends an open `tracer.iter[:]` loop by warning that the step after the last was
+# never reached; that is how an unbounded generation loop ends, not a problem.
+warnings.filterwarnings("ignore", message=r".*was never reached: the loop asked for a step.*")
+
+
+@dataclass
+class Batch:
+    prompts: list[Prompt]
+    owners: list[int]  # index of each prompt's item
+
+
+def flatten(items: Sequence[Item], batch_size: int) -> list[Batch]:
+    prompts = [(k, p) for k, item in enumerate(items) for p in item.prompts]
+    return [
+        Batch([p for _, p in prompts[i : i + batch_size]], [k for k, _ in prompts[i : i + batch_size]])
+        for i in range(0, len(prompts), batch_size)
+    ]
+
+
+class Engine:
+    """Runs prompts on a loaded model through nnsight (one trace per batch).
+
+    ``remote`` (a :class:`hones_nn.engine.remote.RemoteSettings`) runs every trace on
+    NDIF (or rehearses the remote serialization in-process with ``mode="local"``): the
+    envoy is then nnsight's ``TransformersModel`` built from the model's id or path,
+    whose traces all go through the HONES remote backend (see ``hones_nn.engine.remote``).
+    """
+
+    def __init__(self, loaded, max_new_tokens: int = MAX_NEW_TOKENS, min_new_tokens: int = 0, remote=None):
+        from nnsight import NNsight
+
+        self.loaded = loaded
+        self.adapter = loaded.adapter
+        self.model = loaded.model
+        self.remote = None  # the RemoteSession of a remote engine
+        if remote is not None:
+            from hones_nn.engine.remote import RemoteSession, build_remote_model
+
+            self.remote = RemoteSession(remote)
+            self.envoy = build_remote_model(loaded, self.remote)
+            if remote.mode == "ndif":  # the local weights must never run a forward: count any that does
+                session = self.remote
+
+                def _count_local_forward(module, args, session=session):
+                    session.local_forwards += 1
+
+                loaded.model.register_forward_pre_hook(_count_local_forward)
+        else:
+            self.envoy = NNsight(loaded.model)
+        self.max_new_tokens = max_new_tokens
+        # EOS is forbidden for the first min_new_tokens steps (as transformers' min_new_tokens);
+        # used to time fixed-length generations
+        self.min_new_tokens = min_new_tokens
+        self.device = next(loaded.model.parameters()).device
+        self.tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+
+    def __getstate__(self) -> dict:
+        # A trace body that names the engine (``engine.envoy``) ships it with a remote
+        # request: send only what a body may use, never the local model or processor.
+        return {
+            "envoy": self.envoy,
+            "adapter": self.adapter,
+            "device": self.device,
+            "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
+            "remote": None,
+        }
+
+    @property
+    def backend_name(self) -> str:
+        """'local', 'ndif' or 'remote-local' (the in-process rehearsal)."""
+        if self.remote is None:
+            return "local"
+        return "ndif" if self.remote.settings.mode == "ndif" else "remote-local"
+
+    def assert_backend(self) -> None:
+        """Fail loudly when a remote run's traces did not go through the remote backend."""
+        if self.remote is None:
+            return
+        from nnsight.modeling.mixins.remotable import Remotable
+
+        from hones_nn.engine.remote import BackendMismatchError
+
+        if not isinstance(self.envoy, Remotable):
+            raise BackendMismatchError(
+                f"--remote was asked for, but the model wrapper {type(self.envoy).__name__} "
+                "cannot run remotely: its traces would have run locally"
+            )
+        self.remote.assert_no_local_forward()
+
+    # ------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, inputs: dict, intervention: Intervention | None = None) -> list[list[int]]:
+        """Greedy token ids of each row (up to and excluding EOS)."""
+        intervention = intervention or NoIntervention()
+        inputs = to_device(inputs, self.device)
+        batch_size = inputs["input_ids"].shape[0]
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        envoy, adapter = self.envoy, self.adapter
+        # Plain greedy decoding, whatever the checkpoint's generation_config asks for
+        # (repetition penalty, suppressed tokens, min length ...): the generated tokens are
+        # read as the argmax of the logits inside the trace, which equals what `generate`
+        # chooses only when no logits processor is active.
+        greedy = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens or None,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
+        min_new = self.min_new_tokens
+        saved_config = self.model.generation_config
+        self.model.generation_config = greedy
+        edits = intervention.edits(batch_size)
+        try:
+            if self.remote is not None:
+                # the model's own generate, by name (a bound method cannot travel)
+                with envoy.generate(**inputs, generation_config=greedy) as tracer:
+                    steps = nnsight.save([])
+                    for _ in tracer.iter[:]:
+                        apply_edits(envoy, adapter, edits)
+                        logits = adapter.lm_head(envoy).output[:, -1]
+                        if len(steps) < min_new:  # what transformers' MinNewTokens processor does
+                            logits = logits.clone()
+                            logits[:, eos] = float("-inf")
+                        steps.append(logits.argmax(-1).cpu())
+            else:
+                with envoy.trace(**inputs, fn=self.model.generate, generation_config=greedy) as tracer:
+                    steps = nnsight.save([])
+                    for _ in tracer.iter[:]:
+                        apply_edits(envoy, adapter, intervention.edits(batch_size))
+                        logits = adapter.lm_head(envoy).output[:, -1]
+                        if len(steps) < min_new:  # what transformers' MinNewTokens processor does
+                            logits = logits.clone()
+                            logits[:, eos] = float("-inf")
+                        steps.append(logits.argmax(-1).cpu())
+        finally:
+            self.model.generation_config = saved_config
+        tokens = torch.stack(list(steps), dim=1).tolist()
+        out = []
+        for row in tokens:
+            if eos in row:
+                row = row[: row.index(eos)]
+            out.append(row)
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return clean_generation(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    # ------------------------------------------------------------ decision logits
+    @torch.no_grad()
+    def decision_scores(self, inputs: dict, intervention: Intervention | None = None) -> torch.Tensor:
+        """logit(" Yes") - logit(" No") at T for each row."""
+        intervention = intervention or NoIntervention()
+        yes, no = decision_token_ids(self.tokenizer)
+        inputs = to_device(inputs, self.device)
+        batch_size = inputs["input_ids"].shape[0]
+        with self.envoy.trace(**inputs):
+            apply_edits(self.envoy, self.adapter, intervention.edits(batch_size))
+            logits = self.adapter.lm_head(self.envoy).output[:, -1]
+            score = (logits[:, yes] - logits[:, no]).float().cpu().save()
+        return score
+
+    # ------------------------------------------------------------ a task over items
+    def run_task(
+        self,
+        task: Task,
+        items: Sequence[Item],
+        images: ImageSource,
+        batch_size: int = 32,
+        intervention_for: Callable[[Batch], Intervention] | Intervention | None = None,
+        progress: bool = True,
+        desc: str | None = None,
+    ) -> list[list]:
+        """Outputs per item: [text] for generative tasks, [score per candidate] for retrieval."""
+        outputs: list[list] = [[] for _ in items]
+        batches = flatten(items, batch_size)
+        for batch in tqdm(batches, desc=desc or f"{task.name}", disable=not progress, leave=False):
+            intervention: Intervention | None
+            if callable(intervention_for) and not isinstance(intervention_for, Intervention):
+                intervention = intervention_for(batch)
+            else:
+                intervention = intervention_for
+            enc = encode_prompts(self.loaded, images, batch.prompts, reference_compat=task.reference_compat)
+            if task.generative:
+                for owner, ids in zip(batch.owners, self.generate(enc.inputs, intervention)):
+                    outputs[owner].append(self.decode(ids))
+            else:
+                for owner, score in zip(batch.owners, self.decision_scores(enc.inputs, intervention).tolist()):
+                    outputs[owner].append(score)
+        return outputs

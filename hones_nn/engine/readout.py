@@ -1,0 +1,130 @@
+"""Reading the model at the last prompt position T, and its readout weights.
+
+The baselines that project onto the vocabulary (DLA, LLM-Knowledge, Pan et al., the
+logit lens, editing) and the gradient methods (Grad, QRNCA, group patching, AtP, steering)
+share these reads: one nnsight trace per batch of a task's attribution prompts
+(``Task.attribution_prompt``: retrieval's positive candidate, else the one prompt),
+values at T = position -1 (inputs are left-padded), and the weights they are projected
+through (unembedding rows, the final norm, ``W_down`` write-out vectors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import nnsight
+import torch
+
+from hones_nn.engine.encoding import encode_prompts, to_device
+from hones_nn.interventions.base import site_value
+from hones_nn.models.adapters import Encoded
+from hones_nn.tasks.base import Item
+
+READ_SITES = ("r", "g", "z")
+
+
+def unembedding_rows(loaded, ids: Sequence[int]) -> torch.Tensor:
+    """W_U[ids], float32 on the CPU."""
+    W_U = loaded.adapter.lm_head(loaded.model).weight
+    index = torch.tensor(list(ids), dtype=torch.long, device=W_U.device)
+    return W_U.detach().index_select(0, index).float().cpu()
+
+
+def final_norm_params(loaded) -> tuple[torch.Tensor, float]:
+    """(gamma float32 CPU [hidden], eps) of the final RMSNorm."""
+    norm = loaded.adapter.final_norm(loaded.model)
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        eps = getattr(norm, "eps", 1e-6)
+    return norm.weight.detach().float().cpu(), float(eps if eps is not None else 1e-6)
+
+
+def rms(h: torch.Tensor, eps: float) -> torch.Tensor:
+    """sqrt(mean(h^2) + eps) over the last axis (the RMSNorm denominator), float64."""
+    return torch.sqrt(h.double().pow(2).mean(-1) + eps)
+
+
+def write_out_projection(loaded, layer: int, vectors: torch.Tensor) -> torch.Tensor:
+    """vectors [B, hidden] . W_down[:, i] for every neuron i of ``layer``: [B, d_ff] float64 CPU."""
+    W = loaded.adapter.down_proj(loaded.model, layer).weight.detach()  # [hidden, d_ff]
+    return (vectors.to(W.device, torch.float32) @ W.float()).double().cpu()
+
+
+def encode_attribution_prompts(engine, td, items: Sequence[Item]) -> Encoded:
+    """The items' attribution prompts (no answers), one left-padded batch."""
+    prompts = [td.task.attribution_prompt(item) for item in items]
+    return encode_prompts(engine.loaded, td.images, prompts, reference_compat=td.task.reference_compat)
+
+
+def attribution_inputs(engine, td, items: Sequence[Item]) -> dict:
+    """:func:`encode_attribution_prompts`' model inputs, on the engine's device."""
+    return to_device(encode_attribution_prompts(engine, td, items).inputs, engine.device)
+
+
+@torch.no_grad()
+def read_at_T(
+    engine, td, items: Sequence[Item], sites: Sequence[str] = ("z",), final: bool = False
+) -> dict[str, torch.Tensor]:
+    """One trace: values at T (position -1, inputs left-padded), float32 CPU.
+
+    ``sites`` among "r" (the residual entering the MLP: the input of the decoder layer's
+    ``post_attention_layernorm``), "g" (act_fn output), "z" (down_proj input); each comes
+    back as [B, L, width]; ``final`` adds "h" [B, hidden], the input of the final norm.
+    """
+    unknown = sorted(set(sites) - set(READ_SITES))
+    if unknown:
+        raise ValueError(f"unknown read sites {unknown}; choose among {', '.join(READ_SITES)}")
+    adapter = engine.adapter
+    L = adapter.sizes(engine.model).num_layers
+    inputs = attribution_inputs(engine, td, items)
+    saved: dict[str, list] = {s: [] for s in sites}
+    with engine.envoy.trace(**inputs):
+        for layer in range(L):  # execution order: r, then g, then z, layer by layer
+            if "r" in sites:
+                block = adapter.layer(engine.envoy, layer)
+                saved["r"].append(nnsight.save(block.post_attention_layernorm.input[:, -1].float().cpu()))
+            if "g" in sites:
+                saved["g"].append(
+                    nnsight.save(site_value(engine.envoy, adapter, layer, "act_output")[:, -1].float().cpu())
+                )
+            if "z" in sites:
+                saved["z"].append(
+                    nnsight.save(site_value(engine.envoy, adapter, layer, "down_proj_input")[:, -1].float().cpu())
+                )
+        if final:
+            h = nnsight.save(adapter.final_norm(engine.envoy).input[:, -1].float().cpu())
+    out = {s: torch.stack(list(v), dim=1) for s, v in saved.items()}
+    if final:
+        out["h"] = h
+    return out
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """requires_grad False on every parameter inside the block; the flags are restored after.
+
+    Gradients are then taken only with respect to the activations the method marks, the
+    backward walks only the graph from them onwards, and no parameter ``.grad`` is written.
+    """
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def image_positions(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """bool [B, S]: positions holding image features; an error if a row has none."""
+    mask = input_ids == image_token_id
+    empty = (~mask.any(1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"rows {empty} have no image token (id {image_token_id}) in the prompt: the method needs "
+            "image positions; check the processor builds image placeholders"
+        )
+    return mask

@@ -1,0 +1,42 @@
+"""A task's items on one split of a benchmark, ready to run (what every recipe iterates)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hones_nn.data import resolve_benchmark
+from hones_nn.data.dataset import load_split
+from hones_nn.tasks.base import ImageSource, Item, Task, get_task
+
+
+@dataclass
+class TaskData:
+    """A task's items on one split, ready to run."""
+
+    task: Task
+    items: list[Item]
+    images: ImageSource
+    skipped: list[dict]
+    data_dir: str
+    split: str
+
+    @property
+    def n(self) -> int:
+        return len(self.items)
+
+
+def prepare_task(
+    loaded,
+    task_name: str,
+    data=None,
+    split: str = "test",
+    limit: int | None = None,
+    skip_bad: bool = False,
+    reference_compat: bool = False,
+) -> TaskData:
+    root = resolve_benchmark(data)
+    dataset = load_split(root, split)
+    task = get_task(task_name, family=loaded.family, reference_compat=reference_compat)
+    images = ImageSource(dataset)
+    items, skipped = task.items(dataset, limit=limit, skip_bad=skip_bad, images=images)
+    return TaskData(task, items, images, skipped, str(root), split)

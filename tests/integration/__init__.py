@@ -1,0 +1,1 @@
+"""End-to-end tests: the shipped model, the CLI, notebooks, training (ndif/: the NDIF server)."""

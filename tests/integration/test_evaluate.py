@@ -1,0 +1,117 @@
+"""`hones-nn evaluate` on the embedded model (and the shipped models' quality levels).
+
+The tasks themselves (items, utilities, bad input) are checked in tests/unit/test_tasks.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hones_nn.cli.main import cli
+from hones_nn.data.dataset import load_split
+
+
+def test_missing_split_and_benchmark(benchmark_dir, tmp_path):
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        load_split(benchmark_dir, "validation")
+    result = CliRunner().invoke(cli, ["evaluate", "--task", "vqa", "--data", str(tmp_path), "--limit", "2"])
+    assert result.exit_code == 2 and "build-synthetic" in result.output
+
+
+def test_evaluate_json(benchmark_dir):
+    result = CliRunner().invoke(cli, ["evaluate", "--task", "vqa", "--limit", "16", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["task"] == "vqa" and payload["metric_name"] == "vqa_accuracy" and payload["n"] == 16
+    assert 0.0 <= payload["metric"] <= 1.0
+
+
+def test_evaluate_mask_random_json(benchmark_dir):
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--task", "ocr", "--limit", "8", "--mask", "random", "--seeds", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    for key in ("base_metric", "masked_metric", "relative_drop"):
+        assert key in payload
+    assert payload["k"] == 41  # round(4 * 1024 * 0.01)
+    assert len(payload["random"]["masked_metrics"]) == 2
+
+
+TARGETS = {"vqa": 0.85, "ocr": 0.70, "caption": 0.40, "retrieval": 0.90}
+# Measured on the shipped model (all 300 test images): vqa 0.8953, ocr 1.0000, caption
+# 1.0000, retrieval 0.9839.
+_METRICS: dict[str, float] = {}
+
+
+def _shipped_metric(task, embedded) -> float:
+    """The shipped model's metric on the whole synthetic test split, computed once per task."""
+    if task not in _METRICS:
+        from hones_nn.engine.core import Engine
+        from hones_nn.evaluation.evaluate import evaluate
+        from hones_nn.tasks.task_data import prepare_task
+
+        td = prepare_task(embedded, task, split="test")
+        assert td.n >= 300
+        _METRICS[task] = evaluate(Engine(embedded), td, batch_size=64, progress=False).metric
+    return _METRICS[task]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["vqa", "ocr", "caption", "retrieval"])
+def test_shipped_model_meets_targets(task, benchmark_dir, embedded):
+    """The issue's quality bar, on the whole synthetic test split (300 images per task)."""
+    metric = _shipped_metric(task, embedded)
+    assert metric >= TARGETS[task], f"{task}: {metric:.4f} < {TARGETS[task]}"
+
+
+# tiny-qwen2.5-vl, measured on all 300 test images: vqa 0.8530, ocr 0.0000, caption 0.9976,
+# retrieval 0.5154. It meets the VQA and caption targets; OCR and retrieval are not learned
+# (stated in the README): these guard what it does reach.
+QWEN_LEVELS = {"vqa": 0.85, "caption": 0.40}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(QWEN_LEVELS))
+def test_shipped_qwen_keeps_its_measured_level(task, benchmark_dir):
+    from hones_nn.engine.core import Engine
+    from hones_nn.evaluation.evaluate import evaluate
+    from hones_nn.models.loading import load_model
+    from hones_nn.tasks.task_data import prepare_task
+
+    loaded = load_model("tiny-qwen2.5-vl")
+    assert type(loaded.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    td = prepare_task(loaded, task, split="test")
+    assert td.n >= 300
+    metric = evaluate(Engine(loaded), td, batch_size=64, progress=False).metric
+    assert metric >= QWEN_LEVELS[task], f"{task}: {metric:.4f} < {QWEN_LEVELS[task]}"
+
+
+def test_hones_runs_on_the_shipped_qwen(tmp_path, benchmark_dir):
+    """The whole HONES path (V-SEAM heads, then neurons) on the trained Qwen2.5-VL, from the CLI."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rank",
+            "--task",
+            "vqa",
+            "--method",
+            "hones",
+            "--model",
+            "tiny-qwen2.5-vl",
+            "--limit",
+            "4",
+            "--out-dir",
+            str(tmp_path),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    from hones_nn.engine.tables import read_table
+
+    table = read_table(tmp_path / "vqa.hones.parquet")
+    assert table.meta["model_id"] == "tiny-qwen2.5-vl" and table.shape == (4, 1024)
+    assert np.isfinite(table.score).all() and (table.score != 0).any()

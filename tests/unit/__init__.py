@@ -1,0 +1,1 @@
+"""Fast tests: pure functions and tiny random models (no trained model, no CLI runs)."""
