@@ -18,7 +18,7 @@ for task in ${TASKS:-vqa ocr caption retrieval}; do
   [ -s "$out/steer/$task.json" ] && continue
   start=$(date +%s)
   hones-nn steer --task "$task" --scores "$tables/$task.hones.parquet" --top-ratio 0.01 \
-    --test-limit "$test_limit" --batch-size 64 --out "$out/steer/$task" --json > "$out/steer/$task.json.tmp"
+    --test-limit "$test_limit" --batch-size 64 --out-dir "$out/steer/$task" --json > "$out/steer/$task.json.tmp"
   mv "$out/steer/$task.json.tmp" "$out/steer/$task.json"
   echo "steer $task: $(( $(date +%s) - start )) s"
 done
@@ -26,7 +26,7 @@ if [ ! -s "$out/overlap/overlap.json" ]; then
   start=$(date +%s)
   hones-nn overlap --scores "$tables/vqa.hones.parquet" "$tables/ocr.hones.parquet" \
     "$tables/caption.hones.parquet" "$tables/retrieval.hones.parquet" --limit 50 --random-draws 5 --random-for dominant \
-    --batch-size 64 --out "$out/overlap" > "$out/overlap.txt"
+    --batch-size 64 --out-dir "$out/overlap" > "$out/overlap.txt"
   echo "overlap: $(( $(date +%s) - start )) s"
 fi
 for task in vqa ocr caption retrieval; do
@@ -44,6 +44,6 @@ cat "$out/RESULTS.md"
 if [ ! -s "$out/variant/vqa.json" ]; then
   mkdir -p "$out/variant"
   hones-nn steer --task vqa --scores "$tables/vqa.hones.parquet" --top-ratio 0.01 --epochs 10 --lr 5e-3 \
-    --test-limit 150 --batch-size 64 --out "$out/variant/vqa" --json > "$out/variant/vqa.json.tmp"
+    --test-limit 150 --batch-size 64 --out-dir "$out/variant/vqa" --json > "$out/variant/vqa.json.tmp"
   mv "$out/variant/vqa.json.tmp" "$out/variant/vqa.json"
 fi

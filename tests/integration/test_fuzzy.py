@@ -228,7 +228,7 @@ def test_cli_build_table_analyze_and_evaluate(tmp_path, benchmark_dir):
             "--no-random-control",
             "--max-new-tokens",
             "12",
-            "--out",
+            "--out-dir",
             str(out),
             "--json",
         ],
@@ -308,7 +308,7 @@ def test_interrogative_word_of_other_questions():
 
 def test_cli_errors_name_the_item_and_the_fix(tmp_path, benchmark_dir):
     runner = CliRunner()
-    result = runner.invoke(cli, ["fuzzy", "build", "--concepts", "red,unicorn", "--out", str(tmp_path / "x")])
+    result = runner.invoke(cli, ["fuzzy", "build", "--concepts", "red,unicorn", "--out-dir", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert "unicorn" in result.output and "known" in result.output
     result = runner.invoke(cli, ["fuzzy", "table", "--sets", str(tmp_path / "nothing")])

@@ -502,7 +502,7 @@ def test_overlap_and_lens_end_to_end(tmp_path):
             "1",
             "--batch-size",
             "64",
-            "--out",
+            "--out-dir",
             str(out_dir),
             "--json",
         ],

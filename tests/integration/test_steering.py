@@ -342,7 +342,7 @@ def test_cli_steer_end_to_end(task, score_table, benchmark_dir, tmp_path):
         "4",
         "--resamples",
         "200",
-        "--out",
+        "--out-dir",
         str(out),
         "--json",
     ]
@@ -414,7 +414,7 @@ def test_cli_steer_text_and_relearn(score_table, benchmark_dir, tmp_path):
             "--no-other-tasks",
             "--resamples",
             "100",
-            "--out",
+            "--out-dir",
             str(tmp_path / "s"),
         ],
     )
