@@ -82,7 +82,7 @@ def task_effect(engine, loaded, edit, task: str, data, split: str, limit: int, b
         "change": after.metric - base.metric,
         "items_changed": changed,
     }
-    if task == "vqa":
+    if td.task.asks_questions:  # accuracy per question type
         from hones_nn.concepts.modulate import per_type
 
         out["per_type_base"] = per_type(td, base.utilities)
