@@ -1,0 +1,85 @@
+"""Speed-ups equal the plain path: shared-prefix retrieval scores against one plain
+Hugging Face forward per candidate (torch hooks, no nnsight, no library intervention
+code) and against the sweep's plain path; HONES runs no pass for heads it will drop.
+
+One CPU thread, tiny models only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from hones_nn.engine.core import Engine  # noqa: E402
+from hones_nn.engine.sweep import _run_rows, sweep  # noqa: E402
+from hones_nn.tasks.retrieval import decision_token_ids  # noqa: E402
+from hones_nn.tasks.task_data import prepare_task  # noqa: E402
+from tests.helpers.torch_hooks import text_layers, torch_hooks  # noqa: E402
+
+
+def _mean_replace(head: int, num_heads: int):
+    def hook(module, args):
+        x = args[0]
+        b, s, w = x.shape
+        v = x.reshape(b, s, num_heads, w // num_heads).clone()
+        others = [k for k in range(num_heads) if k != head]
+        v[:, :, head] = v[:, :, others].mean(dim=2)
+        return (v.reshape(b, s, w),) + tuple(args[1:])
+
+    return hook
+
+
+def _hand_scores(loaded, td, item, condition) -> list[float]:
+    """logit(" Yes") - logit(" No") at T of each candidate, one unpadded HF forward each."""
+    model, adapter = loaded.model, loaded.adapter
+    yes, no = decision_token_ids(loaded.processor.tokenizer)
+    num_heads = loaded.sizes.num_heads
+    out = []
+    with torch_hooks() as handles, torch.no_grad():
+        if condition is not None:
+            layer, head = condition
+            o_proj = text_layers(model)[layer].self_attn.o_proj
+            handles.append(o_proj.register_forward_pre_hook(_mean_replace(head, num_heads)))
+        for prompt in item.prompts:
+            enc = adapter.encode(loaded.processor, [td.images[prompt.image_index]], [prompt.user_text])
+            logits = model(**enc.inputs).logits[0, -1]
+            out.append(float(logits[yes] - logits[no]))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "qwen2.5-vl", "llava-next"])
+def test_shared_prefix_retrieval_scores_equal_one_forward_per_candidate(arch, embedded, tiny_model, benchmark_dir):
+    loaded = embedded if arch == "tiny-llava" else tiny_model(arch)
+    engine = Engine(loaded)
+    td = prepare_task(loaded, "retrieval", limit=2)
+    L, H = loaded.sizes.num_layers, loaded.sizes.num_heads
+    conditions = [None, (0, 1), (L - 1, H - 1)]
+    items = td.items[:2]
+    # batch 16 < 50 candidates: suffix rows of one condition span several batches
+    _, shared = _run_rows(engine, td, items, conditions, "logprob", 16, "mean", 0, share_prefix=True)
+    _, plain = _run_rows(engine, td, items, conditions, "logprob", 16, "mean", 0, share_prefix=False)
+    assert shared.keys() == plain.keys() and len(shared) == 2 * 50 * 3
+    keys = sorted(plain)
+    a = np.array([shared[k] for k in keys])
+    b = np.array([plain[k] for k in keys])
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # against plain HF forwards, one unpadded candidate at a time
+    for c, condition in enumerate(conditions):
+        hand = _hand_scores(loaded, td, items[1], condition)
+        got = [shared[(1, p, c)] for p in range(len(items[1].prompts))]
+        np.testing.assert_allclose(got, hand, rtol=1e-5, atol=1e-5)
+    # the conditions do move the scores (the test would be empty otherwise)
+    assert not np.allclose([shared[(1, p, 0)] for p in range(50)], [shared[(1, p, 1)] for p in range(50)])
+
+
+def test_shared_prefix_sweep_utilities_equal_the_plain_sweep(embedded, benchmark_dir):
+    engine = Engine(embedded)
+    td = prepare_task(embedded, "retrieval", limit=2)
+    conditions = [None, (1, 3), (2, 5)]
+    for utility in ("metric", "logprob", "prob"):
+        shared = sweep(engine, td, [0, 1], conditions, utility=utility, batch_size=64, share_prefix=True)
+        plain = sweep(engine, td, [0, 1], conditions, utility=utility, batch_size=64, share_prefix=False)
+        np.testing.assert_allclose(shared, plain, rtol=1e-5, atol=1e-5, err_msg=utility)
