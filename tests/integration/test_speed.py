@@ -83,3 +83,53 @@ def test_shared_prefix_sweep_utilities_equal_the_plain_sweep(embedded, benchmark
         shared = sweep(engine, td, [0, 1], conditions, utility=utility, batch_size=64, share_prefix=True)
         plain = sweep(engine, td, [0, 1], conditions, utility=utility, batch_size=64, share_prefix=False)
         np.testing.assert_allclose(shared, plain, rtol=1e-5, atol=1e-5, err_msg=utility)
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_hones_runs_no_pass_for_dropped_heads(embedded, embedded_engine, benchmark_dir, tmp_path, monkeypatch, compat):
+    """Heads with S_h <= 0 get no forwards; the table equals the one computed with a pass
+    for every top head (the plain path: contributions of all K_h + 1 conditions)."""
+    import hones_nn.methods.hones as hones
+    from hones_nn.engine.tables import write_head_table
+    from hones_nn.runner.pipeline import Runner
+
+    entries = {(2, 5): 0.5, (0, 2): 0.3, (3, 1): 0.1, (1, 4): 0.0, (1, 6): -0.2}
+    scores = -np.ones((4, 8))
+    for (layer, head), s in entries.items():
+        scores[layer, head] = s
+    heads_path = write_head_table(
+        tmp_path / "heads.parquet", scores, 0.0, -scores, {"method": "vseam", "task": "vqa", "model_id": "tiny-llava"}
+    )
+    seen: list[list] = []
+    original = hones.contributions
+
+    def counted(ctx, item_ids, conditions, **kwargs):
+        seen.append(list(conditions))
+        return original(ctx, item_ids, conditions, **kwargs)
+
+    monkeypatch.setattr(hones, "contributions", counted)
+    runner = Runner(
+        loaded=embedded,
+        out_dir=tmp_path,
+        progress=False,
+        _engine=embedded_engine,
+        limit=4,
+        batch_size=8,
+        reference_compat=compat,
+    )
+    table = runner.rank("vqa", "hones", heads=heads_path, top_heads=5)
+    assert seen and all(c == [None, (2, 5), (0, 2), (3, 1)] for c in seen)  # not (1, 4) (0.0) nor (1, 6) (-0.2)
+    # the plain path: every top head run, combined by the same rule
+    ctx = runner.context("vqa", {})
+    method = hones.Hones()
+    heads = [(2, 5), (0, 2), (3, 1), (1, 4), (1, 6)]
+    weights = [entries[h] for h in heads]
+    u = hones.target_directions(ctx, ctx.td.items, ctx.td.task.direction_context(ctx.engine.tokenizer, ctx.td.items))
+    conditions = [None, *heads]
+    c = original(ctx, list(range(ctx.td.n)), conditions, u=u)
+    part = hones._accumulate(c, conditions)
+    want, _ = method.combine(part["c_sum"] / ctx.td.n, part["positive_sum"] / ctx.td.n, heads, weights, compat)
+    scale = np.abs(want).max()
+    assert scale > 0
+    # batches group other rows (other left padding): float noise only
+    np.testing.assert_allclose(table.matrix(), want, rtol=1e-4, atol=1e-5 * scale)
