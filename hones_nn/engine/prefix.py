@@ -23,6 +23,7 @@ ablation draws its noise over a row's whole length, so it keeps the plain path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import nnsight
 import torch
@@ -86,7 +87,7 @@ class SharedPrefix:
 
     def _next_position(self) -> int:
         """The position of the first suffix token in the unpadded prompt."""
-        base = getattr(self.model, "model", None)
+        base: Any = getattr(self.model, "model", None)
         if hasattr(base, "get_rope_index") and "image_grid_thw" in self.prefix_inputs:
             p = self.prefix_inputs
             positions, _ = base.get_rope_index(
