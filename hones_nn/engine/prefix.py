@@ -16,6 +16,10 @@ key/value cache. The result equals the plain path (tested to 1e-5):
   + 1 on: LLaVA counts tokens, Qwen's multimodal RoPE continues after the image's
   largest index).
 
+A head in layer l changes nothing below l: those decoder layers are skipped (nnsight's
+``Envoy.skip``) and take the clean run's outputs and keys/values (the clean condition
+runs first).
+
 Only interventions that act position by position can share a prefix: the Gaussian head
 ablation draws its noise over a row's whole length, so it keeps the plain path.
 """
@@ -112,9 +116,16 @@ def _condition_intervention(conditions, num_heads: int):
 
 
 @torch.no_grad()
-def prefix_decision_scores(engine, split: SharedPrefix, conditions: Sequence, batch_size: int = 64) -> torch.Tensor:
+def prefix_decision_scores(
+    engine, split: SharedPrefix, conditions: Sequence, batch_size: int = 64, skip_clean_layers: bool = True
+) -> torch.Tensor:
     """logit(" Yes") - logit(" No") at T, [n_prompts, n_conditions], each condition
-    (None or a (layer, head) mean-replaced) applied to the prefix and the suffix runs."""
+    (None or a (layer, head) mean-replaced) applied to the prefix and the suffix runs.
+
+    With ``skip_clean_layers`` and a clean condition among ``conditions``, a head in layer
+    l runs only layers l and up: the decoder layers below l are skipped (nnsight's
+    ``Envoy.skip``) with the clean run's outputs in their place, and their keys/values
+    are the clean prefix's, since nothing below l differs from the clean run."""
     if engine.remote is not None:
         raise ValueError("shared-prefix scoring runs on a local engine only; remote runs use the plain path")
     model = engine.model
@@ -125,48 +136,68 @@ def prefix_decision_scores(engine, split: SharedPrefix, conditions: Sequence, ba
     n_prompts, n_cond = len(split.suffixes), len(conditions)
     out = torch.zeros(n_prompts, n_cond)
     text_config = model.config.get_text_config()
-    # conditions in chunks whose prefix caches are held together; each chunk's suffix rows
-    # (condition x prompt) run batch_size at a time
-    cond_chunk = max(1, batch_size // max(1, n_prompts)) if n_prompts < batch_size else 1
-    for c0 in range(0, n_cond, cond_chunk):
-        chunk = list(conditions[c0 : c0 + cond_chunk])
-        prefix = {k: v.to(device) for k, v in _repeat(split.prefix_inputs, len(chunk)).items()}
-        intervention = _condition_intervention(chunk, num_heads)
-        with engine.envoy.trace(**prefix, use_cache=True):
+    num_layers = engine.adapter.sizes(model).num_layers
+    adapter, envoy = engine.adapter, engine.envoy
+    # the clean condition first: its layer outputs (prefix, and suffix batch by batch) stand
+    # in for the layers below a replaced head's layer, which are the clean run's
+    order = sorted(range(n_cond), key=lambda c: conditions[c] is not None)
+    reuse = skip_clean_layers and conditions[order[0]] is None
+    clean_prefix: list | None = None
+    clean_kv: list | None = None
+    clean_suffix: dict[int, list] = {}
+    prefix = {k: v.to(device) for k, v in split.prefix_inputs.items()}
+    for c in order:
+        condition = conditions[c]
+        below = int(condition[0]) if (reuse and condition is not None and clean_prefix is not None) else 0
+        record = reuse and condition is None
+        intervention = _condition_intervention([condition], num_heads)
+        with envoy.trace(**prefix, use_cache=True):
+            for layer in range(below):
+                adapter.layer(envoy, layer).skip(clean_prefix[layer])
             if intervention is not None:
-                apply_edits(engine.envoy, engine.adapter, intervention.edits(len(chunk)))
-            cache = nnsight.save(engine.envoy.output.past_key_values)
+                apply_edits(envoy, adapter, intervention.edits(1))
+            if record:
+                outputs = nnsight.save([adapter.layer(envoy, layer).output for layer in range(num_layers)])
+            cache = nnsight.save(envoy.output.past_key_values)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        rows = [(c, p) for c in range(len(chunk)) for p in range(n_prompts)]
-        for r0 in range(0, len(rows), batch_size):
-            part = rows[r0 : r0 + batch_size]
-            lengths = [len(split.suffixes[p]) for _, p in part]
+        if record:
+            clean_prefix, clean_kv = list(outputs), kv
+        if below:  # skipped layers wrote no keys/values: they are the clean run's
+            kv = clean_kv[:below] + kv[below:]
+        for j, r0 in enumerate(range(0, n_prompts, batch_size)):
+            part = list(range(r0, min(n_prompts, r0 + batch_size)))
+            lengths = [len(split.suffixes[p]) for p in part]
             width = max(lengths)
             ids = torch.full((len(part), width), pad, dtype=torch.long)
             suffix_mask = torch.zeros(len(part), width, dtype=torch.long)
-            for k, (_, p) in enumerate(part):
+            for k, p in enumerate(part):
                 ids[k, : lengths[k]] = split.suffixes[p]
                 suffix_mask[k, : lengths[k]] = 1
             mask = torch.cat([torch.ones(len(part), split.length, dtype=torch.long), suffix_mask], dim=1)
             positions = (split.next_position + torch.arange(width))[None].repeat(len(part), 1)
-            index = torch.tensor([c for c, _ in part], device=device)
             past = DynamicCache(config=text_config)
             for li, (k, v) in enumerate(kv):
-                past.update(k.index_select(0, index), v.index_select(0, index), li)
+                past.update(k.expand(len(part), *k.shape[1:]), v.expand(len(part), *v.shape[1:]), li)
             last = torch.tensor(lengths, device=device) - 1
-            part_intervention = _condition_intervention([chunk[c] for c, _ in part], num_heads)
-            with engine.envoy.trace(
+            part_intervention = _condition_intervention([condition] * len(part), num_heads)
+            with envoy.trace(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 past_key_values=past,
                 use_cache=True,
             ):
+                for layer in range(below):
+                    adapter.layer(envoy, layer).skip(clean_suffix[j][layer])
                 if part_intervention is not None:
-                    apply_edits(engine.envoy, engine.adapter, part_intervention.edits(len(part)))
-                logits = engine.adapter.lm_head(engine.envoy).output
+                    apply_edits(envoy, adapter, part_intervention.edits(len(part)))
+                if record:
+                    suffix_outputs = nnsight.save([adapter.layer(envoy, layer).output for layer in range(num_layers)])
+                logits = adapter.lm_head(envoy).output
                 at_t = logits[torch.arange(len(part), device=device), last]
                 score = nnsight.save((at_t[:, yes] - at_t[:, no]).float().cpu())
-            for k, (c, p) in enumerate(part):
-                out[p, c0 + c] = score[k]
+            if record:
+                clean_suffix[j] = list(suffix_outputs)
+            for k, p in enumerate(part):
+                out[p, c] = score[k]
     return out

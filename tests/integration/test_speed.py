@@ -133,3 +133,33 @@ def test_hones_runs_no_pass_for_dropped_heads(embedded, embedded_engine, benchma
     assert scale > 0
     # batches group other rows (other left padding): float noise only
     np.testing.assert_allclose(table.matrix(), want, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_heads_skip_the_clean_layers_below_them(embedded, benchmark_dir):
+    """A head in layer 3 runs layers 3 and up only (layer 0's MLP runs for the clean
+    condition alone), with the same scores as running every layer."""
+    from hones_nn.engine.encoding import encode_prompts
+    from hones_nn.engine.prefix import SharedPrefix, prefix_decision_scores
+
+    engine = Engine(embedded)
+    td = prepare_task(embedded, "retrieval", limit=1)
+    item = td.items[0]
+    split = SharedPrefix(embedded, encode_prompts(embedded, td.images, item.prompts))
+    conditions = [None, (3, 0), (3, 5), (2, 7)]
+    calls = {"n": 0}
+
+    def count(module, args, output):
+        calls["n"] += 1
+
+    runs = {}
+    for skip in (True, False):
+        calls["n"] = 0
+        with torch_hooks() as handles:
+            handles.append(text_layers(embedded.model)[0].mlp.register_forward_hook(count))
+            runs[skip] = prefix_decision_scores(engine, split, conditions, batch_size=32, skip_clean_layers=skip)
+        runs[f"calls-{skip}"] = calls["n"]
+    batches = 2  # 50 candidates, 32 per suffix batch
+    assert runs["calls-True"] == 1 + batches  # the clean prefix + its suffix batches
+    assert runs["calls-False"] == len(conditions) * (1 + batches)
+    torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(runs[True][:, 0], runs[True][:, 1])
