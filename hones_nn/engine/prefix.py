@@ -142,13 +142,13 @@ def prefix_decision_scores(
     # in for the layers below a replaced head's layer, which are the clean run's
     order = sorted(range(n_cond), key=lambda c: conditions[c] is not None)
     reuse = skip_clean_layers and conditions[order[0]] is None
-    clean_prefix: list | None = None
-    clean_kv: list | None = None
+    clean_prefix: list = []
+    clean_kv: list = []
     clean_suffix: dict[int, list] = {}
     prefix = {k: v.to(device) for k, v in split.prefix_inputs.items()}
     for c in order:
         condition = conditions[c]
-        below = int(condition[0]) if (reuse and condition is not None and clean_prefix is not None) else 0
+        below = int(condition[0]) if (reuse and condition is not None and clean_prefix) else 0
         record = reuse and condition is None
         intervention = _condition_intervention([condition], num_heads)
         with envoy.trace(**prefix, use_cache=True):
