@@ -428,7 +428,7 @@ def readme_block(results_dir: Path) -> str:
         lines += [
             f"Against the official code's loop (`{ref.get('command')}`, {m.get('date_utc')}, {m.get('cpu_model')}, "
             f"torch threads {m.get('torch_threads')}{', quick mode' if ref.get('quick') else ''}): ratio = time of the "
-            "reference loop / time of hones-nn on the same items, numbers checked equal.",
+            "reference loop / time of this library, same items, numbers checked equal.",
             "",
         ]
         lines += _table(REFERENCE_HEADER, reference_rows(ref))
