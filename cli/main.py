@@ -34,7 +34,42 @@ def _register() -> None:
         module.register(cli)
 
 
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if value < 1:
+        raise click.BadParameter(f"{value} is not a thread count; give 1 or more (torch.set_num_threads)")
+    import torch
+
+    torch.set_num_threads(value)
+    return value
+
+
+def _add_threads_option(command: click.Command) -> None:
+    """``--threads N`` on every command (torch.set_num_threads before the command runs;
+    score tables record the count as ``torch_threads``). Commands that pass their
+    arguments through (train-embedded has its own --threads) are left alone."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_threads_option(sub)
+        return
+    if command.context_settings.get("ignore_unknown_options") or any(p.name == "threads" for p in command.params):
+        return
+    command.params.append(
+        click.Option(
+            ["--threads"],
+            type=int,
+            default=None,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_threads,
+            help="CPU threads torch may use (torch.set_num_threads); default: torch's own choice.",
+        )
+    )
+
+
 _register()
+_add_threads_option(cli)
 
 
 def main() -> None:

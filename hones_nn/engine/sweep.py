@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from hones_nn.engine.core import Engine
-from hones_nn.engine.encoding import encode_rows
+from hones_nn.engine.encoding import encode_prompts, encode_rows
+from hones_nn.engine.prefix import SharedPrefix, prefix_decision_scores
 from hones_nn.interventions.base import apply_edits
 from hones_nn.interventions.heads import HeadGaussianNoise, HeadMeanReplacement
 
@@ -92,13 +93,52 @@ def teacher_forced_scores(engine: Engine, enc, intervention, utility: str) -> to
     return score
 
 
-def _run_rows(engine: Engine, td, items, conditions, utility: str, batch_size: int, mode: str, seed: int):
+def _shared_prefix_scores(engine: Engine, td, items, conditions, utility: str, batch_size: int) -> dict:
+    """Decision scores of the items whose prompts share an image-and-instruction prefix,
+    computed once per (item, condition) with the suffixes on its key/value cache
+    (:mod:`hones_nn.engine.prefix`); items it cannot split are left to the plain path."""
+    task = td.task
+    image_token = engine.adapter.sizes(engine.model).image_token_id
+    scores: dict[tuple[int, int, int], float] = {}
+    for i, item in enumerate(items):
+        prompt_ids = task.utility_prompts(item, utility)
+        prompts = [item.prompts[p] for p in prompt_ids]
+        if len(prompts) < 2 or len({p.image_index for p in prompts}) != 1:
+            continue
+        enc = encode_prompts(engine.loaded, td.images, prompts, reference_compat=task.reference_compat)
+        split = SharedPrefix(engine.loaded, enc)
+        if not split.usable(image_token):
+            continue
+        decision = prefix_decision_scores(engine, split, conditions, batch_size)
+        if utility == "prob":
+            decision = torch.sigmoid(decision)
+        for k, p in enumerate(prompt_ids):
+            for c in range(len(conditions)):
+                scores[(i, p, c)] = float(decision[k, c])
+    return scores
+
+
+def _run_rows(
+    engine: Engine,
+    td,
+    items,
+    conditions,
+    utility: str,
+    batch_size: int,
+    mode: str,
+    seed: int,
+    share_prefix: bool = True,
+):
     task = td.task
     num_heads = engine.adapter.sizes(engine.model).num_heads
     rows = _rows_for(task, items, len(conditions), utility)
     texts: dict[tuple[int, int], str] = {}
     scores: dict[tuple[int, int, int], float] = {}
     with_answers = utility in ("logprob", "prob") and task.generative
+    # position-wise interventions (mean replacement) on a local engine share the prefix
+    if share_prefix and not task.generative and mode == "mean" and engine.remote is None:
+        scores = _shared_prefix_scores(engine, td, items, conditions, utility, batch_size)
+        rows = [r for r in rows if (r.item, r.prompt, r.condition) not in scores]
     cache: dict = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -151,13 +191,17 @@ def sweep(
     batch_size: int = 64,
     mode: str = "mean",
     seed: int = 0,
+    share_prefix: bool = True,
 ) -> np.ndarray:
-    """Utilities [len(item_ids), len(conditions)] of the given items under each condition."""
+    """Utilities [len(item_ids), len(conditions)] of the given items under each condition.
+
+    ``share_prefix=False`` runs every retrieval candidate as a whole prompt (the plain
+    path the shared-prefix scores are tested against)."""
     if utility not in UTILITIES:
         raise ValueError(f"unknown utility {utility!r}; choose one of {', '.join(UTILITIES)}")
     task = td.task
     items = [td.items[i] for i in item_ids]
-    texts, scores = _run_rows(engine, td, items, conditions, utility, batch_size, mode, seed)
+    texts, scores = _run_rows(engine, td, items, conditions, utility, batch_size, mode, seed, share_prefix)
     out = np.zeros((len(items), len(conditions)))
     for i, item in enumerate(items):
         prompts = task.utility_prompts(item, utility)

@@ -81,7 +81,9 @@ def rank_scores(scores: np.ndarray) -> np.ndarray:
 
 
 def _metadata(meta: dict) -> dict[bytes, bytes]:
-    full = {**meta, "versions": versions()}
+    import torch
+
+    full = {"torch_threads": torch.get_num_threads(), **meta, "versions": versions()}
     out = {}
     for key, value in full.items():
         # every value is JSON (strings quoted), so it reads back with its type:

@@ -29,7 +29,8 @@ Ablations of the paper, registered beside HONES:
 weights 1), ``hones-gaussian`` (theta_h = Gaussian noise of the head slice's std instead
 of the mean of the other heads).
 
-Cost: (1 + K_h) forwards per example, no generation, every neuron at once.
+Cost: (1 + K_h) forwards per example, no generation, every neuron at once; heads with
+S_h <= 0 (dropped by the combination) get no forwards.
 """
 
 from __future__ import annotations
@@ -172,6 +173,13 @@ def select_heads(ctx: RunContext, heads: ScoreTable | None, k: int, random_heads
     return top, weights
 
 
+def passes_needed(weights) -> list[int]:
+    """Indices into [clean, *heads] of the conditions that get forwards: the clean run and
+    the heads whose weight is positive. :meth:`_HonesBase.combine` drops the others
+    (weight <= 0) after the fact, so their passes could never change the result."""
+    return [0] + [h + 1 for h, w in enumerate(weights) if w > 0]
+
+
 class _HonesBase(Method):
     head_mode = "mean"
     random_heads = False
@@ -198,12 +206,25 @@ class _HonesBase(Method):
         u_all = target_directions(ctx, ctx.td.items, task.direction_context(tokenizer, ctx.td.items))
         return ShardPlan(
             config={"heads": heads, "weights": weights},
-            state={"k": k, "heads": heads, "weights": weights, "conditions": [None, *heads], "u": u_all},
+            state={
+                "k": k,
+                "heads": heads,
+                "weights": weights,
+                "conditions": [None, *heads],
+                "passes": passes_needed(weights),
+                "u": u_all,
+            },
         )
 
     def shard(self, ctx: RunContext, item_ids: list[int], plan: ShardPlan) -> dict[str, np.ndarray]:
-        conditions = plan.state["conditions"]
-        c = contributions(ctx, item_ids, conditions, mode=self.head_mode, u=plan.state["u"][item_ids])
+        conditions, run = plan.state["conditions"], plan.state["passes"]
+        c_run = contributions(
+            ctx, item_ids, [conditions[k] for k in run], mode=self.head_mode, u=plan.state["u"][item_ids]
+        )
+        # a head without a pass (weight <= 0, dropped by combine) stands in as the clean run:
+        # its drop is 0 and combine never reads it
+        c = c_run[:, :1].repeat(1, len(conditions), 1, 1)
+        c[:, run] = c_run
         return _accumulate(c, conditions)
 
     def reduce(self, ctx: RunContext, parts: list[dict[str, np.ndarray]], plan: ShardPlan) -> MethodResult:
