@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue-5 figures on the embedded model, from the CLI only: steering with every baseline on
-# all four tasks, the cross-task groups of the four HONES top-1% sets, the logit lens of
+# all four tasks (top 1%, then each task's dominant shared group as the paper does), the cross-task groups of the four HONES top-1% sets, the logit lens of
 # each task's dominant group, and every plot.
 #   bash benchmarks/steering_overlap.sh [HONES_TABLES_DIR] [OUT_DIR]
 # HONES_TABLES_DIR holds {task}.hones.parquet and {task}.heads.parquet (the output of
@@ -29,6 +29,19 @@ if [ ! -s "$out/overlap/overlap.json" ]; then
     --batch-size 64 --out-dir "$out/overlap" > "$out/overlap.txt"
   echo "overlap: $(( $(date +%s) - start )) s"
 fi
+# The paper's steering (section 4.3, appendix E.1): the dominant shared group of each task
+# from the cross-task analysis, beside the top-1% steering above; same sizes.
+mkdir -p "$out/steer-dominant"
+for task in ${TASKS:-vqa ocr caption retrieval}; do
+  test_limit=150; [ "$task" = retrieval ] && test_limit=60
+  [ -s "$out/steer-dominant/$task.json" ] && continue
+  start=$(date +%s)
+  hones-nn steer --task "$task" --group dominant --groups "$out/overlap/overlap.json" \
+    --test-limit "$test_limit" --batch-size 64 --out-dir "$out/steer-dominant/$task" --json \
+    > "$out/steer-dominant/$task.json.tmp"
+  mv "$out/steer-dominant/$task.json.tmp" "$out/steer-dominant/$task.json"
+  echo "steer $task (dominant group): $(( $(date +%s) - start )) s"
+done
 for task in vqa ocr caption retrieval; do
   [ -s "$out/lens.$task.txt" ] || hones-nn lens --task "$task" --group dominant --groups "$out/overlap/overlap.json" \
     --limit 50 --top-k 5 > "$out/lens.$task.txt"

@@ -53,6 +53,21 @@ def _csv(value: str) -> list[str]:
 @click.option(
     "--top-heads", type=int, default=None, help="K_h for HONES (default: 30, a quarter of the heads for tiny models)."
 )
+@click.option(
+    "--target",
+    type=click.Choice(["first", "all", "idf"]),
+    default=None,
+    help="One target for every direct-projection method (hones, dla, llm-knowledge): first = the first gold "
+    "token, all = every gold token, idf = HONES's target (captions: IDF-weighted tokens of all references). "
+    "Default: each method's paper default (see `hones-nn methods`); the tables say which each row used.",
+)
+@click.option(
+    "--ape-variant",
+    type=click.Choice(["bernoulli", "mmneuron"]),
+    default="bernoulli",
+    show_default=True,
+    help="APE as in the HONES appendix (Bernoulli entropy, ranked descending) or MMNeuron's lowest-entropy variant.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-bad", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
@@ -74,6 +89,8 @@ def compare_cmd(
     batch_size,
     utility,
     top_heads,
+    target,
+    ape_variant,
     seed,
     skip_bad,
     as_json,
@@ -103,6 +120,8 @@ def compare_cmd(
         test_limit=test_limit,
         utility=utility,
         top_heads=top_heads,
+        target=target,
+        ape_variant=ape_variant,
         out_dir=out_dir,
         log=(lambda *_: None) if as_json else click.echo,
         remote=current_remote(),
@@ -116,6 +135,16 @@ def compare_cmd(
     if as_json:
         emit_json(rows)
         return
+    labels = {}
+    for r in rows:
+        label = r["method"]
+        if r.get("target"):
+            label += f" [target: {r['target']}]"
+        elif r["method"] == "ape":
+            label += f" [{ape_variant}]"
+        labels[r["method"]] = label
+    rows = [{**r, "method": labels[r["method"]]} for r in rows]
+    method_list = [labels.get(m, m) for m in method_list]
     columns = ["method", *task_list, "mean"]
     click.echo(
         f"\nTable 1: relative drop (%) when masking the top {100 * top_ratio:g}% neurons (higher = more critical)"
@@ -126,6 +155,10 @@ def compare_cmd(
     print_table(pivot(rows, "masked", method_list, task_list), columns)
     click.echo("\nTable 9: localization time per discovery instance (s)")
     print_table(pivot(rows, "seconds_per_instance", method_list, task_list), columns, floatfmt="{:.4f}")
+    click.echo(
+        "\n[target: ...] is the target a direct-projection method read (first = first gold token, all = every "
+        "gold token, idf = HONES's target; captions: IDF-weighted references); also in compare.parquet"
+    )
     click.echo(f"\nwrote {Path(out_dir) / 'compare.parquet'}")
 
 

@@ -100,9 +100,17 @@ def _split_sizes(text: str | None) -> dict[str, int] | None:
 @click.option("--seed", type=int, default=3407, show_default=True, help="Seed of partitioning and retrieval mining.")
 @click.option("--limit", type=int, default=None, help="Import only the first N records.")
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) records with a missing/corrupt image or empty field.")
+@click.option(
+    "--draw-ocr-box/--no-draw-ocr-box",
+    default=True,
+    show_default=True,
+    help="Draw the blue OCR outline into the pixels (the paper's visual prompt), or keep the images as they are "
+    '(the reference code draws none itself). Records marked ocr.box_drawn (or a file with "ocr_box_drawn": '
+    "true) are never drawn on again.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @friendly_errors
-def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, as_json):
+def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, draw_ocr_box, as_json):
     """Import the official HONES records + COCO images (blue OCR box drawn from the bbox,
     retrieval negatives mined from the split's captions)."""
     from hones_nn.data.hones_records import import_hones
@@ -117,6 +125,7 @@ def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, sk
         split=split,
         limit=limit,
         progress=not as_json,
+        draw_box=draw_ocr_box,
     )
     _report(report, as_json, out)
 

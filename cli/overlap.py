@@ -387,6 +387,14 @@ def _tok(text: str) -> str:
     "norm with the clean run's RMS at T (linear, DLA units); none: W_U mlp_out.",
 )
 @click.option("--top-k", type=int, default=5, show_default=True, help="Tokens listed per layer.")
+@click.option(
+    "--target",
+    type=click.Choice(["first", "all", "idf"]),
+    default="first",
+    show_default=True,
+    help="Target tokens of the 'target Δ' column (the shared target option of hones/dla/llm-knowledge): the "
+    "first gold token, all gold tokens, or HONES's IDF-weighted references (captions).",
+)
 @model_options
 @data_options
 @click.option("--split", default="test", show_default=True)
@@ -401,6 +409,7 @@ def lens_cmd(
     top_ratio,
     norm,
     top_k,
+    target,
     model_name,
     dtype,
     device,
@@ -442,9 +451,15 @@ def lens_cmd(
         loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad, reference_compat=reference_compat
     )
     report = logit_lens(
-        Engine(loaded, remote=current_remote()), td, groups, norm=norm, batch_size=batch_size, progress=not as_json
+        Engine(loaded, remote=current_remote()),
+        td,
+        groups,
+        norm=norm,
+        batch_size=batch_size,
+        progress=not as_json,
+        target=target,
     )
-    doc = {**report.as_json(top_k), "model": loaded.model_id, "split": split}
+    doc = {**report.as_json(top_k), "model": loaded.model_id, "split": split, "target": target}
     if out:
         from hones_nn.utils.io import atomic_write_json
 
@@ -453,7 +468,8 @@ def lens_cmd(
         emit_json(doc)
         return
     click.echo(
-        f"MLP logit lens on {task} ({split}, {report.n} examples, model {loaded.model_id}, norm {norm}); "
+        f"MLP logit lens on {task} ({split}, {report.n} examples, model {loaded.model_id}, norm {norm}, "
+        f"target {target}); "
         "Delta = clean - masked logit at T, positive: the group promotes the token"
     )
     for name in groups:

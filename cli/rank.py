@@ -328,6 +328,7 @@ def methods_cmd(as_json, model_name, batch_size, dtype, text_tokens, top_heads, 
             "needs": cls.needs,
             "cost per example": cls.cost,
             "summary": cls.summary,
+            "target": cls.default_target or "-",
         }
         for name, cls in sorted(METHODS.items())
     ]
@@ -401,9 +402,15 @@ def methods_cmd(as_json, model_name, batch_size, dtype, text_tokens, top_heads, 
     if as_json:
         emit_json(rows)
         return
-    print_table(rows, ["method", "kind", "requires", "cost per example", "needs"])
+    print_table(rows, ["method", "kind", "requires", "target", "cost per example", "needs"])
     for note in notes:
         click.echo(note)
+    from hones_nn.tasks.base import TARGET_MODES
+
+    click.echo(
+        "target: the paper default of the shared target option (--target in compare, --option target=... in "
+        "rank): " + "; ".join(f"{k} = {v}" for k, v in TARGET_MODES.items()) + "."
+    )
 
 
 def register(cli: click.Group) -> None:

@@ -110,6 +110,20 @@ def _print_relearn(report: dict) -> None:
     help="Neuron list to steer instead (Parquet/CSV with columns layer, neuron, or JSON [[layer, neuron], ...]).",
 )
 @click.option(
+    "--group",
+    "group",
+    default=None,
+    help="Steer a neuron group of `hones-nn overlap` instead, as the paper does: 'dominant' (the task's "
+    "dominant shared group) or a group name (e.g. vqa+ocr, general) of --groups; or FILE:NAME.",
+)
+@click.option(
+    "--groups",
+    "groups_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The overlap.json (from `hones-nn overlap --out-dir DIR`) that --group names a group of.",
+)
+@click.option(
     "--baselines",
     default="fixed-amp,grid,rand-neuron,no-kl",
     show_default=True,
@@ -195,6 +209,8 @@ def steer_cmd(
     top_k,
     top_ratio,
     neurons_file,
+    group,
+    groups_file,
     baselines,
     out_dir,
     dev_split,
@@ -234,6 +250,7 @@ def steer_cmd(
     \b
     Examples:
       hones-nn steer --task vqa --scores vqa.parquet --top-k 40 --out-dir steer-vqa
+      hones-nn steer --task vqa --group dominant --groups overlap/overlap.json --out-dir steer-vqa-dom
       hones-nn evaluate --task vqa --steer steer-vqa/scales.safetensors --data OOD
       hones-nn steer --task vqa --zero-shot steer-vqa/scales.safetensors --data OOD \\
           --split test --relearn-fraction 0.2 --repeats 10
@@ -259,7 +276,17 @@ def steer_cmd(
     transferred = load_scales(zero_shot) if zero_shot else None
     if transferred is not None:
         transferred.check_model(loaded, zero_shot)
-    if scores is None and neurons_file is None and transferred is not None:
+    if group is not None:
+        from hones_nn.cli.overlap import resolve_group
+        from hones_nn.steering.io import check_neurons
+
+        if scores is not None or neurons_file is not None:
+            raise ValueError("--group steers an overlap group: give it without --scores / --neurons")
+        name, pairs = resolve_group(group, task, groups_file, 0.01, loaded)
+        sizes = loaded.sizes
+        neurons = check_neurons([tuple(p) for p in pairs], sizes.num_layers, sizes.d_ff, groups_file or group)
+        info = {"source": "overlap group", "group": name, "path": str(groups_file or group), "k": len(neurons)}
+    elif scores is None and neurons_file is None and transferred is not None:
         sizes = loaded.sizes
         neurons = check_neurons(transferred.neurons, sizes.num_layers, sizes.d_ff, zero_shot)
         info = {"source": "scales", "path": str(zero_shot), "k": len(neurons)}

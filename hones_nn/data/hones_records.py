@@ -439,11 +439,13 @@ def _record_fields(record: dict, images_dir: Path) -> dict:
         "_size": (info.get("width"), info.get("height")),
         "_polygon": ocr.get("mask"),
         "_n_captions": len(captions),
+        "_box_drawn": bool(ocr.get("box_drawn", False)),
     }
 
 
-def _attach_image(row: dict, stats: Counter) -> dict:
-    """Open the record's image, check its size, draw the OCR box; fill ``image`` and ``ocr.mask``."""
+def _attach_image(row: dict, stats: Counter, draw_box: bool = True) -> dict:
+    """Open the record's image, check its size, draw the OCR box (unless ``draw_box`` is
+    False or the record says it is already drawn); fill ``image`` and ``ocr.mask``."""
     path, image_id, bbox = row.pop("_path"), row["image_id"], row["ocr"]["bbox"]
     want, polygon = row.pop("_size"), row.pop("_polygon")
     image = load_rgb(path, image_id, "COCO train2014")
@@ -468,7 +470,10 @@ def _attach_image(row: dict, stats: Counter) -> dict:
     bx, by, bw, bh = bbox
     stats["ocr_bbox_clipped"] += bx < 0 or by < 0 or bx + bw > width or by + bh > height
     stats["captions_truncated"] += row.pop("_n_captions") > N_CAPTIONS
-    draw_ocr_box(image, bbox)
+    if draw_box and not row.pop("_box_drawn", False):
+        draw_ocr_box(image, bbox)
+        stats["ocr_box_drawn"] += 1
+    row.pop("_box_drawn", None)
     row["ocr"]["mask"] = polygon_mask(polygon, width, height)
     stats["ocr_mask_missing"] += row["ocr"]["mask"] is None
     row["image"] = image_bytes(image)
@@ -476,6 +481,12 @@ def _attach_image(row: dict, stats: Counter) -> dict:
 
 
 def read_records(json_path: Path) -> list:
+    return _read_payload(json_path)[0]
+
+
+def _read_payload(json_path: Path) -> tuple[list, bool]:
+    """(records, whether the file says every image already has its OCR box drawn: a
+    top-level ``"ocr_box_drawn": true``)."""
     if not json_path.is_file():
         raise FileNotFoundError(f"HONES records file {json_path} does not exist")
     try:
@@ -488,7 +499,10 @@ def read_records(json_path: Path) -> list:
             f'{json_path} is not a HONES records file: expected {{"data": [record, ...]}} '
             "(e.g. hones_coco_dev_split.json)"
         )
-    return records
+    drawn = payload.get("ocr_box_drawn", False) if isinstance(payload, dict) else False
+    if not isinstance(drawn, bool):
+        raise ValueError(f'{json_path}: "ocr_box_drawn" must be true or false, got {drawn!r}')
+    return records, drawn
 
 
 def import_hones(
@@ -502,8 +516,14 @@ def import_hones(
     split: str = "dev",
     limit: int | None = None,
     progress: bool = True,
+    draw_box: bool = True,
 ) -> dict:
     """Import HONES unified records + COCO images into a benchmark at ``out_dir``.
+
+    ``draw_box``: draw the blue OCR outline into the pixels (the paper's visual prompt,
+    the default); False keeps every image as it is (the reference code draws nothing
+    itself). The records file can say a box is already drawn: ``ocr.box_drawn: true`` on
+    a record, or a top-level ``"ocr_box_drawn": true`` for all; those images are kept.
 
     ``split``: the split every record goes to when ``split_sizes`` is None. ``split_sizes``
     ({split: n_images}): a seeded image-disjoint partition instead (records left over are
@@ -519,7 +539,8 @@ def import_hones(
             f"images_dir {images_dir} is not a folder; pass the COCO train2014 image folder "
             "(the one holding COCO_train2014_*.jpg)"
         )
-    records = read_records(json_path)
+    records, file_says_drawn = _read_payload(json_path)
+    draw_box = draw_box and not file_says_drawn
     if limit is not None:
         records = records[:limit]
     # every record's fields first (fast), so a bad field stops the import before any image is read
@@ -543,7 +564,7 @@ def import_hones(
     rows = []
     for row in tqdm(checked, desc="importing HONES images", disable=not progress, leave=False):
         try:
-            rows.append(_attach_image(row, stats))
+            rows.append(_attach_image(row, stats, draw_box))
         except BadRecordError as error:
             log.handle(error)
     if not rows:
@@ -565,6 +586,7 @@ def import_hones(
         "ocr_bbox_clipped": stats["ocr_bbox_clipped"],
         "captions_truncated": stats["captions_truncated"],
         "ocr_mask_missing": stats["ocr_mask_missing"],
+        "ocr_box_drawn": stats["ocr_box_drawn"],
         **log.report(),
     }
     manifest = {
@@ -574,7 +596,12 @@ def import_hones(
         "input_sha256": report["input_sha256"],
         "seed": seed,
         "split_sizes": split_sizes,
-        "ocr_box": {"color": list(OCR_BOX_COLOR), "line_width": "max(2, round(max(W, H) / 160)), outside the box"},
+        "ocr_box": {
+            "color": list(OCR_BOX_COLOR),
+            "line_width": "max(2, round(max(W, H) / 160)), outside the box",
+            "drawn_by_importer": stats["ocr_box_drawn"],
+            "draw_box": draw_box,
+        },
         "content_key": "normalised-caption groups",
         "n_records": report["n_records"],
         "n_skipped": report["n_skipped"],

@@ -7,8 +7,9 @@ with the same masking protocol. The clean base metric is computed once per task.
 
 Rows of ``compare.parquet``: one per (method, task) with ``base``, ``masked``,
 ``relative_drop``, ``k``, ``seconds_per_instance`` (localization time per discovery
-example; HONES includes its V-SEAM head localization), ``n_examples`` (test) and
-``n_discovery``.
+example; HONES includes its V-SEAM head localization), ``n_examples`` (test),
+``n_discovery`` and ``target`` (the target tokens of a direct-projection method: one
+shared ``target`` for all of them, or each method's paper default; null for the others).
 """
 
 from __future__ import annotations
@@ -39,14 +40,41 @@ COMPARE_SCHEMA = pa.schema(
         ("seconds_per_instance", pa.float64()),
         ("n_examples", pa.int32()),
         ("n_discovery", pa.int32()),
+        ("target", pa.string()),
     ]
 )
 
+# APE in the comparison: the paper's appendix D.3 (Bernoulli entropy, ranked descending)
+# by default; "mmneuron" is MMNeuron's lowest-entropy variant (the same neurons for every
+# task, so its drops say little about one task).
+COMPARE_APE_VARIANT = "bernoulli"
 
-def _reusable(path: Path, runner: Runner, task: str) -> bool:
+
+def method_target(method: str, target: str | None) -> str | None:
+    """The target a direct-projection method uses in a comparison: ``target`` when given
+    (the same for every method), else the method's paper default; None for methods
+    without a target option."""
+    default = get_method(method).default_target
+    if default is None:
+        return None
+    return target or default
+
+
+def _table_name(task: str, method: str, target: str | None, ape_variant: str) -> str:
+    if method == "ape" and ape_variant != "mmneuron":
+        return f"{task}.{method}-{ape_variant}.parquet"
+    if target is not None and target != get_method(method).default_target:
+        return f"{task}.{method}.target-{target}.parquet"
+    return f"{task}.{method}.parquet"
+
+
+def _reusable(path: Path, runner: Runner, task: str, options: dict | None = None) -> bool:
     if not path.exists():
         return False
     meta = read_table(path).meta
+    for key, value in (options or {}).items():
+        if meta.get(key, (meta.get("options") or {}).get(key)) != value:
+            return False
     same_model = (
         meta.get("weights_hash") == runner.loaded.weights_hash or meta.get("model_id") == runner.loaded.model_id
     )
@@ -62,9 +90,20 @@ def compare(
     test_limit: int | None = None,
     utility: str = "metric",
     top_heads: int | None = None,
+    target: str | None = None,
+    ape_variant: str = COMPARE_APE_VARIANT,
     log=print,
 ) -> list[dict]:
-    """Run the comparison; returns the rows (also written to ``runner.out_dir/compare.parquet``)."""
+    """Run the comparison; returns the rows (also written to ``runner.out_dir/compare.parquet``).
+
+    ``target``: one target (``hones_nn.tasks.base.TARGET_MODES``) for every direct-projection
+    method (HONES, its ablations, DLA, LLM-Knowledge); None keeps each method's paper
+    default. Each row says which target it used (``target``; None for methods without one).
+    ``ape_variant``: APE's variant (the paper's "bernoulli" by default, or "mmneuron")."""
+    if target is not None:
+        from hones_nn.tasks.base import target_option
+
+        target = target_option({"target": target}, target)
     guided = {method for method in methods if get_method(method).needs_heads}  # unknown names fail here, first
     rows = []
     engine = runner.engine
@@ -88,9 +127,15 @@ def compare(
         base = evaluate(engine, td, batch_size=runner.batch_size, progress=runner.progress, desc=f"{task} base")
         log(f"[{task}] base {base.metric_name} = {base.metric:.4f} on {td.n} test examples")
         for method in methods:
-            path = runner.out_dir / f"{task}.{method}.parquet"
-            if not _reusable(path, runner, task):
-                log(f"[{task}] ranking with {method}")
+            used_target = method_target(method, target)
+            options: dict = {}
+            if used_target is not None:
+                options["target"] = used_target
+            if method == "ape":
+                options["variant"] = ape_variant
+            path = runner.out_dir / _table_name(task, method, used_target, ape_variant)
+            if not _reusable(path, runner, task, options):
+                log(f"[{task}] ranking with {method}" + (f" (target {used_target})" if used_target else ""))
                 runner.rank(
                     task,
                     method,
@@ -98,6 +143,7 @@ def compare(
                     top_heads=top_heads,
                     utility=utility,
                     out=path,
+                    options=options,
                 )
             table = read_table(path)
             seconds = table.meta.get("seconds_per_example") or 0.0
@@ -124,6 +170,7 @@ def compare(
                     "seconds_per_instance": float(seconds),
                     "n_examples": td.n,
                     "n_discovery": int(table.meta.get("n_examples") or 0),
+                    "target": used_target,
                 }
             )
     table = pa.Table.from_pylist(rows, schema=COMPARE_SCHEMA)

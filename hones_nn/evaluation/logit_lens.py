@@ -13,7 +13,8 @@ largest Delta ("which candidate tokens lose the most support"); we do the same (
 tokens with Delta > 0: a layer the mask does not reach lists none), and also
 report Delta at each example's target token (the first token of the gold continuation,
 as DLA: VQA answer, OCR text, caption reference, " Yes" for retrieval on the positive
-candidate's prompt).
+candidate's prompt; the shared ``target`` option: "all" or "idf" average Delta over the
+target tokens with their weights).
 
 The projection (``norm``):
 
@@ -181,12 +182,18 @@ def logit_lens(
     norm: str = "final",
     batch_size: int = 16,
     progress: bool = True,
+    target: str = "first",
 ) -> LensReport:
-    """The MLP logit lens of ``td``'s examples, clean and with each group masked (see the module docstring)."""
+    """The MLP logit lens of ``td``'s examples, clean and with each group masked (see the module docstring).
+
+    ``target``: the tokens whose (weighted mean) Delta is reported per layer, the shared
+    target option of the direct-projection methods (``hones_nn.tasks.base.TARGET_MODES``):
+    ``first`` (default: the first gold token), ``all`` or ``idf``."""
     from tqdm.auto import tqdm
 
     from hones_nn.engine.readout import attribution_inputs
     from hones_nn.interventions.neurons import group_by_layer
+    from hones_nn.tasks.base import target_option
 
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r}; choose one of {', '.join(NORMS)}")
@@ -210,22 +217,28 @@ def logit_lens(
     tgt_base = torch.zeros(L, dtype=torch.float64)
     tgt_masked = {name: torch.zeros(L, dtype=torch.float64) for name in groups}
     tokenizer = engine.tokenizer
+    target = target_option({"target": target}, "first")
+    context = td.task.direction_context(tokenizer, td.items) if target == "idf" else None
     starts = range(0, td.n, batch_size)
     for start in tqdm(starts, desc=f"logit lens ({td.task.name})", disable=not progress, leave=False):
         items = td.items[start : start + batch_size]
-        targets = torch.tensor([td.task.gold_token_ids(tokenizer, item)[0] for item in items])
+        target_rows = [td.task.target_tokens(tokenizer, item, target, context) for item in items]
         inputs = attribution_inputs(engine, td, items)
         clean, h = _mlp_outputs(engine, inputs, None, L, final=norm == "frozen")
         sigma = _rms(h, eps) if norm == "frozen" else None
         logits = project(loaded, clean, norm, sigma).double()  # [B, L, V]
         base_sum = logits.sum(0) if base_sum is None else base_sum + logits.sum(0)
-        rows = torch.arange(len(items))
-        tgt_base += logits[rows, :, targets].sum(0)
+        # per example, the target tokens' weights (summing to 1) over the vocabulary: [B, V]
+        weights = torch.zeros(len(items), logits.shape[-1], dtype=torch.float64)
+        for b, (ids, w) in enumerate(target_rows):
+            w_t = torch.tensor(w, dtype=torch.float64)
+            weights[b].index_add_(0, torch.tensor(ids, dtype=torch.long), w_t / w_t.sum())
+        tgt_base += torch.einsum("blv,bv->l", logits, weights)
         for name in groups:
             masked, _ = _mlp_outputs(engine, inputs, masks[name], L, final=False)
             logits_m = project(loaded, masked, norm, sigma).double()
             sums[name] = logits_m.sum(0) if sums[name] is None else sums[name] + logits_m.sum(0)
-            tgt_masked[name] += logits_m[rows, :, targets].sum(0)
+            tgt_masked[name] += torch.einsum("blv,bv->l", logits_m, weights)
     n = td.n
     vocab = base_sum.shape[-1]
     report = LensReport(

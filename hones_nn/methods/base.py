@@ -158,6 +158,9 @@ class Method:
     needs_gradients: ClassVar[bool] = False  # a backward pass (no remote run where nnsight cannot do one)
     needs_all_tasks: ClassVar[bool] = False  # reads the discovery data of every task, not only its own
     approximation: ClassVar[str | None] = None  # how an approximate method approximates
+    # the paper default of the shared ``target`` option (hones_nn.tasks.base.TARGET_MODES)
+    # for direct-projection methods; None: the method has no target option
+    default_target: ClassVar[str | None] = None
     shard_size: ClassVar[int] = 64  # examples per checkpointed shard (options["shard_size"] overrides)
 
     @classmethod

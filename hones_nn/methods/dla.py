@@ -18,12 +18,15 @@ ranked descending.
 Target y (documented choices where the spec says "y the gold target"):
 
 * VQA, OCR: the first non-special token of the gold answer / text (the token the model
-  must predict at T); ``target="mean"`` uses the mean of W_U over all its target tokens;
+  must predict at T) by default; the shared ``target`` option (``TARGET_MODES`` of
+  ``hones_nn.tasks.base``) takes ``all`` (the mean of W_U over all the gold tokens;
+  ``mean`` is its old name) or ``idf`` (HONES's target: for captions the IDF-weighted
+  tokens of all references);
 * retrieval: the decision token " Yes" (same id as evaluation), the positive candidate's
   prompt (as HONES);
 * caption: the first token of the teacher-forced gold reference (``item.prompts[0].answer``,
   one reference drawn per image with a fixed seed), i.e. again the token predicted at T;
-  ``target="mean"`` averages over that reference's tokens.
+  ``target="all"`` averages over that reference's tokens.
 
 Contrast y' (``contrast`` option): None (default), a token id (int), a text (its first
 non-special token; mind the leading space of BPE vocabularies), or ``"decision"``
@@ -47,18 +50,22 @@ import torch
 
 from hones_nn.engine.readout import final_norm_params, read_at_T, rms, unembedding_rows, write_out_projection
 from hones_nn.methods.base import MeanOverExamples, RunContext, ShardPlan, register_method
+from hones_nn.tasks.base import target_option
 from hones_nn.tasks.targets import target_token_ids
-
-TARGET_MODES = ("first", "mean")
 
 # ---------------------------------------------------------------- targets
 
 
-def target_mode(options: dict) -> str:
-    mode = options.get("target", "first") or "first"
-    if mode not in TARGET_MODES:
-        raise ValueError(f"target={mode!r}; choose one of {', '.join(TARGET_MODES)}")
-    return mode
+def target_mode(options: dict, default: str = "first") -> str:
+    """The shared ``target`` option (``hones_nn.tasks.base.TARGET_MODES``; "mean" = "all")."""
+    return target_option(options, default)
+
+
+def target_context(ctx: RunContext, mode: str):
+    """What the ``idf`` target needs from the whole discovery split (caption: IDF weights)."""
+    if mode != "idf":
+        return None
+    return ctx.td.task.direction_context(ctx.engine.tokenizer, ctx.td.items)
 
 
 def contrast_id(tokenizer, task, contrast) -> int | None:
@@ -79,15 +86,17 @@ def contrast_id(tokenizer, task, contrast) -> int | None:
     return ids[0]
 
 
-def target_directions(ctx: RunContext, items, mode: str, contrast=None) -> torch.Tensor:
-    """Per item, W_U[y] (or the mean over the target tokens) minus W_U[y']: [n, hidden]."""
+def target_directions(ctx: RunContext, items, mode: str, contrast=None, context=None) -> torch.Tensor:
+    """Per item, W_U[y] (or the weighted mean over the target tokens of ``mode``) minus
+    W_U[y']: [n, hidden]."""
     tokenizer, task = ctx.engine.tokenizer, ctx.td.task
     y_prime = contrast_id(tokenizer, task, contrast)
     rows = []
     for item in items:
-        ids = task.gold_token_ids(tokenizer, item)
-        ids = ids[:1] if mode == "first" else ids
-        row = unembedding_rows(ctx.loaded, ids).mean(0)
+        ids, weights = task.target_tokens(tokenizer, item, mode, context)
+        w = torch.tensor(weights, dtype=torch.float64)
+        U = unembedding_rows(ctx.loaded, ids)
+        row = (U * w.to(U.dtype)[:, None].to(U.device)).sum(0) / float(w.sum())
         if y_prime is not None:
             row = row - unembedding_rows(ctx.loaded, [y_prime])[0]
         rows.append(row)
@@ -98,7 +107,9 @@ def target_directions(ctx: RunContext, items, mode: str, contrast=None) -> torch
 
 
 @torch.no_grad()
-def dla_per_example(ctx: RunContext, item_ids: list[int], mode: str = "first", contrast=None) -> torch.Tensor:
+def dla_per_example(
+    ctx: RunContext, item_ids: list[int], mode: str = "first", contrast=None, context=None
+) -> torch.Tensor:
     """DLA_{l,i}(x) [n, L, d_ff] float64 for the given items."""
     items = ctx.items(item_ids)
     gamma, eps = final_norm_params(ctx.loaded)
@@ -106,7 +117,7 @@ def dla_per_example(ctx: RunContext, item_ids: list[int], mode: str = "first", c
     out = torch.zeros(len(items), L, F, dtype=torch.float64)
     for start in range(0, len(items), ctx.batch_size):
         chunk = items[start : start + ctx.batch_size]
-        direction = gamma * target_directions(ctx, chunk, mode, contrast)  # [B, hidden]
+        direction = gamma * target_directions(ctx, chunk, mode, contrast, context)  # [B, hidden]
         read = read_at_T(ctx.engine, ctx.td, chunk, sites=("z",), final=True)
         sigma = rms(read["h"], eps)  # [B], frozen from the clean run
         for layer in range(L):
@@ -122,11 +133,16 @@ class DirectLogitAttribution(MeanOverExamples):
     needs = "discovery split of the task (gold targets)"
     site = "z (down_proj input)"
 
+    default_target = "first"
+
     def plan(self, ctx: RunContext) -> ShardPlan:
-        return ShardPlan(config={"target": target_mode(ctx.options), "contrast": ctx.options.get("contrast")})
+        mode = target_mode(ctx.options, self.default_target)
+        return ShardPlan(
+            config={"target": mode, "contrast": ctx.options.get("contrast")}, state=target_context(ctx, mode)
+        )
 
     def per_example(self, ctx: RunContext, item_ids: list[int], plan: ShardPlan) -> torch.Tensor:
-        return dla_per_example(ctx, item_ids, plan.config["target"], plan.config["contrast"])
+        return dla_per_example(ctx, item_ids, plan.config["target"], plan.config["contrast"], plan.state)
 
     def result_meta(self, plan: ShardPlan) -> dict:
         return {**plan.config, "sigma": "RMS of the final residual at T, clean run, frozen", "centred": False}

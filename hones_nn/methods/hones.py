@@ -12,7 +12,9 @@ one document per discovery image: the set of tokens of its references).
 
 A head h matters to a neuron when removing the head (V-SEAM's mean replacement) lowers
 the neuron's contribution. Importance averages the per-example positive drops over the
-top K_h heads, weighted by their V-SEAM scores S_h (heads with S_h <= 0 dropped):
+top K_h heads, weighted by their V-SEAM scores S_h (heads with S_h <= 0 dropped before
+any pass runs; "positive" means above ``POSITIVE_SCORE_RTOL``, which rounding noise
+cannot pass):
 
     I_{l,i} = sum_h S_h E_x[(c_{l,i}(x) - c_{l,i}(x; theta_h))_+] / sum_h S_h
 
@@ -54,18 +56,20 @@ from hones_nn.methods.base import (
     register_method,
     top_heads_option,
 )
+from hones_nn.tasks.base import target_option
 
 # ---------------------------------------------------------------- target directions
 
 
-def target_directions(ctx: RunContext, items, context=None) -> torch.Tensor:
+def target_directions(ctx: RunContext, items, context=None, mode: str = "idf") -> torch.Tensor:
     """u_y per item, [n_items, hidden], unit norm (eps 1e-12): the weighted mean of the
-    unembedding rows of the task's direction tokens (``Task.direction_tokens``)."""
+    unembedding rows of the target tokens of ``mode`` (the shared ``target`` option; the
+    paper's u_y is ``idf``: the task's direction tokens, ``Task.direction_tokens``)."""
     tokenizer, task = ctx.engine.tokenizer, ctx.td.task
     W_U = ctx.loaded.adapter.lm_head(ctx.loaded.model).weight.detach().float().cpu()
     rows = []
     for item in items:
-        ids, weights = task.direction_tokens(tokenizer, item, context)
+        ids, weights = task.target_tokens(tokenizer, item, mode, context)
         if not ids:
             raise ValueError(
                 f"item {item.item_id!r}: the target {task.target_texts(item)!r} has no non-special tokens in this "
@@ -158,7 +162,25 @@ def _accumulate(c: torch.Tensor, conditions: list) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- the methods
 
 
+# A head counts as "positive" only when its score exceeds this tolerance, relative to the
+# largest head-score magnitude (at least 1, as metric utilities are bounded by 1): a score
+# of rounding noise (2.2e-16, the difference of two equal floating-point means) is not a
+# positive drop, so the rule "heads with S_h <= 0 are dropped" and its no-positive-head
+# fallback can trigger. A real drop on n discovery items is of order 1/n >> 1e-9.
+POSITIVE_SCORE_RTOL = 1e-9
+
+
+def positive_tolerance(scores) -> float:
+    """The tolerance at or below which a head score counts as not positive."""
+    values = np.abs(np.asarray(scores, dtype=np.float64))
+    scale = max(1.0, float(values.max())) if values.size else 1.0
+    return POSITIVE_SCORE_RTOL * scale
+
+
 def select_heads(ctx: RunContext, heads: ScoreTable | None, k: int, random_heads: bool):
+    """(heads, weights) of the top K_h heads. Heads whose score is not positive (see
+    :func:`positive_tolerance`) are dropped HERE, before any neuron pass runs, in both
+    modes (the reference code skips them too; their weight would be excluded anyway)."""
     sizes = ctx.sizes
     if random_heads:
         rng = random.Random(f"randhead:{ctx.seed}")
@@ -167,17 +189,26 @@ def select_heads(ctx: RunContext, heads: ScoreTable | None, k: int, random_heads
         return chosen, [1.0] * len(chosen)
     if heads is None:
         raise ValueError("HONES needs a V-SEAM head table: pass --heads heads.parquet or let `rank` compute it")
+    return positive_heads(heads, k)
+
+
+def positive_heads(heads: ScoreTable, k: int) -> tuple[list[tuple[int, int]], list[float]]:
+    """The top ``k`` heads of a table by rank, keeping only those whose score is above the
+    tolerance of :func:`positive_tolerance`, and their scores."""
     top = heads.top(min(k, len(heads.rank)))
     matrix = heads.matrix()
-    weights = [float(matrix[layer, h]) for layer, h in top]
-    return top, weights
+    tol = positive_tolerance(heads.score)
+    kept = [(layer, h) for layer, h in top if float(matrix[layer, h]) > tol]
+    return kept, [float(matrix[layer, h]) for layer, h in kept]
 
 
 def passes_needed(weights) -> list[int]:
     """Indices into [clean, *heads] of the conditions that get forwards: the clean run and
-    the heads whose weight is positive. :meth:`_HonesBase.combine` drops the others
-    (weight <= 0) after the fact, so their passes could never change the result."""
-    return [0] + [h + 1 for h, w in enumerate(weights) if w > 0]
+    the heads whose weight is positive (by :func:`positive_tolerance`, the rule of
+    :meth:`_HonesBase.combine`, which drops the others, so their passes could never change
+    the result)."""
+    tol = positive_tolerance(weights)
+    return [0] + [h + 1 for h, w in enumerate(weights) if w > tol]
 
 
 class _HonesBase(Method):
@@ -188,13 +219,14 @@ class _HonesBase(Method):
     cost = "(1 + K_h) forwards per example (prompt only, no generation)"
     needs_heads = True
     uses_top_heads = True
+    default_target = "idf"
 
     @classmethod
     def passes(cls, shape, options: dict) -> Passes:
         if not cls.use_heads:
             return Passes(1, "1 forward", "forward")
         k = top_heads_option(shape, options)
-        return Passes(1 + k, f"{1 + k} forwards (1 + K_h, K_h = {k})", "forward")
+        return Passes(1 + k, f"at most {1 + k} forwards (1 + K_h, K_h = {k}; heads scoring <= 0 skipped)", "forward")
 
     def plan(self, ctx: RunContext) -> ShardPlan:
         k = int(ctx.options.get("top_heads", 30))
@@ -203,9 +235,11 @@ class _HonesBase(Method):
         else:
             heads, weights = [], []
         task, tokenizer = ctx.td.task, ctx.engine.tokenizer
-        u_all = target_directions(ctx, ctx.td.items, task.direction_context(tokenizer, ctx.td.items))
+        mode = target_option(ctx.options, self.default_target)
+        context = task.direction_context(tokenizer, ctx.td.items) if mode == "idf" else None
+        u_all = target_directions(ctx, ctx.td.items, context, mode)
         return ShardPlan(
-            config={"heads": heads, "weights": weights},
+            config={"heads": heads, "weights": weights, "target": mode},
             state={
                 "k": k,
                 "heads": heads,
@@ -241,6 +275,7 @@ class _HonesBase(Method):
                 "combine": rule,
                 "top_heads": plan.state["k"],
                 "head_intervention": self.head_mode if self.use_heads else None,
+                "target": plan.config["target"],
             },
         )
 
@@ -248,7 +283,7 @@ class _HonesBase(Method):
         if not self.use_heads:
             return c_mean[0], "signed mean contribution E_x c (no heads)"
         w = np.asarray(weights, dtype=np.float64)
-        keep = w > 0
+        keep = w > positive_tolerance(w)
         if not keep.any():
             return c_mean[0], "no head with a positive score: signed mean contribution E_x c"
         if compat:

@@ -26,8 +26,9 @@ scale" and leaves the value open):
 
 Target y: as DLA (:mod:`hones_nn.methods.dla`): the first token of the gold continuation
 at T (VQA answer, OCR text, caption's teacher-forced reference, retrieval's " Yes" on the
-positive candidate's prompt); ``target="mean"`` averages the log-prob differences over
-all the target's tokens.
+positive candidate's prompt) by default; the shared ``target`` option takes ``all`` (the
+mean of the log-prob differences over all the gold tokens; ``mean`` is its old name) or
+``idf`` (HONES's target tokens, the log-probs weighted as u_y weighs them).
 
 Recipe: one nnsight trace per batch saves r(T) and z(T) of every layer (and h(T) for
 ``"final"``); then per layer, all d_ff candidates r + m_i at once through the factorised
@@ -47,7 +48,7 @@ import torch
 
 from hones_nn.engine.readout import final_norm_params, read_at_T, rms
 from hones_nn.methods.base import MeanOverExamples, RunContext, ShardPlan, register_method
-from hones_nn.methods.dla import target_mode
+from hones_nn.methods.dla import target_context, target_mode
 
 NORM_SCALES = ("final", "residual", "live")
 
@@ -61,7 +62,12 @@ def norm_scale_option(options: dict) -> str:
 
 @torch.no_grad()
 def llm_knowledge_per_example(
-    ctx: RunContext, item_ids: list[int], mode: str = "first", norm_scale: str = "final", chunk: int = 1024
+    ctx: RunContext,
+    item_ids: list[int],
+    mode: str = "first",
+    norm_scale: str = "final",
+    chunk: int = 1024,
+    context=None,
 ) -> torch.Tensor:
     """Imp_{l,i}(x) [n, L, d_ff] float64 for the given items."""
     adapter, model = ctx.loaded.adapter, ctx.loaded.model
@@ -77,10 +83,11 @@ def llm_knowledge_per_example(
     out = torch.zeros(len(items), L, F, dtype=torch.float64)
     for start in range(0, len(items), ctx.batch_size):
         batch = items[start : start + ctx.batch_size]
-        targets = []
+        targets, weights = [], []
         for item in batch:
-            ids = task.gold_token_ids(tokenizer, item)
-            targets.append(torch.tensor(ids[:1] if mode == "first" else ids, device=device))
+            ids, w = task.target_tokens(tokenizer, item, mode, context)
+            targets.append(torch.tensor(ids, device=device))
+            weights.append(torch.tensor(w, dtype=torch.float64, device=device) / sum(w))
         read = read_at_T(ctx.engine, ctx.td, batch, sites=("r", "z"), final=norm_scale == "final")
         sigma_T = rms(read["h"], eps) if norm_scale == "final" else None
         for layer in range(L):
@@ -99,7 +106,8 @@ def llm_knowledge_per_example(
                 sq = r64.pow(2).sum(-1, keepdim=True) + 2 * z64 * r_dot_w + z64.pow(2) * w_sq
                 sigma_cand = torch.sqrt(sq / hidden + eps)  # [B, d_ff]
             base_logp = [
-                torch.log_softmax(base_unscaled[b] / sigma_base[b], -1)[tgt].mean() for b, tgt in enumerate(targets)
+                (torch.log_softmax(base_unscaled[b] / sigma_base[b], -1)[tgt] * weights[b]).sum()
+                for b, tgt in enumerate(targets)
             ]
             for c0 in range(0, F, chunk):
                 cols = slice(c0, min(F, c0 + chunk))
@@ -107,7 +115,7 @@ def llm_knowledge_per_example(
                 for b, tgt in enumerate(targets):
                     cand = base_unscaled[b][None, :] + z[b, cols][:, None] * M  # [C, V] unscaled logits
                     sig = sigma_cand[b, cols] if norm_scale == "live" else sigma_base[b].expand(cand.shape[0])
-                    logp = torch.log_softmax(cand / sig[:, None], -1)[:, tgt].mean(-1)
+                    logp = (torch.log_softmax(cand / sig[:, None], -1)[:, tgt] * weights[b]).sum(-1)
                     out[start + b, layer, cols] = (logp - base_logp[b]).cpu()
     return out
 
@@ -119,6 +127,7 @@ class LLMKnowledge(MeanOverExamples):
     needs = "discovery split of the task (gold targets)"
     cost = "1 forward per example (prompt prefill only) + per layer d_ff candidate log-softmaxes over the vocabulary"
     site = "z (down_proj input) and the residual entering the MLP"
+    default_target = "first"
 
     @classmethod
     def passes(cls, shape, options: dict):
@@ -130,12 +139,17 @@ class LLMKnowledge(MeanOverExamples):
         chunk = int(ctx.options.get("chunk", 1024))
         if chunk <= 0:
             raise ValueError(f"chunk must be positive, got {chunk}")
+        mode = target_mode(ctx.options, self.default_target)
         return ShardPlan(
-            config={"target": target_mode(ctx.options), "norm_scale": norm_scale_option(ctx.options)}, state=chunk
+            config={"target": mode, "norm_scale": norm_scale_option(ctx.options)},
+            state=(chunk, target_context(ctx, mode)),
         )
 
     def per_example(self, ctx: RunContext, item_ids: list[int], plan: ShardPlan) -> torch.Tensor:
-        return llm_knowledge_per_example(ctx, item_ids, plan.config["target"], plan.config["norm_scale"], plan.state)
+        chunk, context = plan.state
+        return llm_knowledge_per_example(
+            ctx, item_ids, plan.config["target"], plan.config["norm_scale"], chunk, context
+        )
 
     def result_meta(self, plan: ShardPlan) -> dict:
-        return {**plan.config, "chunk": plan.state}
+        return {**plan.config, "chunk": plan.state[0]}

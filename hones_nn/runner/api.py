@@ -209,11 +209,15 @@ def compare(
     top_heads: int | None = None,
     out_dir: str | Path = "hones_compare",
     log=None,
+    target: str | None = None,
+    ape_variant: str = "bernoulli",
     **run: Any,
 ) -> pd.DataFrame:
     """Methods side by side (paper Tables 1, 7, 9): each ranks on discovery (tables already
     in ``out_dir`` are reused), each top ``top_ratio`` is masked on test; one row per
-    (method, task), also written to ``out_dir/compare.parquet``."""
+    (method, task), also written to ``out_dir/compare.parquet``. ``target``: one target
+    for every direct-projection method (first | all | idf; None: each method's paper
+    default), recorded per row; ``ape_variant``: bernoulli (paper appendix) or mmneuron."""
     import pandas as pd
 
     from hones_nn.evaluation.compare import compare as run_compare
@@ -227,6 +231,8 @@ def compare(
         test_limit=test_limit,
         utility=utility,
         top_heads=top_heads,
+        target=target,
+        ape_variant=ape_variant,
         log=log or (lambda *_: None),
     )
     frame = pd.DataFrame(rows)
@@ -236,5 +242,7 @@ def compare(
         "methods": list(methods),
         "tasks": list(tasks),
         "model_id": r.loaded.model_id,
+        "target": target,
+        "ape_variant": ape_variant,
     }
     return frame

@@ -112,6 +112,28 @@ class ImageSource:
         return image.convert("RGB")
 
 
+# The target of a direct-projection method (HONES's u_y, DLA, LLM-Knowledge, the logit
+# lens): which gold tokens it reads, with which weights (``Task.target_tokens``).
+TARGET_MODES = {
+    "first": "the first gold token (the token the model must predict at T)",
+    "all": "all tokens of the gold continuation, weight 1 each",
+    "idf": "the task's HONES target: captions' IDF-weighted tokens of all references, else the gold text's tokens",
+}
+_TARGET_ALIASES = {"mean": "all"}  # the earlier name of "all" (DLA, LLM-Knowledge)
+
+
+def target_option(options: dict, default: str) -> str:
+    """The ``target`` option of a method (one of :data:`TARGET_MODES`), ``default`` when unset."""
+    mode = options.get("target") or default
+    mode = _TARGET_ALIASES.get(mode, mode)
+    if mode not in TARGET_MODES:
+        raise ValueError(
+            f"target={mode!r}; choose one of {', '.join(TARGET_MODES)} (--target): "
+            + "; ".join(f"{k}: {v}" for k, v in TARGET_MODES.items())
+        )
+    return mode
+
+
 class Task:
     """The contract every task implements."""
 
@@ -234,6 +256,25 @@ class Task:
 
         ids = target_token_ids(tokenizer, self.target_texts(item)[0])
         return ids, [1.0] * len(ids)
+
+    def target_tokens(self, tokenizer, item: Item, mode: str, context=None) -> tuple[list[int], list[float]]:
+        """(token ids, weights) of a direct-projection target (:data:`TARGET_MODES`):
+        ``first``: the first gold token; ``all``: every gold token, weight 1;
+        ``idf``: :meth:`direction_tokens` (``context`` from :meth:`direction_context`)."""
+        if mode == "first":
+            return self.gold_token_ids(tokenizer, item)[:1], [1.0]
+        if mode == "all":
+            ids = self.gold_token_ids(tokenizer, item)
+            return ids, [1.0] * len(ids)
+        if mode == "idf":
+            ids, weights = self.direction_tokens(tokenizer, item, context)
+            if not ids:
+                raise ValueError(
+                    f"item {item.item_id!r}: the target {self.target_texts(item)!r} has no non-special token in this "
+                    "tokenizer; fix or drop the item, or use --target first"
+                )
+            return ids, weights
+        raise ValueError(f"target={mode!r}; choose one of {', '.join(TARGET_MODES)}")
 
     def descriptive_text(self, item: Item) -> str | None:
         """A free-text description whose content words are targets (caption: the first

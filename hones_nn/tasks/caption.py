@@ -5,7 +5,15 @@ from __future__ import annotations
 import random
 
 from hones_nn.tasks.base import BadItemError, Item, Prompt, Task, register_task
-from hones_nn.tasks.metrics import bleu4_from_stats, bleu4_stats, corpus_bleu4, sentence_bleu4
+from hones_nn.tasks.metrics import (
+    bleu4_from_stats,
+    bleu4_stats,
+    corpus_bleu4,
+    nltk_bleu4_from_stats,
+    nltk_bleu4_stats,
+    nltk_corpus_bleu4,
+    sentence_bleu4,
+)
 from hones_nn.tasks.prompts import instruction
 from hones_nn.tasks.targets import MAX_TARGET_TOKENS, caption_idf, target_token_ids
 
@@ -16,6 +24,10 @@ class CaptionTask(Task):
     = sentence BLEU-4 of the one caption against its references (a per-example P_t is
     needed for per-example drops; the head score can instead use the drop of corpus BLEU,
     as the reference code does: see ``corpus_head_scores`` in the head recipe).
+
+    ``reference_compat``: the corpus metric (and so the compat head scores, which are
+    drops of corpus BLEU) is the reference code's NLTK corpus BLEU-4 with ``method1``
+    smoothing on ``lower().split()`` tokens (``nltk_corpus_bleu4``).
 
     The teacher-forced answer (for log-prob utilities and steering) is one reference,
     drawn with a fixed per-image seed, as the paper trains "on one random reference".
@@ -31,7 +43,7 @@ class CaptionTask(Task):
         if not refs:
             raise BadItemError(f"caption item {record['image_id']!r} has no reference captions; fix or drop it")
         gold = refs[random.Random(f"caption-gold:{record['image_id']}").randrange(len(refs))]
-        prompt = Prompt(record["image_id"], row, instruction(self.family, "caption"), gold)
+        prompt = Prompt(record["image_id"], row, instruction(self.family, "caption", self.reference_compat), gold)
         return Item(record["image_id"], row, [prompt], {"references": refs})
 
     def utility(self, item: Item, outputs: list) -> float:
@@ -40,14 +52,17 @@ class CaptionTask(Task):
     def corpus_metric(self, items: list[Item], outputs: list[list]) -> float:
         if not items:
             raise ValueError("task 'caption': no examples to score")
-        return corpus_bleu4([o[0] for o in outputs], [i.data["references"] for i in items])
+        predictions, references = [o[0] for o in outputs], [i.data["references"] for i in items]
+        if self.reference_compat:
+            return nltk_corpus_bleu4(predictions, references)
+        return corpus_bleu4(predictions, references)
 
     def target_texts(self, item: Item) -> list[str]:
         return list(item.data["references"][:5])
 
     def direction_context(self, tokenizer, items: list[Item]) -> dict[int, float]:
         """IDF weights of the references' tokens over the split (see ``caption_idf``)."""
-        return caption_idf(tokenizer, items, reference_compat=self.reference_compat)
+        return caption_idf(tokenizer, items)
 
     def direction_tokens(self, tokenizer, item: Item, context=None) -> tuple[list[int], list[float]]:
         """The tokens of the first five references, IDF-weighted (paper: each reference
@@ -64,7 +79,11 @@ class CaptionTask(Task):
         return item.data["references"][0]
 
     def metric_stats(self, item: Item, outputs: list):
+        if self.reference_compat:
+            return nltk_bleu4_stats(outputs[0], item.data["references"])
         return bleu4_stats(outputs[0], item.data["references"])
 
     def metric_from_stats(self, stats) -> float:
+        if self.reference_compat:
+            return nltk_bleu4_from_stats(stats)
         return bleu4_from_stats(stats)

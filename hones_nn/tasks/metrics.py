@@ -25,6 +25,7 @@ from functools import cache
 
 __all__ = [
     "anls",
+    "anls_reference",
     "bleu4_from_stats",
     "bleu4_stats",
     "coco_caption_tokens",
@@ -32,8 +33,12 @@ __all__ = [
     "levenshtein",
     "ndcg_at_5_single",
     "ndcg_at_k",
+    "nltk_bleu4_from_stats",
+    "nltk_bleu4_stats",
+    "nltk_corpus_bleu4",
     "normalize_vqa_answer",
     "sentence_bleu4",
+    "vqa_reference_loose_match",
     "vqa_reference_match",
     "vqa_soft_accuracy",
 ]
@@ -324,6 +329,38 @@ def vqa_reference_match(prediction: str, answer: str) -> float:
     return 1.0 if re.search(r"(?<!\w)" + re.escape(gold) + r"(?!\w)", pred) else 0.0
 
 
+_REFERENCE_ANSWER_PREFIX = re.compile(r"^(answer\s*:|assistant\s*:|a\s*:)")
+
+
+def _reference_normalize_answer(text: str) -> str:
+    """The reference code's answer normalisation: lower case, ends stripped, one leading
+    "answer:", "assistant:" or "a:" removed, every character other than a-z, 0-9 and
+    whitespace deleted, whitespace runs collapsed. No number words, no articles."""
+    text = text.lower().strip()
+    text = _REFERENCE_ANSWER_PREFIX.sub("", text).strip()
+    text = re.sub(r"[^a-z0-9\s]", "", text)
+    return " ".join(text.split())
+
+
+def vqa_reference_loose_match(prediction: str, answer: str) -> float:
+    """The VQA score of ``--reference-compat``: the official HONES code's single-answer
+    loose match (docs/reference-code-behaviour.md, "Prompts and evaluation"), 1.0 or 0.0.
+
+    Both strings are normalised by lower-casing and deleting every non-alphanumeric,
+    non-space character; the prediction is correct when ``pred == gold``, ``pred in gold``
+    or ``gold in pred`` (substrings both ways, so "re" matches "red" and "red" matches
+    "bored"); number words are not mapped ("2" does not match "two"). An empty prediction
+    or an answer that normalises to nothing scores 0.0, as in the reference.
+    """
+    _check_str(prediction, "prediction")
+    _check_str(answer, "answer")
+    pred = _reference_normalize_answer(prediction)
+    gold = _reference_normalize_answer(answer)
+    if not pred or not gold:
+        return 0.0
+    return 1.0 if (pred == gold or pred in gold or gold in pred) else 0.0
+
+
 # ================================================================ OCR (ANLS)
 
 
@@ -378,6 +415,22 @@ def anls(prediction: str, answers: str | Sequence[str], tau: float = 0.5) -> flo
         if nl < tau:
             best = max(best, 1.0 - nl)
     return best
+
+
+def anls_reference(prediction: str, answer: str, tau: float = 0.5) -> float:
+    """The OCR score of ``--reference-compat``: the official HONES code's ANLS
+    (docs/reference-code-behaviour.md). Both strings are lower-cased and every non-word
+    character (``[^\\w]``: spaces and punctuation) removed, so "H B D D" equals "HBDD";
+    ``s = 1 - Levenshtein / max(len)``, kept when ``s >= tau`` (a similarity of exactly
+    0.5 counts), else 0. An empty prediction or answer (after removal) scores 0.0."""
+    _check_str(prediction, "prediction")
+    _check_str(answer, "answer")
+    pred = re.sub(r"[^\w]", "", prediction.lower())
+    gold = re.sub(r"[^\w]", "", answer.lower())
+    if not pred or not gold:
+        return 0.0
+    score = 1.0 - levenshtein(pred, gold) / max(len(pred), len(gold))
+    return score if score >= tau else 0.0
 
 
 # ================================================================ captions (BLEU-4)
@@ -779,6 +832,91 @@ def bleu4_from_stats(stats) -> float:
     sys_len, ref_len = values[0], values[1]
     correct, total = values[2:6], values[6:10]
     return BLEU.compute_bleu(correct, total, sys_len, ref_len, smooth_method="none", max_ngram_order=4).score / 100.0
+
+
+# ---------------------------------------------------------------- NLTK BLEU (reference)
+#
+# The official HONES code's caption metric falls back to NLTK when pycocoevalcap is not
+# importable, which is the case in its pinned environment (nltk==3.9.1, no pycocoevalcap):
+#   corpus_bleu(refs, preds, weights=(.25,)*4, smoothing_function=SmoothingFunction().method1)
+# on ``lower().split()`` tokens. Written out here as summable statistics (so shards can be
+# merged), and checked against NLTK itself in the tests.
+
+_NLTK_EPSILON = 0.1  # SmoothingFunction(epsilon=0.1).method1
+
+
+def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def nltk_bleu4_stats(prediction: str, references: Sequence[str]) -> list[int]:
+    """Statistics of one caption for :func:`nltk_bleu4_from_stats`, to be summed:
+    ``[hyp_len, closest_ref_len, match_1..4, total_1..4]`` on ``lower().split()`` tokens.
+
+    As NLTK's ``corpus_bleu``: matches are clipped by the maximum count in any one
+    reference; each sentence's n-gram total is ``max(1, #n-grams)`` (NLTK's
+    ``modified_precision`` denominator); the reference length is the one closest to the
+    hypothesis length, ties to the shorter. Blank references are dropped (as the reference
+    code does); a caption with no reference left raises ``ValueError``.
+    """
+    _check_str(prediction, "prediction")
+    refs = [r.lower().split() for r in _check_str_list(references, "references") if r.strip()]
+    if not refs:
+        raise ValueError(f"references {list(references)!r} are all blank; a caption needs at least one reference")
+    hyp = prediction.lower().split()
+    matches, totals = [], []
+    for n in range(1, 5):
+        counts: dict[tuple[str, ...], int] = {}
+        for g in _ngrams(hyp, n):
+            counts[g] = counts.get(g, 0) + 1
+        max_ref: dict[tuple[str, ...], int] = {}
+        for ref in refs:
+            ref_counts: dict[tuple[str, ...], int] = {}
+            for g in _ngrams(ref, n):
+                ref_counts[g] = ref_counts.get(g, 0) + 1
+            for g, c in ref_counts.items():
+                max_ref[g] = max(max_ref.get(g, 0), c)
+        matches.append(sum(min(c, max_ref.get(g, 0)) for g, c in counts.items()))
+        totals.append(max(1, sum(counts.values())))
+    hyp_len = len(hyp)
+    closest = min((len(r) for r in refs), key=lambda length: (abs(length - hyp_len), length))
+    return [hyp_len, closest, *matches, *totals]
+
+
+def nltk_bleu4_from_stats(stats) -> float:
+    """NLTK ``corpus_bleu`` (uniform 4-gram weights, ``method1`` smoothing) from summed
+    :func:`nltk_bleu4_stats`: 0 when no unigram matches; an order with no match gets
+    precision ``0.1 / total``; brevity penalty ``exp(1 - r / c)`` when ``c < r`` (0 when
+    ``c == 0``)."""
+    values = _float_list(stats, "stats")
+    if len(values) != BLEU4_N_STATS:
+        raise ValueError(f"stats must hold {BLEU4_N_STATS} numbers (see nltk_bleu4_stats), got {len(values)}")
+    for i, v in enumerate(values):
+        if not math.isfinite(v) or v < 0 or v != int(v):
+            raise ValueError(f"stats[{i}] must be a whole number >= 0 (a count), got {v!r}")
+    hyp_len, ref_len = values[0], values[1]
+    matches, totals = values[2:6], values[6:10]
+    if matches[0] == 0:
+        return 0.0
+    precisions = [(m if m > 0 else _NLTK_EPSILON) / t for m, t in zip(matches, totals)]
+    if hyp_len > ref_len:
+        bp = 1.0
+    elif hyp_len == 0:
+        bp = 0.0
+    else:
+        bp = math.exp(1.0 - ref_len / hyp_len)
+    return bp * math.exp(math.fsum(0.25 * math.log(p) for p in precisions))
+
+
+def nltk_corpus_bleu4(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """The reference code's corpus BLEU-4 (NLTK, method1 smoothing, ``lower().split()``)."""
+    preds = _check_str_list(predictions, "predictions")
+    if isinstance(references, str) or not isinstance(references, Sequence) or len(references) != len(preds):
+        raise ValueError("references must be a list of reference lists, one per prediction")
+    total = [0] * BLEU4_N_STATS
+    for p, refs in zip(preds, references):
+        total = [a + b for a, b in zip(total, nltk_bleu4_stats(p, refs))]
+    return nltk_bleu4_from_stats(total)
 
 
 # ================================================================ retrieval (NDCG)

@@ -55,7 +55,7 @@ class RetrievalTask(Task):
             Prompt(
                 image_id,
                 row,
-                instruction(self.family, "retrieval", candidate=c),
+                instruction(self.family, "retrieval", self.reference_compat, candidate=c),
                 YES_WORD if k == positive else NO_WORD,
             )
             for k, c in enumerate(candidates)

@@ -34,19 +34,17 @@ def target_token_ids(tokenizer, text: str, limit: int = MAX_TARGET_TOKENS) -> li
     return ids[:limit]
 
 
-def caption_idf(tokenizer, items: Iterable, reference_compat: bool = False) -> dict[int, float]:
+def caption_idf(tokenizer, items: Iterable) -> dict[int, float]:
     """idf(t) = ln((n+1)/(df(t)+1)) + 1 over the split's references.
 
-    Paper default: one document per image (the set of tokens of all its references).
-    ``reference_compat``: one document per reference.
+    One document per IMAGE, in both modes (the paper and the reference code agree): the
+    set of the tokens of all the image's references, each reference encoded on its own;
+    n is the number of images.
     """
     documents = []
     for item in items:
         refs = item.data["references"]
-        if reference_compat:
-            documents.extend(set(target_token_ids(tokenizer, r)) for r in refs)
-        else:
-            documents.append({t for r in refs for t in target_token_ids(tokenizer, r)})
+        documents.append({t for r in refs for t in target_token_ids(tokenizer, r)})
     df = Counter(t for doc in documents for t in doc)
     n = len(documents)
     return {t: math.log((n + 1) / (d + 1)) + 1.0 for t, d in df.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hones_nn.tasks.base import BadItemError, Item, Prompt, Task, register_task
-from hones_nn.tasks.metrics import vqa_reference_match, vqa_soft_accuracy
+from hones_nn.tasks.metrics import vqa_reference_loose_match, vqa_soft_accuracy
 from hones_nn.tasks.prompts import instruction
 
 
@@ -17,7 +17,8 @@ class VQATask(Task):
     official setting for raw answers such as ours ("three" next to "3").
 
     ``reference_compat=True`` scores like the reference code instead: the single
-    ``vqa.answer`` by normalised exact/containment match, ``all_answers`` ignored.
+    ``vqa.answer`` by its loose match (substrings both ways, no number words:
+    ``vqa_reference_loose_match``), ``all_answers`` ignored.
     """
 
     name = "vqa"
@@ -36,7 +37,9 @@ class VQATask(Task):
             raise BadItemError(f"VQA item {image_id!r} has an empty answer; fix or drop the record")
         if not answers:
             answers = [answer] * 10
-        prompt = Prompt(image_id, row, instruction(self.family, "vqa", question=question), answer)
+        prompt = Prompt(
+            image_id, row, instruction(self.family, "vqa", self.reference_compat, question=question), answer
+        )
         return Item(
             image_id,
             row,
@@ -47,7 +50,7 @@ class VQATask(Task):
     def utility(self, item: Item, outputs: list) -> float:
         prediction = outputs[0]
         if self.reference_compat:
-            return vqa_reference_match(prediction, item.data["answer"])
+            return vqa_reference_loose_match(prediction, item.data["answer"])
         return vqa_soft_accuracy(prediction, item.data["all_answers"], normalize_answers=True)
 
     def target_texts(self, item: Item) -> list[str]:

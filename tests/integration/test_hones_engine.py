@@ -183,10 +183,12 @@ def hand_importance(c: np.ndarray, heads, weights, compat: bool) -> np.ndarray:
 
 
 def hand_top_heads(scores: np.ndarray, k: int):
-    """Top k heads by descending score, ties by lower layer then head."""
+    """Top k heads by descending score, ties by lower layer then head, keeping only the
+    positive ones (above 1e-9: rounding noise is not positive): HONES drops the others
+    before any neuron pass runs."""
     L, H = scores.shape
     order = sorted(((l, h) for l in range(L) for h in range(H)), key=lambda p: (-scores[p], p[0], p[1]))
-    top = order[:k]
+    top = [p for p in order[:k] if scores[p] > 1e-9]
     return top, [float(scores[p]) for p in top]
 
 
@@ -475,8 +477,9 @@ def test_neuron_mask_forward_zeroes_exactly_those_entries(embedded, embedded_eng
 @pytest.mark.parametrize(
     "task,compat,entries",
     [
-        ("vqa", False, {(2, 5): 0.5, (0, 2): 0.3, (3, 1): 0.1, (1, 4): 0.0, (1, 6): -0.2}),
-        ("vqa", True, {(2, 5): 0.5, (0, 2): 0.3, (3, 1): 0.1, (1, 4): 0.0, (1, 6): -0.2}),
+        # (1, 4): a rounding-noise score, not positive; (1, 6): negative; both dropped before the passes
+        ("vqa", False, {(2, 5): 0.5, (0, 2): 0.3, (3, 1): 0.1, (1, 4): 2.2e-16, (1, 6): -0.2}),
+        ("vqa", True, {(2, 5): 0.5, (0, 2): 0.3, (3, 1): 0.1, (1, 4): 2.2e-16, (1, 6): -0.2}),
         ("retrieval", False, {(1, 1): 0.7, (3, 6): 0.2, (0, 0): 0.05}),
         ("retrieval", True, {(1, 1): 0.7, (3, 6): 0.2, (0, 0): 0.05}),
         ("ocr", False, {}),  # every head scored -1: no head kept, signed mean contribution
@@ -546,8 +549,8 @@ def test_hones_with_real_vseam_heads_and_ablations(embedded, embedded_engine, be
     u = torch.stack([hand_u(embedded, hand_target_ids(tokenizer, item.data["answer"])) for item in td.items])
     conditions = [None] + heads + rand_heads
     c = hand_contributions(embedded, td, conditions, u)
-    c_hones = c[:, : 1 + K]
-    c_rand = np.concatenate([c[:, :1], c[:, 1 + K :]], axis=1)
+    c_hones = c[:, : 1 + len(heads)]
+    c_rand = np.concatenate([c[:, :1], c[:, 1 + len(heads) :]], axis=1)
     for table, want in [
         (hones, hand_importance(c_hones, heads, weights, compat=False)),
         (nohead, c[:, 0].mean(0)),

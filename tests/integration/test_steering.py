@@ -454,3 +454,33 @@ def test_cli_steer_errors(score_table, benchmark_dir):
         cli, ["steer", "--task", "vqa", "--scores", score_table, "--top-k", "4", "--baselines", "lora", "--limit", "2"]
     )
     assert result.exit_code == 2 and "unknown baseline" in result.output
+
+
+def test_kl_is_frozen_to_steered_not_reversed(embedded, vqa_dev):
+    """The stated KL(p_frozen || p_steered) = sum_v p_frozen (log p_frozen - log p_steered),
+    computed by hand from the model's logits with plain hooks; the reversed KL differs."""
+    config = SteeringConfig()
+    rows = epoch_rows(vqa_dev, config, 0)
+    batch = make_batch(embedded, vqa_dev, rows, config, torch.device("cpu"))
+    scales = torch.tensor([4.0, -3.0, 5.0, -2.0, 6.0])
+    with torch.no_grad():
+        parts = batch_losses(embedded, batch, NEURONS, scales, beta=0.05)
+
+        def logp():
+            out = embedded.model(**batch.inputs, logits_to_keep=batch.keep, use_cache=False).logits.float()
+            out = out[:, :-1] if batch.keep > 1 else out
+            return torch.log_softmax(out, -1)[batch.mask].double()
+
+        frozen = logp()
+        handles = manual_hook(embedded, NEURONS, scales)
+        try:
+            steered = logp()
+        finally:
+            for h in handles:
+                h.remove()
+    forward = (frozen.exp() * (frozen - steered)).sum(-1).mean().item()
+    reverse = (steered.exp() * (steered - frozen)).sum(-1).mean().item()
+    assert forward > 0
+    assert abs(forward - reverse) > 1e-3 * forward  # the two directions are told apart here
+    assert parts["kl"].item() == pytest.approx(forward, rel=1e-4)
+    assert parts["kl"].item() != pytest.approx(reverse, rel=1e-4)

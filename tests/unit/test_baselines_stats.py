@@ -450,3 +450,39 @@ def test_registry_names_costs_and_option_errors(tiny, tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             runner.rank("vqa", method, options=options)
+
+
+# ======================================================================= the shared target option
+
+
+def test_dla_idf_target_is_the_idf_weighted_mean_of_all_references(tiny, tmp_path):
+    """--target idf on DLA: W_U[y] becomes HONES's caption target, sum_t idf_t W_U[t] / sum_t
+    idf_t over the tokens of the first 5 references, idf over images (by hand here)."""
+    import math
+
+    loaded = tiny("llava-next")
+    runner = runner_for(loaded, tmp_path, limit=3)
+    ctx = runner.context("caption", {"target": "idf"})
+    tokenizer = ctx.engine.tokenizer
+    special = set(tokenizer.all_special_ids) | {tokenizer.unk_token_id}
+
+    def tokens(text):
+        return [t for t in tokenizer(text, add_special_tokens=False)["input_ids"] if t not in special]
+
+    docs = [{t for r in item.data["references"] for t in tokens(r)} for item in ctx.td.items]
+    n = len(docs)
+    W_U, gamma, eps, W_down = weights(loaded)
+    got = dla_per_example(ctx, [0, 1, 2], mode="idf", context=ctx.td.task.direction_context(tokenizer, ctx.td.items))
+    for k, (item, rec) in enumerate(zip(ctx.td.items, hand_records(loaded, ctx.td))):
+        ids = [t for r in item.data["references"][:5] for t in tokens(r)]
+        w = torch.tensor([math.log((n + 1) / (sum(t in d for d in docs) + 1)) + 1 for t in ids])
+        assert len(set(w.tolist())) > 1  # the weights do differ
+        direction = gamma * (W_U[ids] * w[:, None]).sum(0) / w.sum()
+        sigma = rms(rec["h"][-1], eps)
+        hand = np.stack([(rec["z"][l][-1] * (direction @ W_down[l]) / sigma).numpy() for l in range(len(W_down))])
+        np.testing.assert_allclose(got[k].numpy(), hand, rtol=1e-4, atol=1e-5)
+    table = runner.rank("caption", "dla", options={"target": "idf"})
+    assert table.meta["target"] == "idf"
+    np.testing.assert_allclose(table.matrix(), got.numpy().mean(0), rtol=1e-10, atol=1e-12)
+    # the old name of "all" still works and is recorded under the new one
+    assert runner.rank("caption", "dla", options={"target": "mean"}).meta["target"] == "all"

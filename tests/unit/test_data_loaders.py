@@ -418,3 +418,33 @@ def test_flickr30k_bad_input(flickr, tmp_path):
     path.write_text(json.dumps({"images": entries_small}))
     with pytest.raises(ValueError, match="too small to mine retrieval"):
         load_flickr30k(path, images, tmp_path / "small", progress=False)
+
+
+def _has_box_colour(image) -> bool:
+    return bool((_decode(image) == np.array(OCR_BOX_COLOR, dtype=np.uint8)).all(-1).any())
+
+
+@needs_hones_json
+def test_ocr_box_drawn_by_default_kept_out_on_request(first_records, standin_images, tmp_path):
+    n = 12  # the fewest images that still mine 49 retrieval negatives
+    records = copy.deepcopy(first_records[:n])
+    path = _write_records(tmp_path / "r.json", records)
+    drawn = import_hones(path, standin_images, tmp_path / "drawn", progress=False)
+    assert drawn["ocr_box_drawn"] == n
+    assert all(_has_box_colour(row["image"]) for row in load_split(tmp_path / "drawn", "dev"))
+
+    plain = import_hones(path, standin_images, tmp_path / "plain", progress=False, draw_box=False)
+    assert plain["ocr_box_drawn"] == 0
+    for row in load_split(tmp_path / "plain", "dev"):
+        record = next(r for r in records if str(r["image_id"]) == str(row["image_id"]))
+        source = Image.open(standin_images / record["image_info"]["file_name"])
+        np.testing.assert_array_equal(_decode(row["image"]), _decode(source))
+    assert read_manifest(tmp_path / "plain")["ocr_box"]["draw_box"] is False
+
+    # the records file says the box is already in the pixels: one record, then the whole file
+    records[1]["ocr"]["box_drawn"] = True
+    marked = import_hones(_write_records(tmp_path / "m.json", records), standin_images, tmp_path / "m", progress=False)
+    assert marked["ocr_box_drawn"] == n - 1
+    whole = tmp_path / "w.json"
+    whole.write_text(json.dumps({"data": first_records[:n], "ocr_box_drawn": True}))
+    assert import_hones(whole, standin_images, tmp_path / "w", progress=False)["ocr_box_drawn"] == 0
