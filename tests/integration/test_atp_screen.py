@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from hones_nn.cli.main import cli
 from hones_nn.embedded.tiny_random import TINY_ARCHITECTURES, build_tiny_random
 from hones_nn.methods.atp_screen import atp_scores, head_estimates, top_heads_by
+from hones_nn.methods.hones import positive_tolerance
 from hones_nn.runner.pipeline import Runner
 from hones_nn.tasks.retrieval import decision_token_ids
 from tests.helpers.torch_hooks import text_layers, torch_hooks
@@ -181,7 +182,9 @@ def test_verified_heads_carry_exact_vseam_scores(embedded, embedded_engine, benc
     assert [screen[h] for h in top[n:]] == sorted((screen[h] for h in top[n:]), reverse=True)
     # HONES runs on a screened table (its K_h <= N heads are verified)
     table = runner.rank("vqa", "hones", heads=screened, top_heads=3)
-    assert table.meta["heads"] == [list(h) for h in top[:3]]
+    # the top 3 by rank, less those whose score is not positive (dropped before the passes, issue 14)
+    tol = positive_tolerance(screened.score)
+    assert table.meta["heads"] == [list(h) for h in top[:3] if df.loc[h, "score"] > tol]
     with pytest.raises(ValueError, match="verify-top"):  # K_h > N would mix exact scores and estimates
         runner.rank("vqa", "hones", heads=screened, top_heads=n + 1)
 
