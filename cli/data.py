@@ -100,9 +100,16 @@ def _split_sizes(text: str | None) -> dict[str, int] | None:
 @click.option("--seed", type=int, default=3407, show_default=True, help="Seed of partitioning and retrieval mining.")
 @click.option("--limit", type=int, default=None, help="Import only the first N records.")
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) records with a missing/corrupt image or empty field.")
+@click.option(
+    "--tasks",
+    default="vqa,ocr,caption,retrieval",
+    show_default=True,
+    help="The tasks every record must carry (comma-separated); a record lacking another task's fields is kept "
+    "with them empty and counted (missing_task_fields); retrieval candidates are mined only for retrieval.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @friendly_errors
-def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, as_json):
+def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, tasks, as_json):
     """Import the official HONES records + COCO images (blue OCR box drawn from the bbox,
     retrieval negatives mined from the split's captions)."""
     from hones_nn.data.hones_records import import_hones
@@ -117,6 +124,7 @@ def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, sk
         split=split,
         limit=limit,
         progress=not as_json,
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()],
     )
     _report(report, as_json, out)
 

@@ -180,6 +180,7 @@ class _HonesBase(Method):
     cost = "(1 + K_h) forwards per example (prompt only, no generation)"
     needs_heads = True
     uses_top_heads = True
+    needs_targets = "direction"  # u_y: the runner checks every item has target tokens first
 
     @classmethod
     def passes(cls, shape, options: dict) -> Passes:
