@@ -213,7 +213,11 @@ class Runner:
         if utility in ("metric", "prob") and base <= 1e-9:
             raise self._degenerate(f"the base utility ({utility}) over {ctx.td.n} items is {base:.4f}", ctx)
         if not np.any(np.asarray(scores, dtype=np.float64)):
-            raise self._degenerate(f"all head scores are 0 (base utility {base:.4f})", ctx)
+            raise ValueError(
+                f"all head scores are 0 (base utility {base:.4f} over {ctx.td.n} items): removing any one head "
+                "changes no answer, so the table cannot rank heads. Use more items (a larger --limit) or a "
+                "graded utility (--utility logprob); pass --allow-degenerate to write it anyway"
+            )
 
     def rank(
         self,
@@ -256,12 +260,17 @@ class Runner:
                     f"Recompute it with --verify-top >= {opts['top_heads']} or pass --top-heads {len(verified)}"
                 )
             if not self.allow_degenerate and not table.score.any():
+                base = float(table.table.column("base_utility")[0].as_py())
+                why = (
+                    "the prompt probably does not fit the model; see "
+                    f"`hones-nn evaluate --task {task} --split {self.split} --show 5` and fix it with "
+                    "--instruction / --prompt-file"
+                    if base <= 1e-9
+                    else "recompute it on more items (a larger --limit) or with --utility logprob"
+                )
                 raise ValueError(
-                    f"{table.path}: every head scores 0 (base utility "
-                    f"{table.table.column('base_utility')[0].as_py():.4f}), so no head carries the task and a "
-                    "ranking guided by it means nothing. The prompt probably does not fit the model; see "
-                    f"`hones-nn evaluate --task {task} --show 5`, fix it with --instruction / --prompt-file and "
-                    "recompute the heads (--recompute-heads), or pass --allow-degenerate"
+                    f"{table.path}: every head scores 0 (base utility {base:.4f}), so a ranking guided by it "
+                    f"means nothing: {why} (--recompute-heads), or pass --allow-degenerate"
                 )
             opts["heads_table"] = table
             ctx.options = opts

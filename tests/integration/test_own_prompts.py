@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from hones_nn.cli.main import cli
 from hones_nn.tasks.prompts import INSTRUCTIONS
 
-# an instruction tiny-llava was never trained on: it answers something else
-WRONG_VQA = "Repeat after me: {question}"
+# a VQA instruction tiny-llava was not trained on: it describes the image instead of answering
+WRONG_VQA = "Describe the image in one sentence. {question}"
 
 
 def _json(args):
@@ -44,7 +44,7 @@ def test_show_prints_the_prompts_the_model_receives(benchmark_dir):
 
 
 def test_a_prompt_that_does_not_fit_stops_heads(benchmark_dir, tmp_path):
-    shown = _json(["evaluate", "--task", "vqa", "--limit", "16", "--instruction", WRONG_VQA])
+    shown = _json(["evaluate", "--task", "vqa", "--split", "discovery", "--limit", "16", "--instruction", WRONG_VQA])
     assert shown["metric"] == 0.0
     result = CliRunner().invoke(
         cli,
@@ -60,7 +60,7 @@ def test_a_prompt_that_does_not_fit_stops_heads(benchmark_dir, tmp_path):
 def test_rank_reuses_a_matching_head_table_and_refuses_an_all_zero_one(benchmark_dir, tmp_path):
     from hones_nn.engine.tables import read_table, write_head_table
 
-    args = ["--task", "vqa", "--limit", "4", "--batch-size", "8", "--out-dir", str(tmp_path)]
+    args = ["--task", "vqa", "--utility", "logprob", "--limit", "4", "--batch-size", "8", "--out-dir", str(tmp_path)]
     assert CliRunner().invoke(cli, ["heads", *args]).exit_code == 0
     heads = tmp_path / "vqa.heads.parquet"
     stamp = heads.stat().st_mtime_ns
@@ -78,8 +78,8 @@ def test_rank_reuses_a_matching_head_table_and_refuses_an_all_zero_one(benchmark
     write_head_table(zero, np.zeros(table.shape), 0.0, np.zeros(table.shape), table.meta)
     refused = CliRunner().invoke(cli, ["rank", "--method", "hones", *args, "--heads", str(zero)])
     assert refused.exit_code == 2
-    assert f"error: {zero}: every head scores 0 (base utility 0.0000)" in refused.output
-    assert "--allow-degenerate" in refused.output
+    assert f"error: {zero}: every head scores 0 (base utility 0.0000), so a ranking guided by it" in refused.output
+    assert "the prompt probably does not fit the model" in refused.output and "--allow-degenerate" in refused.output
 
 
 def test_output_checked_before_any_work(benchmark_dir, tmp_path):
