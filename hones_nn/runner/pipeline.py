@@ -239,9 +239,12 @@ class Runner:
         path = check_output_path(Path(out) if out else self.out_dir / f"{task}.{method}.parquet")
         ctx = self.context(task, opts)  # the items, their targets checked before any model runs
         self.check_targets(ctx.td, cls.needs_targets)
+        reused = False
         if cls.needs_heads:
             if heads is None:
-                heads = self.matching_heads(task, utility) or self.heads(task, utility=utility)
+                heads = self.matching_heads(task, utility)
+                reused = heads is not None
+                heads = heads or self.heads(task, utility=utility)
             table = heads if isinstance(heads, ScoreTable) else read_table(heads)
             if table.kind != "heads":
                 raise ValueError(f"{table.path} is a {table.kind} table; --heads needs a table from `hones-nn heads`")
@@ -282,7 +285,7 @@ class Runner:
             opts_meta = {k: (str(v.path) if isinstance(v, ScoreTable) else v) for k, v in opts.items()}
             extra = {**result.meta, "options": opts_meta}
             if cls.needs_heads:
-                extra["heads_reused"] = bool(getattr(self, "_heads_reused", False))
+                extra["heads_reused"] = reused
             meta = self._meta(ctx, method, extra, seconds)
             if result.kind == "heads":
                 write_head_table(path, result.scores, result.extra["base_utility"], result.extra["intervened"], meta)
@@ -324,7 +327,6 @@ class Runner:
     def matching_heads(self, task: str, utility: str) -> ScoreTable | None:
         """The head table at OUT_DIR/TASK.heads.parquet when it was made with the same model,
         data, split, limit, utility, instructions and reference_compat (None: compute it)."""
-        self._heads_reused = False
         path = self.out_dir / f"{task}.heads.parquet"
         if self.recompute_heads or not path.exists():
             return None
@@ -348,6 +350,5 @@ class Runner:
             "seed": self.seed,
         }
         if same_model and all(key in meta and meta[key] == value for key, value in wanted.items()):
-            self._heads_reused = True
             return table
         return None
