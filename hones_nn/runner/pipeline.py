@@ -167,7 +167,8 @@ class Runner:
             result = get_method(method)().attribute(ctx)
             seconds = time.perf_counter() - start
             self.engine.assert_backend()
-            self._check_head_result(ctx, utility, result.extra["base_utility"], result.scores)
+            if method == "vseam":  # the screen's base is its own teacher-forced U, whatever the utility
+                self._check_head_result(ctx, utility, result.extra["base_utility"])
             meta = self._meta(ctx, method, result.meta, seconds)
             write_head_table(
                 path,
@@ -185,10 +186,11 @@ class Runner:
     def _degenerate(self, what: str, ctx: RunContext) -> ValueError:
         task = ctx.td.task
         return ValueError(
-            f"{what}: every head would score 0 and the table would mean nothing. The prompt probably does not fit "
+            f"{what}: no head can lower it, so the table would mean nothing. The prompt probably does not fit "
             f"the model: {task.name} asks {task.instruction_template()!r} (model family {self.loaded.family}). "
             f"See what the model answers with `hones-nn evaluate --task {task.name} --model "
-            f"{self.loaded.model_id} --show 5`, then give the instruction it was trained on with --instruction "
+            f"{self.loaded.model_id} --split {ctx.td.split} --show 5`, then give the instruction it was trained "
+            "on with --instruction "
             "TEXT or --prompt-file FILE; pass --allow-degenerate to run anyway"
         )
 
@@ -204,20 +206,14 @@ class Runner:
         if base <= 1e-9:
             raise self._degenerate(f"the base {td.task.metric_name} on the first {n} items is {base:.4f}", ctx)
 
-    def _check_head_result(self, ctx: RunContext, utility: str, base: float, scores) -> None:
-        """After a sweep (its shards are kept): a base at the floor or all-zero scores stop here."""
-        import numpy as np
-
+    def _check_head_result(self, ctx: RunContext, utility: str, base: float) -> None:
+        """After a sweep (its shards are kept): a base at its floor stops here. (An all-zero
+        table from a base above the floor is written: few items can leave every head without
+        effect; ``rank`` refuses to be guided by it.)"""
         if self.allow_degenerate:
             return
         if utility in ("metric", "prob") and base <= 1e-9:
             raise self._degenerate(f"the base utility ({utility}) over {ctx.td.n} items is {base:.4f}", ctx)
-        if not np.any(np.asarray(scores, dtype=np.float64)):
-            raise ValueError(
-                f"all head scores are 0 (base utility {base:.4f} over {ctx.td.n} items): removing any one head "
-                "changes no answer, so the table cannot rank heads. Use more items (a larger --limit) or a "
-                "graded utility (--utility logprob); pass --allow-degenerate to write it anyway"
-            )
 
     def rank(
         self,
