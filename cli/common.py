@@ -53,8 +53,19 @@ def data_options(fn):
             default=None,
             help="Benchmark folder (hones-nn layout). Default: the synthetic benchmark, built on first use.",
         ),
-        click.option("--limit", type=int, default=None, help="Use only the first N items of the split."),
-        click.option("--batch-size", type=int, default=32, show_default=True, help="Prompts per forward pass."),
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Use only the first N items of the split (N >= 1).",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=32,
+            show_default=True,
+            help="Prompts per forward pass (>= 1).",
+        ),
         click.option(
             "--skip-bad",
             is_flag=True,
@@ -170,6 +181,40 @@ def remote_options(fn):
     return wrapper
 
 
+def prompt_options(fn):
+    """--instruction, --prompt-file: the task instructions the model receives; passed to the
+    command as ``instructions`` (a {task: template} dict, or None for the built-in ones)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, instruction, prompt_file, **kwargs):
+        from hones_nn.tasks.prompts import resolve_instructions
+
+        kwargs["instructions"] = resolve_instructions(kwargs.get("task"), instruction, prompt_file)
+        return fn(*args, **kwargs)
+
+    options = [
+        click.option(
+            "--instruction",
+            default=None,
+            metavar="TEXT",
+            help="The user-turn instruction of --task, replacing the built-in one (hones_nn/tasks/prompts.py); "
+            "fields: {question} (vqa, required), {candidate} (retrieval, required). The model's chat wrapping "
+            "(e.g. 'USER: <image>\\n... ASSISTANT:') is kept. Stored in the score table's metadata. Check what "
+            "the model makes of it with `hones-nn evaluate --show 5`.",
+        ),
+        click.option(
+            "--prompt-file",
+            default=None,
+            type=click.Path(exists=True, dir_okay=False),
+            help="A YAML or JSON file of instructions per task, e.g. 'vqa: \"Q: {question} A short answer:\"' "
+            "or 'vqa: {instruction: ...}'; --instruction wins for --task.",
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 task_option = click.option("--task", required=True, type=click.Choice(TASK_NAMES), help="The task.")
 
 
@@ -181,18 +226,57 @@ def load(model_name, dtype, device, device_map, trust_remote_code):
     )
 
 
+def _no_nan(obj):
+    """NaN (an undefined figure, e.g. a relative drop from a base metric of 0) as JSON null."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=float))
+    click.echo(json.dumps(_no_nan(obj), indent=2, sort_keys=True, default=float))
+
+
+def debug_enabled() -> bool:
+    """`hones-nn --debug ...` (or HONES_NN_DEBUG=1): show tracebacks instead of one-line errors."""
+    import os
+
+    if os.environ.get("HONES_NN_DEBUG", "") not in ("", "0"):
+        return True
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and (ctx.find_root().params or {}).get("debug"))
+
+
+def _interrupted_message(kwargs: dict) -> str:
+    out_dir = kwargs.get("out_dir")
+    if out_dir:
+        return (
+            f"interrupted. Finished shards are kept in {out_dir}/.checkpoints; run the same command again to "
+            "resume from them (the result is identical to an uninterrupted run)."
+        )
+    return "interrupted; nothing was written. Run the same command again to start over."
 
 
 def friendly_errors(fn):
-    """Turn expected user errors into one clear line and exit code 2, not a traceback."""
+    """Turn expected user errors into one clear line and exit code 2, not a traceback
+    (``hones-nn --debug`` shows the traceback); Ctrl-C says what was kept and how to resume."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, KeyError) as exc:
+        except KeyboardInterrupt:
+            if debug_enabled():
+                raise
+            click.echo(_interrupted_message(kwargs), err=True)
+            sys.exit(130)
+        except (ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError) as exc:
+            if debug_enabled():
+                raise
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             click.echo(f"error: {_redact(message)}", err=True)
             sys.exit(2)

@@ -108,9 +108,16 @@ def _split_sizes(text: str | None) -> dict[str, int] | None:
     '(the reference code draws none itself). Records marked ocr.box_drawn (or a file with "ocr_box_drawn": '
     "true) are never drawn on again.",
 )
+@click.option(
+    "--tasks",
+    default="vqa,ocr,caption,retrieval",
+    show_default=True,
+    help="The tasks every record must carry (comma-separated); a record lacking another task's fields is kept "
+    "with them empty and counted (missing_task_fields); retrieval candidates are mined only for retrieval.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @friendly_errors
-def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, draw_ocr_box, as_json):
+def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, draw_ocr_box, tasks, as_json):
     """Import the official HONES records + COCO images (blue OCR box drawn from the bbox,
     retrieval negatives mined from the split's captions)."""
     from hones_nn.data.hones_records import import_hones
@@ -126,6 +133,7 @@ def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, sk
         limit=limit,
         progress=not as_json,
         draw_box=draw_ocr_box,
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()],
     )
     _report(report, as_json, out)
 

@@ -11,6 +11,7 @@ from hones_nn.cli.common import (
     friendly_errors,
     load,
     model_options,
+    prompt_options,
     remote_options,
     task_option,
 )
@@ -46,8 +47,17 @@ from hones_nn.cli.fuzzy import concept_eval_options
     help="Apply learned neuron scales (a scales.safetensors from `hones-nn steer`); reports base and steered.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--show",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Also print the first N items: the full prompt the model receives, its output and the gold answer "
+    "(to see why a metric is 0: a prompt the model was not trained on).",
+)
 @concept_eval_options
 @friendly_errors
+@prompt_options
 @remote_options
 def evaluate_cmd(
     task,
@@ -68,6 +78,8 @@ def evaluate_cmd(
     random_control,
     steer,
     as_json,
+    show,
+    instructions=None,
     concept_opts=None,
 ):
     """Evaluate a task (greedy decoding; retrieval by Yes/No logits).
@@ -88,7 +100,14 @@ def evaluate_cmd(
         from hones_nn.tasks.task_data import prepare_task
 
         td = prepare_task(
-            loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad, reference_compat=reference_compat
+            loaded,
+            task,
+            data=data,
+            split=split,
+            limit=limit,
+            skip_bad=skip_bad,
+            reference_compat=reference_compat,
+            instructions=instructions,
         )
         engine = Engine(loaded, remote=current_remote())
     if concept_opts is not None and concept_opts.modulate:
@@ -126,6 +145,8 @@ def evaluate_cmd(
         reference_compat=reference_compat,
         progress=progress,
         remote=current_remote(),
+        instructions=instructions,
+        show=show if mask is None else 0,
     )
     if as_json:
         emit_json(result)
@@ -136,16 +157,40 @@ def evaluate_cmd(
     click.echo(f"{task} on {split} ({result['n']} examples, model {loaded.model_id})")
     if mask is None:
         click.echo(f"  {result['metric_name']}: {result['metric']:.4f}")
+        for i, ex in enumerate(result.get("examples", []), 1):
+            click.echo(f"--- example {i}: item {ex['item']} (utility {ex['utility']:.4f})")
+            click.echo(f"  prompt: {ex['prompt']!r}")
+            click.echo(f"  output: {ex['output']!r}")
+            click.echo(f"  gold:   {ex['gold']!r}")
+        if result["metric"] <= 0 and not show:
+            click.echo(
+                "  warning: the metric is 0: the prompt probably does not fit the model; see what it answers "
+                "with --show 5, and give its own instruction with --instruction / --prompt-file",
+                err=True,
+            )
     else:
         click.echo(f"  base {result['metric_name']}: {result['base_metric']:.4f}")
         click.echo(f"  masked ({result['k']} neurons, {mask}): {result['masked_metric']:.4f}")
-        click.echo(f"  relative drop: {100 * result['relative_drop']:.2f}%")
+        click.echo(f"  relative drop: {_drop(result['relative_drop'])}")
         if "random" in result and mask != "random":
             r = result["random"]
             click.echo(
-                f"  random control ({len(r['seeds'])} seeds): drop {100 * r['mean_relative_drop']:.2f}% "
-                f"(std {100 * r['std_relative_drop']:.2f}%)"
+                f"  random control ({len(r['seeds'])} seeds): drop {_drop(r['mean_relative_drop'])} "
+                f"(std {_drop(r['std_relative_drop'])})"
             )
+        if result["base_metric"] <= 0:
+            click.echo(
+                "  warning: the base metric is 0, so a relative drop is undefined: the prompt probably does not "
+                "fit the model; check with --show 5 (without --mask) and give --instruction / --prompt-file",
+                err=True,
+            )
+
+
+def _drop(value: float) -> str:
+    """A relative drop as a percentage; NaN (base metric 0) is never printed as a figure."""
+    if value != value:
+        return "undefined (base metric 0)"
+    return f"{100 * value:.2f}%"
 
 
 def register(cli: click.Group) -> None:

@@ -9,7 +9,10 @@ from hones_nn import __version__
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="hones-nn")
-def cli() -> None:
+@click.option(
+    "--debug", is_flag=True, default=False, help="Show a traceback instead of a one-line error (or HONES_NN_DEBUG=1)."
+)
+def cli(debug: bool) -> None:
     """Which heads and neurons of a vision-language model carry a task, proven by masking.
 
     \b

@@ -14,6 +14,7 @@ from hones_nn.cli.common import (
     load,
     model_options,
     print_table,
+    prompt_options,
     remote_options,
     task_option,
 )
@@ -26,9 +27,13 @@ def _method_names() -> list[str]:
     return sorted(n for n, cls in METHODS.items() if cls.kind == "neurons")
 
 
-def _run_options(data, limit, batch_size, skip_bad, reference_compat, out_dir, split, seed, quiet) -> dict:
+def _run_options(
+    data, limit, batch_size, skip_bad, reference_compat, out_dir, split, seed, quiet, instructions, allow_degenerate
+) -> dict:
     """The front door's run options (``hones_nn.runner.api``) from the shared CLI options."""
     return {
+        "instructions": instructions,
+        "allow_degenerate": allow_degenerate,
         "out_dir": Path(out_dir),
         "batch_size": batch_size,
         "seed": seed,
@@ -61,6 +66,13 @@ def common_run_options(fn):
             "gold answer, or the first answer token's probability (V-SEAM's original).",
         ),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table."),
+        click.option(
+            "--allow-degenerate",
+            is_flag=True,
+            default=False,
+            help="Run on when the base utility is at its floor (0) or every head scores 0; such tables mean "
+            "nothing (the prompt probably does not fit the model: check with `hones-nn evaluate --show 5`).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -119,6 +131,7 @@ def _summary(frame, top: int = 10) -> list[dict]:
     "keep their estimate and rank below all verified ones.",
 )
 @friendly_errors
+@prompt_options
 @remote_options
 def heads_cmd(
     task,
@@ -141,6 +154,8 @@ def heads_cmd(
     out,
     screen,
     verify_top,
+    allow_degenerate,
+    instructions,
 ):
     """V-SEAM head localization: replace each head by the mean of the others.
 
@@ -161,7 +176,19 @@ def heads_cmd(
         out=out,
         screen=None if screen == "none" else screen,
         verify_top=verify_top,
-        **_run_options(data, limit, batch_size, skip_bad, reference_compat, out_dir, split, seed, as_json),
+        **_run_options(
+            data,
+            limit,
+            batch_size,
+            skip_bad,
+            reference_compat,
+            out_dir,
+            split,
+            seed,
+            as_json,
+            instructions,
+            allow_degenerate,
+        ),
     )
     meta = table.attrs
     rows = _summary(table)
@@ -218,7 +245,15 @@ def heads_cmd(
     help="A method option, repeatable (e.g. --option steps=50 for qrnca, --option positions=image for ap); "
     "values are parsed as JSON when they can be (numbers, true/false), else kept as text.",
 )
+@click.option(
+    "--recompute-heads",
+    is_flag=True,
+    default=False,
+    help="Recompute the head table even when OUT_DIR/TASK.heads.parquet was made with the same model, data, "
+    "split, limit, utility and instruction (it is reused then, and the table's metadata says heads_reused).",
+)
 @friendly_errors
+@prompt_options
 @remote_options
 def rank_cmd(
     task,
@@ -242,6 +277,9 @@ def rank_cmd(
     top_heads,
     out,
     method_options,
+    allow_degenerate,
+    recompute_heads,
+    instructions,
 ):
     """Rank every FFN neuron of the language model for a task.
 
@@ -261,7 +299,20 @@ def rank_cmd(
         utility=utility,
         out=out,
         options=parse_options(method_options),
-        **_run_options(data, limit, batch_size, skip_bad, reference_compat, out_dir, split, seed, as_json),
+        recompute_heads=recompute_heads,
+        **_run_options(
+            data,
+            limit,
+            batch_size,
+            skip_bad,
+            reference_compat,
+            out_dir,
+            split,
+            seed,
+            as_json,
+            instructions,
+            allow_degenerate,
+        ),
     )
     meta = table.attrs
     rows = _summary(table)
@@ -277,7 +328,11 @@ def rank_cmd(
             }
         )
         return
-    click.echo(f"wrote {meta['path']}  ({method}, {meta['n_examples']} examples, {meta['seconds']:.1f}s)")
+    reused = ", head table reused" if meta.get("heads_reused") else ""
+    skipped = f", {meta['n_skipped']} item(s) skipped" if meta.get("n_skipped") else ""
+    click.echo(
+        f"wrote {meta['path']}  ({method}, {meta['n_examples']} examples{skipped}{reused}, {meta['seconds']:.1f}s)"
+    )
     print_table(rows, ["rank", "layer", "neuron", "score"], floatfmt="{:.6g}")
 
 
@@ -291,7 +346,13 @@ def rank_cmd(
     "folder or config.json, tiny-llava / tiny-random-ARCH, or a built-in hub id such as "
     "llava-hf/llava-1.5-7b-hf (no download).",
 )
-@click.option("--batch-size", type=int, default=1, show_default=True, help="Rows per forward, for the peak estimate.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Rows per forward, for the peak estimate.",
+)
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
 @click.option(
     "--text-tokens",

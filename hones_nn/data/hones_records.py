@@ -66,6 +66,7 @@ from hones_nn.data.synthetic import hash_seed, png_bytes
 IMPORTER_VERSION = "hones-records-v1"
 OCR_BOX_COLOR = (0, 0, 255)
 N_CAPTIONS = 5
+ALL_TASKS = ("vqa", "ocr", "caption", "retrieval")
 SKIP_HINT = "or pass skip_bad=True (--skip-bad) to skip such records and count them in the report"
 
 EMPTY_OCR = {"text": "", "bbox": [], "mask": None}
@@ -355,7 +356,7 @@ def _valid_bbox(bbox) -> bool:
 # ---------------------------------------------------------------- one record
 
 
-def _record_fields(record: dict, images_dir: Path) -> dict:
+def _record_fields(record: dict, images_dir: Path, tasks=ALL_TASKS, missing: Counter | None = None) -> dict:
     """Check one unified record's fields (no image opened yet): the row but its image."""
     if not isinstance(record, dict):
         raise BadRecordError(
@@ -381,6 +382,42 @@ def _record_fields(record: dict, images_dir: Path) -> dict:
             "field image_info.file_name is missing",
             "give every record image_info.file_name (the COCO train2014 file name)",
         )
+    return _task_fields(record, image_id, info, path, tasks, Counter() if missing is None else missing)
+
+
+def _task_fields(record: dict, image_id, info: dict, path: Path, tasks, missing: Counter) -> dict:
+    """The row of ``record`` with the fields of ``tasks`` checked; the fields of the other
+    tasks are kept when usable, else left empty and counted in ``missing`` (per task)."""
+    parts = {}
+    for name, read in (("vqa", _vqa_part), ("caption", _caption_part), ("ocr", _ocr_part)):
+        needed = name in tasks or (name == "caption" and "retrieval" in tasks)  # negatives are captions
+        try:
+            parts[name] = read(record, image_id, path)
+        except BadRecordError:
+            if needed:
+                raise
+            missing[name] += 1
+            parts[name] = None
+    vqa, ocr, captions = parts["vqa"], parts["ocr"], parts["caption"]
+    return {
+        "image_id": str(image_id),
+        "split": "",
+        "image": None,
+        "objects": [],
+        "ocr": ocr or dict(EMPTY_OCR),
+        "vqa": vqa or dict(EMPTY_VQA),
+        "captions": (captions or [])[:N_CAPTIONS],
+        "retrieval": dict(EMPTY_RETRIEVAL),
+        "content_key": "",
+        "_path": path,
+        "_size": (info.get("width"), info.get("height")),
+        "_polygon": (record.get("ocr") or {}).get("mask") if ocr else None,
+        "_n_captions": len(captions or []),
+        "_box_drawn": bool((record.get("ocr") or {}).get("box_drawn", False)) if ocr else False,
+    }
+
+
+def _vqa_part(record: dict, image_id, path) -> dict:
     vqa = require(record, "vqa", image_id, path, "")
     question = require_text(vqa, "question", image_id, path, "vqa.", reason="missing_field")
     answer = require_text(vqa, "answer", image_id, path, "vqa.")
@@ -393,6 +430,16 @@ def _record_fields(record: dict, images_dir: Path) -> dict:
             f"field vqa.all_answers is not a non-empty list of strings ({all_answers!r})",
             "give the record its 10 VQAv2 human answers",
         )
+    return {
+        "question": question,
+        "answer": answer,
+        "all_answers": list(all_answers),
+        "question_type": str(vqa.get("question_type") or ""),
+        "answer_type": str(vqa.get("answer_type") or derived_answer_type(answer)),
+    }
+
+
+def _caption_part(record: dict, image_id, path) -> list[str]:
     captions_in = require(record, "captions", image_id, path, "")
     captions = (
         [c.get("caption", "").strip() if isinstance(c, dict) else str(c).strip() for c in captions_in]
@@ -408,6 +455,10 @@ def _record_fields(record: dict, images_dir: Path) -> dict:
             f"the record has {len(captions)} non-empty captions, the benchmark needs {N_CAPTIONS}",
             f"give the record its {N_CAPTIONS} COCO reference captions",
         )
+    return captions
+
+
+def _ocr_part(record: dict, image_id, path) -> dict:
     ocr = require(record, "ocr", image_id, path, "")
     text = require_text(ocr, "text", image_id, path, "ocr.", reason="empty_ocr_text")
     bbox = require(ocr, "bbox", image_id, path, "ocr.")
@@ -419,28 +470,7 @@ def _record_fields(record: dict, images_dir: Path) -> dict:
             f"field ocr.bbox {bbox!r} is not [x, y, w, h] with w, h > 0",
             "give ocr.bbox as the COCO-Text [x, y, width, height]",
         )
-    return {
-        "image_id": str(image_id),
-        "split": "",
-        "image": None,
-        "objects": [],
-        "ocr": {"text": text, "bbox": [float(v) for v in bbox], "mask": None},
-        "vqa": {
-            "question": question,
-            "answer": answer,
-            "all_answers": list(all_answers),
-            "question_type": str(vqa.get("question_type") or ""),
-            "answer_type": str(vqa.get("answer_type") or derived_answer_type(answer)),
-        },
-        "captions": captions[:N_CAPTIONS],
-        "retrieval": dict(EMPTY_RETRIEVAL),
-        "content_key": "",
-        "_path": path,
-        "_size": (info.get("width"), info.get("height")),
-        "_polygon": ocr.get("mask"),
-        "_n_captions": len(captions),
-        "_box_drawn": bool(ocr.get("box_drawn", False)),
-    }
+    return {"text": text, "bbox": [float(v) for v in bbox], "mask": None}
 
 
 def _attach_image(row: dict, stats: Counter, draw_box: bool = True) -> dict:
@@ -458,6 +488,11 @@ def _attach_image(row: dict, stats: Counter, draw_box: bool = True) -> dict:
             f"the image is {width}x{height} but image_info says {want[0]}x{want[1]}",
             "use the original COCO train2014 image (not a resized copy): the boxes refer to its pixels",
         )
+    if not bbox:  # no OCR annotation (a task the user does not study): no box drawn
+        row.pop("_box_drawn", None)
+        row["image"] = image_bytes(image)
+        stats["captions_truncated"] += row.pop("_n_captions") > N_CAPTIONS
+        return row
     x0, y0, x1, y1 = ocr_box_pixels(bbox, width, height)
     if x0 > x1 or y0 > y1:
         raise BadRecordError(
@@ -517,6 +552,7 @@ def import_hones(
     limit: int | None = None,
     progress: bool = True,
     draw_box: bool = True,
+    tasks=None,
 ) -> dict:
     """Import HONES unified records + COCO images into a benchmark at ``out_dir``.
 
@@ -524,6 +560,11 @@ def import_hones(
     the default); False keeps every image as it is (the reference code draws nothing
     itself). The records file can say a box is already drawn: ``ocr.box_drawn: true`` on
     a record, or a top-level ``"ocr_box_drawn": true`` for all; those images are kept.
+
+    ``tasks`` (default all four): the tasks whose fields every record must carry; a record
+    without usable fields of another task is kept with that task's fields empty (counted in
+    the report's ``missing_task_fields``; running that task then names the item). Retrieval
+    candidates are mined only when retrieval is among ``tasks``.
 
     ``split``: the split every record goes to when ``split_sizes`` is None. ``split_sizes``
     ({split: n_images}): a seeded image-disjoint partition instead (records left over are
@@ -539,15 +580,19 @@ def import_hones(
             f"images_dir {images_dir} is not a folder; pass the COCO train2014 image folder "
             "(the one holding COCO_train2014_*.jpg)"
         )
+    tasks = tuple(ALL_TASKS if tasks is None else tasks)
+    unknown = sorted(set(tasks) - set(ALL_TASKS))
+    if unknown or not tasks:
+        raise ValueError(f"--tasks: unknown task(s) {unknown or tasks!r}; choose among {', '.join(ALL_TASKS)}")
     records, file_says_drawn = _read_payload(json_path)
     draw_box = draw_box and not file_says_drawn
     if limit is not None:
         records = records[:limit]
     # every record's fields first (fast), so a bad field stops the import before any image is read
-    log, stats, checked, seen = SkipLog(skip_bad), Counter(), [], set()
+    log, stats, checked, seen, missing = SkipLog(skip_bad), Counter(), [], set(), Counter()
     for record in records:
         try:
-            row = _record_fields(record, images_dir)
+            row = _record_fields(record, images_dir, tasks, missing)
             if row["image_id"] in seen:
                 raise BadRecordError(
                     row["image_id"],
@@ -570,10 +615,14 @@ def import_hones(
     if not rows:
         skipped = log.report()["skipped_by_reason"]
         raise ValueError(f"no usable record in {json_path} ({len(records)} read, all skipped: {skipped})")
-    for row, key in zip(rows, caption_content_keys([r["captions"] for r in rows])):
+    with_captions = [r for r in rows if r["captions"]]
+    for row, key in zip(with_captions, caption_content_keys([r["captions"] for r in with_captions])):
         row["content_key"] = key
+    for row in rows:
+        if not row["captions"]:
+            row["content_key"] = f"image:{row['image_id']}"
     rows_by_split = partition(rows, split, split_sizes, seed)
-    finish_rows(rows_by_split, seed, mine=True)
+    finish_rows(rows_by_split, seed, mine="retrieval" in tasks)
     report = {
         "source": "hones-coco",
         "input": str(json_path),
@@ -587,6 +636,8 @@ def import_hones(
         "captions_truncated": stats["captions_truncated"],
         "ocr_mask_missing": stats["ocr_mask_missing"],
         "ocr_box_drawn": stats["ocr_box_drawn"],
+        "tasks": list(tasks),
+        "missing_task_fields": dict(sorted(missing.items())),
         **log.report(),
     }
     manifest = {
@@ -606,6 +657,8 @@ def import_hones(
         "n_records": report["n_records"],
         "n_skipped": report["n_skipped"],
         "skipped_by_reason": report["skipped_by_reason"],
+        "tasks": list(tasks),
+        "missing_task_fields": report["missing_task_fields"],
     }
     write_benchmark(out_dir, rows_by_split, manifest)
     report["out_dir"] = str(out_dir)

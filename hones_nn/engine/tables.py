@@ -201,19 +201,62 @@ def read_table(path: str | Path) -> ScoreTable:
     if kind not in ("neurons", "heads"):
         raise ValueError(f"{path} is not a hones-nn score table (no hones_nn.kind metadata)")
     index_col = "neuron" if kind == "neurons" else "head"
+    _check_columns(path, table, kind, index_col)
     score = table.column("score").to_numpy()
     if np.isnan(score).any():
         raise ValueError(f"{path} holds NaN scores; recompute it")
-    return ScoreTable(
-        path=path,
-        kind=kind,
-        meta=meta,
-        layer=table.column("layer").to_numpy(),
-        index=table.column(index_col).to_numpy(),
-        score=score,
-        rank=table.column("rank").to_numpy(),
-        table=table,
-    )
+    layer = table.column("layer").to_numpy()
+    index = table.column(index_col).to_numpy()
+    rank = table.column("rank").to_numpy()
+    _check_rows(path, meta, kind, index_col, layer, index, rank)
+    return ScoreTable(path=path, kind=kind, meta=meta, layer=layer, index=index, score=score, rank=rank, table=table)
+
+
+_FIX = "recompute it with `hones-nn rank` / `hones-nn heads`, or fix the file"
+
+
+def _check_columns(path: Path, table: pa.Table, kind: str, index_col: str) -> None:
+    """Every column a score table needs is there with a usable type (integers, float scores)."""
+    for name, want in (("layer", "integer"), (index_col, "integer"), ("rank", "integer"), ("score", "number")):
+        if name not in table.column_names:
+            raise ValueError(f"{path} ({kind} table) has no {name!r} column; {_FIX}")
+        typ = table.schema.field(name).type
+        ok = pa.types.is_integer(typ) if want == "integer" else pa.types.is_integer(typ) or pa.types.is_floating(typ)
+        if not ok or table.column(name).null_count:
+            raise ValueError(
+                f"{path} ({kind} table): column {name!r} must hold {want}s without nulls, not {typ}"
+                f"{' with nulls' if ok else ''}; {_FIX}"
+            )
+
+
+def _check_rows(path: Path, meta: dict, kind: str, index_col: str, layer, index, rank) -> None:
+    """One row per (layer, index) of the table's shape, indices in range, ranks 1..n."""
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ValueError(f"{path}: its metadata has no valid shape [layers, {index_col}s] ({shape!r}); {_FIX}")
+    layers, width = shape
+    for name, values, hi in (("layer", layer, layers), (index_col, index, width)):
+        bad = np.flatnonzero((values < 0) | (values >= hi))
+        if bad.size:
+            raise ValueError(
+                f"{path}: {bad.size} row(s) have a {name} out of range 0..{hi - 1} (first: row {int(bad[0])}, "
+                f"{name} {int(values[bad[0]])}); {_FIX}"
+            )
+    flat = layer.astype(np.int64) * width + index.astype(np.int64)
+    unique, counts = np.unique(flat, return_counts=True)
+    if (counts > 1).any():
+        dup = int(unique[np.argmax(counts > 1)])
+        raise ValueError(
+            f"{path}: {int((counts > 1).sum())} (layer, {index_col}) pair(s) appear more than once (first: "
+            f"({dup // width}, {dup % width})); {_FIX}"
+        )
+    if len(flat) != layers * width:
+        raise ValueError(
+            f"{path}: {len(flat)} rows but its shape {layers} x {width} needs {layers * width} (one per "
+            f"(layer, {index_col})): {layers * width - len(flat)} missing; {_FIX}"
+        )
+    if sorted(rank.tolist()) != list(range(1, len(rank) + 1)):
+        raise ValueError(f"{path}: its ranks are not 1..{len(rank)}, each once; {_FIX}")
 
 
 def check_table_matches(

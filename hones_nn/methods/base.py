@@ -157,6 +157,9 @@ class Method:
     uses_top_heads: ClassVar[bool] = False  # options["top_heads"] (K_h) is meaningful
     needs_gradients: ClassVar[bool] = False  # a backward pass (no remote run where nnsight cannot do one)
     needs_all_tasks: ClassVar[bool] = False  # reads the discovery data of every task, not only its own
+    # "direction": u_y from Task.direction_tokens, "gold": the gold logit (Task.gold_token_ids); the
+    # runner checks every item has such tokens before any model runs
+    needs_targets: ClassVar[str | None] = None
     approximation: ClassVar[str | None] = None  # how an approximate method approximates
     # the paper default of the shared ``target`` option (hones_nn.tasks.base.TARGET_MODES)
     # for direct-projection methods; None: the method has no target option

@@ -220,6 +220,7 @@ class _HonesBase(Method):
     needs_heads = True
     uses_top_heads = True
     default_target = "idf"
+    needs_targets = "direction"  # u_y: the runner checks every item has target tokens first
 
     @classmethod
     def passes(cls, shape, options: dict) -> Passes:

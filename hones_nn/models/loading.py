@@ -83,7 +83,52 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> tuple[str, bool]:
         return name, True
     if os.path.exists(name):
         raise ValueError(f"{name} is a file; give the model folder (the one holding config.json)")
+    if _looks_like_path(name):
+        raise FileNotFoundError(
+            f"--model {name}: no such folder; give an existing model folder (the one holding config.json), "
+            f"a hub id such as llava-hf/llava-1.5-7b-hf, or an embedded model ({', '.join(EMBEDDED_MODELS)})"
+        )
     return name, False
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name a hub id cannot be: absolute, ~, ./ or ../, a Windows drive, or more than one '/'."""
+    return (
+        name.startswith(("/", "~", "./", "../", ".\\"))
+        or name in (".", "..")
+        or (len(name) > 1 and name[1] == ":")
+        or name.count("/") > 1
+        or "\\" in name
+    )
+
+
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
+
+
+def _check_local_folder(path: str) -> None:
+    folder = Path(path)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(
+            f"--model {path}: the folder has no config.json; give the folder of a saved checkpoint "
+            "(model.save_pretrained / processor.save_pretrained write one)"
+        )
+    if not any(any(folder.glob(p)) for p in _WEIGHT_PATTERNS):
+        raise FileNotFoundError(
+            f"--model {path}: the folder holds no weights (no *.safetensors or *.bin); copy the checkpoint's "
+            "weight files next to its config.json"
+        )
+
+
+def _load_error(name: str, local: bool, what: str, exc: Exception) -> ValueError:
+    if local:
+        return ValueError(f"--model {name}: cannot load the {what} from the folder ({exc}); check the checkpoint")
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+    return ValueError(
+        f"--model {name}: cannot load the {what} of this hub id ({str(exc).splitlines()[0]}). Check the spelling "
+        "and the network"
+        + (" (HF_HUB_OFFLINE is set: only models already in the hub cache load)" if offline else "")
+        + "; offline, download it first (huggingface-cli download ID) or give a local folder"
+    )
 
 
 def weights_hash(folder: str | os.PathLike, length: int = 16) -> str | None:
@@ -143,17 +188,28 @@ def load_model(
     torch_dtype = parse_dtype(dtype)
     if torch_dtype is None:
         torch_dtype = torch.float32
-    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if local:
+        _check_local_folder(path)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:  # ValueError: the hub's repo-id validation
+        raise _load_error(model_id, local, "config", exc) from None
     adapter = adapter_for(config)  # ValueError for an unsupported architecture, before any weights
     cls = adapter.model_class()
     kwargs = {"dtype": torch_dtype, "revision": revision, "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = cls.from_pretrained(path, config=config, **kwargs)
+    try:
+        model = cls.from_pretrained(path, config=config, **kwargs)
+    except OSError as exc:
+        raise _load_error(model_id, local, "weights", exc) from None
     if device_map is None:
         model = model.to(device)
     model.eval()
-    processor = load_processor(path, adapter, revision=revision, trust_remote_code=trust_remote_code)
+    try:
+        processor = load_processor(path, adapter, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise _load_error(model_id, local, "processor (tokenizer)", exc) from None
     resolved_revision = revision
     if not local:
         resolved_revision = getattr(config, "_commit_hash", None) or revision

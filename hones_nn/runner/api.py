@@ -160,23 +160,43 @@ def evaluate(
     reference_compat: bool = False,
     progress: bool = True,
     remote=None,
+    instructions: dict[str, str] | None = None,
+    show: int = 0,
 ) -> dict:
     """The task metric on ``split`` (greedy decoding; retrieval by Yes/No logits).
 
     ``mask``: a neuron score table (DataFrame, ScoreTable or path) whose top ``top_ratio``
     is zeroed at every position, or ``"random"``; then the result also holds the masked
     metric and the relative drop, and ``random_control`` random sets of the same size
-    (seeds 0..n-1) are masked beside it. Returns a JSON-ready dict."""
+    (seeds 0..n-1) are masked beside it. ``instructions`` ({task: template}) replace the
+    built-in task instructions; ``show`` > 0 adds ``examples``: the first ``show`` items'
+    full prompts, the model's outputs and the gold answers. Returns a JSON-ready dict."""
     from hones_nn.evaluation.evaluate import evaluate as run_evaluation
     from hones_nn.evaluation.evaluate import masked_evaluation
     from hones_nn.tasks.task_data import prepare_task
 
     loaded = _model(model)
+    if show < 0:
+        raise ValueError(f"--show must be 0 or more, got {show}")
     td = prepare_task(
-        loaded, task, data=data, split=split, limit=limit, skip_bad=skip_bad, reference_compat=reference_compat
+        loaded,
+        task,
+        data=data,
+        split=split,
+        limit=limit,
+        skip_bad=skip_bad,
+        reference_compat=reference_compat,
+        instructions=instructions,
     )
     engine = _engine(loaded, remote)
-    if mask is None:
+    if mask is None and show:
+        from hones_nn.evaluation.evaluate import score_outputs
+
+        outputs = engine.run_task(td.task, td.items, td.images, batch_size=batch_size, progress=progress)
+        scored = score_outputs(td, outputs)
+        result = scored.as_json()
+        result["examples"] = _examples(loaded, td, outputs, scored.utilities, show, reference_compat)
+    elif mask is None:
         result = run_evaluation(engine, td, batch_size=batch_size, progress=progress).as_json()
     elif isinstance(mask, str) and mask == "random":
         k = top_k_for_ratio(loaded.sizes.num_neurons, top_ratio)
@@ -195,6 +215,26 @@ def evaluate(
     if td.skipped:
         result["skipped_items"] = td.skipped
     return result
+
+
+def _examples(loaded: LoadedModel, td, outputs: list[list], utilities: list[float], n: int, compat: bool) -> list:
+    """The first ``n`` items as the model saw them: the full prompt (chat wrapping included),
+    the output (generated text; retrieval: the decision score per candidate), gold, utility."""
+    rows = []
+    for item, out, utility in list(zip(td.items, outputs, utilities))[:n]:
+        prompt = item.prompts[0]
+        full = loaded.adapter.prompt(loaded.processor, prompt.user_text, reference_compat=compat)
+        output = out[0] if td.task.generative else [round(float(v), 4) for v in out]
+        rows.append(
+            {
+                "item": item.item_id,
+                "prompt": full,
+                "output": output,
+                "gold": td.task.target_texts(item),
+                "utility": float(utility),
+            }
+        )
+    return rows
 
 
 def compare(

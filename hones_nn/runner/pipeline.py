@@ -25,7 +25,8 @@ from hones_nn.engine.tables import (
 )
 from hones_nn.methods.base import RunContext, default_top_heads, get_method
 from hones_nn.tasks import get_task
-from hones_nn.tasks.task_data import prepare_task
+from hones_nn.tasks.task_data import TaskData, prepare_task
+from hones_nn.utils.io import OutputLock, check_output_path
 
 if TYPE_CHECKING:
     from hones_nn.models.loading import LoadedModel
@@ -46,6 +47,10 @@ class Runner:
     skip_bad: bool = False
     reference_compat: bool = False
     remote: object | None = None  # hones_nn.engine.remote.RemoteSettings: run every trace on NDIF
+    instructions: dict[str, str] | None = None  # the user's {task: instruction} (--instruction / --prompt-file)
+    allow_degenerate: bool = False  # run on even when the base utility is at its floor (results mean nothing)
+    recompute_heads: bool = False  # rank: recompute the head table even when a matching one exists
+    lock_wait: float = 0.0  # seconds to wait for another process writing the same output
     _engine: Engine | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +88,7 @@ class Runner:
             limit=self.limit,
             skip_bad=self.skip_bad,
             reference_compat=self.reference_compat,
+            instructions=self.instructions,
         )
         return RunContext(
             loaded=self.loaded,
@@ -109,6 +115,10 @@ class Runner:
             "n_skipped": len(ctx.td.skipped),
             "seed": self.seed,
             "utility": ctx.options.get("utility", "metric"),
+            "limit": self.limit,
+            "reference_compat": self.reference_compat,
+            "instruction": ctx.td.task.instruction_template(),
+            "instruction_source": "user" if (self.instructions or {}).get(ctx.td.task.name) else "built-in",
             "seconds": round(seconds, 3),
             "seconds_per_example": round(seconds / max(1, ctx.td.n), 5),
             "config": dict(config),
@@ -148,22 +158,62 @@ class Runner:
                 verify_top = 4 * default_top_heads(sizes.num_layers, sizes.num_heads)
             options["verify_top"] = int(verify_top)
             method, default_name = "atp-screen", f"{task}.heads-atp.parquet"
+        path = check_output_path(Path(out) if out else self.out_dir / default_name)
         ctx = self.context(task, options)
-        start = time.perf_counter()
-        result = get_method(method)().attribute(ctx)
-        seconds = time.perf_counter() - start
-        self.engine.assert_backend()
-        path = Path(out) if out else self.out_dir / default_name
-        meta = self._meta(ctx, method, result.meta, seconds)
-        write_head_table(
-            path,
-            result.scores,
-            result.extra["base_utility"],
-            result.extra["intervened"],
-            meta,
-            ranks=result.extra.get("ranks"),
-        )
+        with OutputLock(path, wait=self.lock_wait):
+            if utility == "metric":
+                self._check_base_metric(ctx)
+            start = time.perf_counter()
+            result = get_method(method)().attribute(ctx)
+            seconds = time.perf_counter() - start
+            self.engine.assert_backend()
+            if method == "vseam":  # the screen's base is its own teacher-forced U, whatever the utility
+                self._check_head_result(ctx, utility, result.extra["base_utility"])
+            meta = self._meta(ctx, method, result.meta, seconds)
+            write_head_table(
+                path,
+                result.scores,
+                result.extra["base_utility"],
+                result.extra["intervened"],
+                meta,
+                ranks=result.extra.get("ranks"),
+            )
         return read_table(path)
+
+    # ------------------------------------------------------------ results that mean nothing
+    PRECHECK_ITEMS = 16  # items whose clean metric is read before a head sweep
+
+    def _degenerate(self, what: str, ctx: RunContext) -> ValueError:
+        task = ctx.td.task
+        return ValueError(
+            f"{what}: no head can lower it, so the table would mean nothing. The prompt probably does not fit "
+            f"the model: {task.name} asks {task.instruction_template()!r} (model family {self.loaded.family}). "
+            f"See what the model answers with `hones-nn evaluate --task {task.name} --model "
+            f"{self.loaded.model_id} --split {ctx.td.split} --show 5`, then give the instruction it was trained "
+            "on with --instruction "
+            "TEXT or --prompt-file FILE; pass --allow-degenerate to run anyway"
+        )
+
+    def _check_base_metric(self, ctx: RunContext) -> None:
+        """Before a sweep: the clean task metric on the first items must be above its floor (0)."""
+        if self.allow_degenerate:
+            return
+        td = ctx.td
+        n = min(td.n, self.PRECHECK_ITEMS)
+        items = td.items[:n]
+        outputs = self.engine.run_task(td.task, items, td.images, batch_size=self.batch_size, progress=False)
+        base = td.task.corpus_metric(items, outputs)
+        if base <= 1e-9:
+            raise self._degenerate(f"the base {td.task.metric_name} on the first {n} items is {base:.4f}", ctx)
+
+    def _check_head_result(self, ctx: RunContext, utility: str, base: float) -> None:
+        """After a sweep (its shards are kept): a base at its floor stops here. (An all-zero
+        table from a base above the floor is written: few items can leave every head without
+        effect; ``rank`` refuses to be guided by it.)"""
+        if self.allow_degenerate:
+            return
+        if utility in ("metric", "prob") and base <= 1e-9:
+            raise self._degenerate(f"the base utility ({utility}) over {ctx.td.n} items is {base:.4f}", ctx)
 
     def rank(
         self,
@@ -182,9 +232,15 @@ class Runner:
         opts.setdefault("utility", utility)
         if cls.uses_top_heads:
             opts["top_heads"] = top_heads or default_top_heads(sizes.num_layers, sizes.num_heads)
+        path = check_output_path(Path(out) if out else self.out_dir / f"{task}.{method}.parquet")
+        ctx = self.context(task, opts)  # the items, their targets checked before any model runs
+        self.check_targets(ctx.td, cls.needs_targets)
+        reused = False
         if cls.needs_heads:
             if heads is None:
-                heads = self.heads(task, utility=utility)
+                heads = self.matching_heads(task, utility)
+                reused = heads is not None
+                heads = heads or self.heads(task, utility=utility)
             table = heads if isinstance(heads, ScoreTable) else read_table(heads)
             if table.kind != "heads":
                 raise ValueError(f"{table.path} is a {table.kind} table; --heads needs a table from `hones-nn heads`")
@@ -202,17 +258,93 @@ class Runner:
                     f"K_h = {opts['top_heads']}: HONES would weight the others by screen estimates (other units). "
                     f"Recompute it with --verify-top >= {opts['top_heads']} or pass --top-heads {len(verified)}"
                 )
+            if not self.allow_degenerate and not table.score.any():
+                base = float(table.table.column("base_utility")[0].as_py())
+                why = (
+                    "the prompt probably does not fit the model; see "
+                    f"`hones-nn evaluate --task {task} --split {self.split} --show 5` and fix it with "
+                    "--instruction / --prompt-file"
+                    if base <= 1e-9
+                    else "recompute it on more items (a larger --limit) or with --utility logprob"
+                )
+                raise ValueError(
+                    f"{table.path}: every head scores 0 (base utility {base:.4f}), so a ranking guided by it "
+                    f"means nothing: {why} (--recompute-heads), or pass --allow-degenerate"
+                )
             opts["heads_table"] = table
-        ctx = self.context(task, opts)
-        start = time.perf_counter()
-        result = cls().attribute(ctx)
-        seconds = time.perf_counter() - start
-        self.engine.assert_backend()
-        path = Path(out) if out else self.out_dir / f"{task}.{method}.parquet"
-        opts_meta = {k: (str(v.path) if isinstance(v, ScoreTable) else v) for k, v in opts.items()}
-        meta = self._meta(ctx, method, {**result.meta, "options": opts_meta}, seconds)
-        if result.kind == "heads":
-            write_head_table(path, result.scores, result.extra["base_utility"], result.extra["intervened"], meta)
-        else:
-            write_neuron_table(path, result.scores, meta)
+            ctx.options = opts
+        with OutputLock(path, wait=self.lock_wait):
+            start = time.perf_counter()
+            result = cls().attribute(ctx)
+            seconds = time.perf_counter() - start
+            self.engine.assert_backend()
+            opts_meta = {k: (str(v.path) if isinstance(v, ScoreTable) else v) for k, v in opts.items()}
+            extra = {**result.meta, "options": opts_meta}
+            if cls.needs_heads:
+                extra["heads_reused"] = reused
+            meta = self._meta(ctx, method, extra, seconds)
+            if result.kind == "heads":
+                write_head_table(path, result.scores, result.extra["base_utility"], result.extra["intervened"], meta)
+            else:
+                write_neuron_table(path, result.scores, meta)
         return read_table(path)
+
+    # ------------------------------------------------------------ checks before work
+    def check_targets(self, td: TaskData, needs: str | None) -> None:
+        """Every item's target tokens (``needs``: "direction" for u_y, "gold" for the gold
+        logit) are non-empty in this tokenizer, before anything runs; with ``skip_bad`` the
+        items without are dropped and counted, else a ValueError names the first."""
+        if needs is None:
+            return
+        tokenizer, task = self.loaded.tokenizer, td.task
+        context = task.direction_context(tokenizer, td.items) if needs == "direction" else None
+        keep = []
+        for item in td.items:
+            if needs == "direction":
+                ids = task.direction_tokens(tokenizer, item, context)[0]
+            else:
+                from hones_nn.tasks.targets import target_token_ids
+
+                ids = target_token_ids(tokenizer, task.attribution_prompt(item).answer or "")
+            if ids:
+                keep.append(item)
+                continue
+            reason = (
+                f"item {item.item_id!r}: the target {task.target_texts(item)[0]!r} has no non-special token in the "
+                f"tokenizer of {self.loaded.model_id}, so its target direction is undefined"
+            )
+            if not self.skip_bad:
+                raise ValueError(f"{reason}; pass --skip-bad to drop such items (they are counted), or fix the data")
+            td.skipped.append({"item_id": item.item_id, "reason": reason})
+        if not keep:
+            raise ValueError(f"task {task.name!r}: no item has a usable target in this tokenizer")
+        td.items[:] = keep
+
+    def matching_heads(self, task: str, utility: str) -> ScoreTable | None:
+        """The head table at OUT_DIR/TASK.heads.parquet when it was made with the same model,
+        data, split, limit, utility, instructions and reference_compat (None: compute it)."""
+        path = self.out_dir / f"{task}.heads.parquet"
+        if self.recompute_heads or not path.exists():
+            return None
+        table = read_table(path)
+        meta = table.meta
+        want_task = get_task(task, family=self.loaded.family, instructions=self.instructions)
+        same_model = (
+            self.loaded.weights_hash is not None and meta.get("weights_hash") == self.loaded.weights_hash
+        ) or (meta.get("model_id") == self.loaded.model_id and meta.get("weights_hash") == self.loaded.weights_hash)
+        from hones_nn.data import resolve_benchmark
+
+        wanted = {
+            "method": "vseam",
+            "task": task,
+            "dataset": str(resolve_benchmark(self.data)),
+            "split": self.split,
+            "limit": self.limit,
+            "utility": utility,
+            "reference_compat": self.reference_compat,
+            "instruction": want_task.instruction_template(),
+            "seed": self.seed,
+        }
+        if same_model and all(key in meta and meta[key] == value for key, value in wanted.items()):
+            return table
+        return None

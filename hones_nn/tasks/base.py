@@ -12,6 +12,7 @@ Tasks register themselves in :data:`TASKS` with :func:`register_task`; the CLI b
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from dataclasses import dataclass, field
@@ -27,14 +28,22 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def get_task(name: str, family: str = "llava", reference_compat: bool = False) -> Task:
-    """An instance of task ``name`` for a model ``family`` ("llava" or "qwen")."""
+def get_task(
+    name: str, family: str = "llava", reference_compat: bool = False, instructions: dict[str, str] | None = None
+) -> Task:
+    """An instance of task ``name`` for a model ``family`` ("llava" or "qwen"); ``instructions``
+    ({task: template}, e.g. from ``--instruction``) replace the built-in instructions."""
     from hones_nn.tasks import caption, ocr, retrieval, vqa  # noqa: F401  (registration)
 
     try:
-        return TASKS[name](family=family, reference_compat=reference_compat)
+        task = TASKS[name](family=family, reference_compat=reference_compat)
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}") from None
+    if instructions:
+        from hones_nn.tasks.prompts import check_instruction
+
+        task.instructions = {t: check_instruction(t, text) for t, text in instructions.items()}
+    return task
 
 
 class BadItemError(ValueError):
@@ -141,6 +150,31 @@ class Task:
     metric_name: ClassVar[str]
     generative: ClassVar[bool] = True  # False: scored by decision logits, no generation
     required_fields: ClassVar[tuple[str, ...]] = ()
+    instructions: dict[str, str] | None = None  # the user's {task: instruction}, replacing the built-in ones
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A task's ``make_item`` builds its prompts with the user's instructions
+        (:attr:`instructions`) in place of the built-in ones (``prompts.instruction`` reads them)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("make_item")
+        if own is None:
+            return
+
+        @functools.wraps(own)
+        def make_item(self, record: dict, row: int) -> Item:
+            from hones_nn.tasks.prompts import user_instructions
+
+            with user_instructions(self.instructions):
+                return own(self, record, row)
+
+        cls.make_item = make_item  # type: ignore[method-assign]
+
+    def instruction_template(self) -> str:
+        """The instruction template this task's prompts use (the user's, else the built-in one)."""
+        from hones_nn.tasks.prompts import INSTRUCTIONS
+
+        user = (self.instructions or {}).get(self.name)
+        return user if user is not None else INSTRUCTIONS[self.family][self.name]
 
     def __init__(self, family: str = "llava", reference_compat: bool = False):
         """``family``: the model's prompt family ("llava" or "qwen"); ``reference_compat``:
@@ -162,6 +196,8 @@ class Task:
                 f"the dataset has no {', '.join(missing)} field(s), which task {self.name!r} needs; "
                 "use a benchmark built by `hones-nn data build-synthetic` or an importer"
             )
+        if limit is not None and limit < 1:
+            raise ValueError(f"--limit must be at least 1 (got {limit}); omit it to use the whole split")
         rows = dataset.with_format(None).select_columns(["image_id", *self.required_fields])
         items, skipped = [], []
         n = len(rows) if limit is None else min(limit, len(rows))

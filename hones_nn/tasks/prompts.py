@@ -7,6 +7,12 @@ module only says what the user turn contains.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import string
+from collections.abc import Iterator
+from pathlib import Path
+
 TASK_NAMES = ("vqa", "ocr", "caption", "retrieval")
 
 # family -> task -> instruction template
@@ -44,7 +50,11 @@ NO_WORD = "No"
 
 def instruction(family: str, task: str, reference_compat: bool = False, **fields: str) -> str:
     """The user-turn text of ``task`` for a model ``family`` ("llava" or "qwen");
-    ``reference_compat``: the official code's one set for every family."""
+    ``reference_compat``: the official code's one set for every family. A user's
+    instruction (:func:`user_instructions`) replaces the built-in one in both modes."""
+    override = (_USER_INSTRUCTIONS.get() or {}).get(task)
+    if override is not None:
+        return override.format(**fields)
     try:
         templates = REFERENCE_INSTRUCTIONS if reference_compat and family in INSTRUCTIONS else INSTRUCTIONS[family]
     except KeyError:
@@ -54,3 +64,96 @@ def instruction(family: str, task: str, reference_compat: bool = False, **fields
     except KeyError:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}") from None
     return template.format(**fields)
+
+
+# ---------------------------------------------------------------- the user's own instructions
+# A researcher's checkpoint may be trained on other instructions than those above. The
+# user's (``--instruction`` / ``--prompt-file``, ``Task.instructions``) replace them while a
+# task builds its items (``Task.items`` enters :func:`user_instructions`).
+
+_USER_INSTRUCTIONS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "hones_user_instructions", default=None
+)
+
+# the fields each task's instruction is formatted with; the required ones must appear
+INSTRUCTION_FIELDS: dict[str, tuple[str, ...]] = {"vqa": ("question",), "retrieval": ("candidate",)}
+
+
+@contextlib.contextmanager
+def user_instructions(instructions: dict[str, str] | None) -> Iterator[None]:
+    token = _USER_INSTRUCTIONS.set(dict(instructions or {}))
+    try:
+        yield
+    finally:
+        _USER_INSTRUCTIONS.reset(token)
+
+
+def check_instruction(task: str, template: str, source: str = "--instruction") -> str:
+    """``template`` if it is a usable instruction of ``task``, else a ValueError naming the fix."""
+    if task not in TASK_NAMES:
+        raise ValueError(f"{source}: unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"{source}: the {task} instruction must be a non-empty text, not {template!r}")
+    allowed = INSTRUCTION_FIELDS.get(task, ())
+    try:
+        used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(
+            f"{source}: the {task} instruction {template!r} is not a valid template ({exc}); write a literal "
+            "brace as {{ or }}"
+        ) from None
+    unknown = sorted(used - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{source}: the {task} instruction uses unknown field(s) {unknown}; {task} fills "
+            f"{', '.join('{' + f + '}' for f in allowed) or 'no field'} (write a literal brace as {{ or }})"
+        )
+    missing = [f for f in allowed if f not in used]
+    if missing:
+        raise ValueError(
+            f"{source}: the {task} instruction must contain {', '.join('{' + f + '}' for f in missing)}, where "
+            "each item's text goes; without it every item gets the same prompt"
+        )
+    return template
+
+
+def read_prompt_file(path: str | Path) -> dict[str, str]:
+    """{task: instruction} from a YAML or JSON file: ``vqa: "..."`` or ``vqa: {instruction: "..."}``."""
+    import json
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # the parser's own error, with the file named
+        raise ValueError(f"--prompt-file {path}: cannot parse it ({exc}); give YAML or JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--prompt-file {path}: expected a mapping task -> instruction, e.g. 'vqa: \"...\"'")
+    out = {}
+    for task, value in data.items():
+        if isinstance(value, dict):
+            extra = sorted(set(value) - {"instruction"})
+            if extra:
+                raise ValueError(
+                    f"--prompt-file {path}: task {task!r} has unknown key(s) {extra}; the only key is 'instruction'"
+                )
+            value = value.get("instruction")
+        out[str(task)] = check_instruction(str(task), value, f"--prompt-file {path}")
+    return out
+
+
+def resolve_instructions(
+    task: str | None, instruction_text: str | None, prompt_file: str | Path | None
+) -> dict[str, str] | None:
+    """The user's {task: instruction} from ``--prompt-file`` and ``--instruction`` (for ``task``)."""
+    out = read_prompt_file(prompt_file) if prompt_file else {}
+    if instruction_text is not None:
+        if task is None:
+            raise ValueError("--instruction needs --task (use --prompt-file for several tasks)")
+        out[task] = check_instruction(task, instruction_text)
+    return out or None

@@ -33,10 +33,13 @@ def prepare_task(
     limit: int | None = None,
     skip_bad: bool = False,
     reference_compat: bool = False,
+    instructions: dict[str, str] | None = None,
 ) -> TaskData:
+    """The items of ``task_name`` on ``split``; ``instructions`` ({task: template}) replace the
+    built-in task instructions."""
     root = resolve_benchmark(data)
     dataset = load_split(root, split)
-    task = get_task(task_name, family=loaded.family, reference_compat=reference_compat)
+    task = get_task(task_name, family=loaded.family, reference_compat=reference_compat, instructions=instructions)
     images = ImageSource(dataset)
     items, skipped = task.items(dataset, limit=limit, skip_bad=skip_bad, images=images)
     return TaskData(task, items, images, skipped, str(root), split)

@@ -53,3 +53,103 @@ def read_safetensors(path: str | os.PathLike, label: str, hint: str = "") -> tup
             return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})  # noqa: SIM118
     except Exception as exc:
         raise ValueError(f"{label} is not a readable safetensors file ({exc}){hint}") from None
+
+
+def check_output_path(path: str | os.PathLike, option: str = "--out") -> Path:
+    """A clear error, before any work, unless a table can be written to ``path``: it must not
+    be a directory, and its folder must exist or be creatable and be writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is an existing directory; give a file name (e.g. {path / 'scores.parquet'})")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot create the output folder {folder} for {option} ({exc.strerror or exc}); "
+            "choose a folder you can write to"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".hones-write-check-")
+    except OSError as exc:
+        raise ValueError(
+            f"the output folder {folder} of {option} is not writable ({exc.strerror or exc}); "
+            "choose a folder you can write to, or fix its permissions"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class OutputLock:
+    """A lock file ``PATH.lock`` (holding the writer's pid) around the run that writes ``path``.
+
+    A second process that would write the same output stops with a message naming the pid
+    that holds it (``wait=0``) or waits up to ``wait`` seconds for it; a lock left by a
+    process that no longer runs is taken over."""
+
+    def __init__(self, path: str | os.PathLike, wait: float = 0.0, poll: float = 1.0):
+        self.path = Path(path)
+        self.lock = self.path.with_name(self.path.name + ".lock")
+        self.wait = wait
+        self.poll = poll
+        self._held = False
+
+    def _holder(self) -> int | None:
+        try:
+            text = self.lock.read_text().strip()
+        except FileNotFoundError:
+            return None
+        try:
+            return int(text.split()[0])
+        except (ValueError, IndexError):
+            return None
+
+    def acquire(self) -> None:
+        import time
+
+        deadline = time.monotonic() + self.wait
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = self._holder()
+                if pid is None or not _pid_alive(pid):  # stale: its writer died
+                    self.lock.unlink(missing_ok=True)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise ValueError(
+                        f"another hones-nn process (pid {pid}) is writing {self.path} (lock {self.lock}); wait "
+                        "for it to finish (its finished work is reused when you rerun), or give another "
+                        "--out / --out-dir"
+                    ) from None
+                time.sleep(self.poll)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            self._held = True
+            return
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            if self._holder() == os.getpid():
+                self.lock.unlink(missing_ok=True)
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

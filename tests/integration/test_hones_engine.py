@@ -878,14 +878,14 @@ def test_nan_scores_are_refused_naming_the_first_neuron(tmp_path):
 
 def test_empty_split_is_a_clear_error(embedded, embedded_engine, benchmark_dir, tmp_path):
     runner = runner_for(embedded, embedded_engine, tmp_path, limit=0)
-    with pytest.raises(ValueError, match="no usable examples"):
+    with pytest.raises(ValueError, match=r"--limit must be at least 1 \(got 0\)"):
         runner.heads("vqa", utility="logprob")
-    with pytest.raises(ValueError, match="no usable examples"):
+    with pytest.raises(ValueError, match=r"--limit must be at least 1 \(got 0\)"):
         runner.rank("vqa", "hones-nohead")
     result = CliRunner().invoke(
         cli, ["rank", "--task", "vqa", "--method", "hones-nohead", "--limit", "0", "--out-dir", str(tmp_path / "cli")]
     )
-    assert result.exit_code == 2 and "no usable examples" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--limit': 0 is not in the range x>=1" in result.output
     with pytest.raises(ValueError, match="the split has no examples"):
         ShardedRun(None, {}, n_items=0, shard_size=4)
 

@@ -448,3 +448,34 @@ def test_ocr_box_drawn_by_default_kept_out_on_request(first_records, standin_ima
     whole = tmp_path / "w.json"
     whole.write_text(json.dumps({"data": first_records[:n], "ocr_box_drawn": True}))
     assert import_hones(whole, standin_images, tmp_path / "w", progress=False)["ocr_box_drawn"] == 0
+
+
+@needs_hones_json
+def test_records_carrying_only_the_studied_tasks(first_records, standin_images, tmp_path):
+    """Issue 15: a VQA-only record set imports with --tasks vqa; missing tasks are counted,
+    and running a task the records lack names the item."""
+    records = copy.deepcopy(first_records[:6])
+    for record in records:
+        del record["ocr"], record["captions"]
+    path = _write_records(tmp_path / "vqa-only.json", records)
+    with pytest.raises(BadRecordError, match=r"field captions is missing"):  # all four tasks by default
+        import_hones(path, standin_images, tmp_path / "strict", progress=False)
+    report = import_hones(path, standin_images, tmp_path / "vqa", tasks=["vqa"], progress=False)
+    assert report["n_written"] == 6 and report["n_skipped"] == 0
+    assert report["missing_task_fields"] == {"caption": 6, "ocr": 6}
+    assert read_manifest(tmp_path / "vqa")["tasks"] == ["vqa"]
+    split = load_split(tmp_path / "vqa", "dev")
+    assert [r["vqa"]["question"] for r in split] == [r["vqa"]["question"] for r in records]
+    # the image is the record's own, with no OCR box drawn
+    first = records[0]["image_info"]
+    assert _decode(split[0]["image"]).shape == (first["height"], first["width"], 3)
+    assert (_decode(split[0]["image"]) == (60, 140, 90)).all()
+
+    from hones_nn.tasks import get_task
+
+    items, _ = get_task("vqa").items(split)
+    assert len(items) == 6
+    with pytest.raises(ValueError, match=r"OCR item .* (empty|no)"):
+        get_task("ocr").items(split)
+    with pytest.raises(ValueError, match=r"--tasks: unknown task\(s\) \['vqqa'\]"):
+        import_hones(path, standin_images, tmp_path / "x", tasks=["vqqa"], progress=False)
