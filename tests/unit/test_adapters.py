@@ -137,7 +137,7 @@ def test_parse_dtype():
 
 def test_missing_embedded_model_says_how_to_train(tmp_path, monkeypatch):
     monkeypatch.setitem(loading.EMBEDDED_MODELS, "tiny-missing", tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match=re.escape("python -m hones_nn.embedded.train")):
+    with pytest.raises(FileNotFoundError, match=re.escape("hones-nn train-embedded --recipe --out-dir")):
         load_model("tiny-missing")
 
 
