@@ -48,7 +48,22 @@ def summary(stderr: str) -> str:
 @pytest.fixture(scope="module")
 def local_rank(tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    res = hones("rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--out-dir", str(out), "--json")
+    # logprob heads: on 4 items the metric utility scores every head 0, which rank refuses (issue 15)
+    # and which would leave HONES no head pass to run remotely (issue 14)
+    res = hones(
+        "rank",
+        "--task",
+        "vqa",
+        "--method",
+        "hones",
+        "--limit",
+        "4",
+        "--utility",
+        "logprob",
+        "--out-dir",
+        str(out),
+        "--json",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
@@ -63,6 +78,8 @@ def test_rank_hones_remote_equals_local_and_leaks_no_key(ndif_host, local_rank, 
         "hones",
         "--limit",
         "4",
+        "--utility",
+        "logprob",
         "--out-dir",
         str(out),
         "--remote",
@@ -111,7 +128,8 @@ def test_evaluate_remote_equals_local(ndif_host, local_rank, capsys):
 
 
 def test_dry_run_counts_the_requests_and_sends_nothing(ndif_host, tmp_path, capsys):
-    args = ["rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--remote", "--ndif-host", ndif_host]
+    args = ["rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--utility", "logprob"]
+    args += ["--remote", "--ndif-host", ndif_host]
     dry = hones(*args, "--out-dir", str(tmp_path / "dry"), "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
     real = hones(*args, "--out-dir", str(tmp_path / "real"))
