@@ -204,8 +204,8 @@ def evaluate(
             engine, td, None, random_seeds=random_control or 5, k=k, batch_size=batch_size, progress=progress
         )
     else:
-        table = _table(mask, "mask")
-        table = read_neuron_table(table.path, loaded, "mask")
+        path = mask if isinstance(mask, (str, Path)) else _table(mask, "mask").path  # a path is read once
+        table = read_neuron_table(path, loaded, "--mask")
         neurons = table.top_ratio(top_ratio)
         result = masked_evaluation(
             engine, td, neurons, random_seeds=random_control, batch_size=batch_size, progress=progress
