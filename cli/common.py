@@ -109,7 +109,7 @@ def remote_options(fn):
             return fn(*args, **kwargs)
         import tempfile
 
-        from hones_nn.engine.remote import RemoteSettings, check_server, model_hosted, summary_lines
+        from hones_nn.engine.remote import RemoteSettings, check_server, summary_lines
 
         settings = RemoteSettings(mode="plan" if dry_run else "ndif", host=ndif_host, timeout_s=remote_timeout)
         if not dry_run:
@@ -136,16 +136,11 @@ def remote_options(fn):
         for session in settings.sessions:  # fails loudly if the model ran a forward here, not on the server
             session.assert_no_local_forward()
         if dry_run:
-            sessions = [s for s in settings.sessions if s.model_key]
-            if sessions:
-                try:
-                    check_server(settings.host)
-                    ok, message = model_hosted(settings.host, sessions[0].model_key, sessions[0].repo_id)
-                except Exception as exc:
-                    ok, message = False, str(exc)
-                click.echo(("server check: " if ok else "server check FAILED: ") + message, err=True)
-                if not ok:
-                    sys.exit(3)
+            click.echo(
+                "the dry run contacted no server and read no weights; check that the server hosts the model with "
+                "`hones-nn remote check --model MODEL`",
+                err=True,
+            )
         return result
 
     options = [
@@ -165,8 +160,9 @@ def remote_options(fn):
             "--dry-run",
             is_flag=True,
             default=False,
-            help="With --remote: send nothing; run the requests in-process and print how many there would "
-            "be, the bytes up and down, and whether the server hosts the model.",
+            help="With --remote: contact no server and read no weights: every request is serialized as it would be "
+            "sent and run on fake tensors (shapes only, as nnsight's scan); prints how many requests there would be "
+            "and the bytes up and down. Tables go to a scratch folder (their values are stand-ins).",
         ),
         click.option(
             "--remote-timeout",
@@ -219,10 +215,19 @@ task_option = click.option("--task", required=True, type=click.Choice(TASK_NAMES
 
 
 def load(model_name, dtype, device, device_map, trust_remote_code):
+    """The command's model: with --remote or --dry-run, its config, processor and a
+    meta-device model only (the weights stay on the server; none are read here)."""
     from hones_nn.models.loading import load_model
 
+    remote = current_remote()
+    weights = remote is None or remote.mode == "local"
     return load_model(
-        model_name, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code
+        model_name,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+        weights=weights,
     )
 
 

@@ -67,6 +67,10 @@ class Engine:
 
             self.remote = RemoteSession(remote)
             self.envoy = build_remote_model(loaded, self.remote)
+            if not loaded.has_weights and remote.mode == "local":
+                raise ValueError(
+                    "the in-process rehearsal of remote runs needs the model's weights; load it with weights"
+                )
             if remote.mode == "ndif":  # the local weights must never run a forward: count any that does
                 session = self.remote
 
@@ -80,7 +84,9 @@ class Engine:
         # EOS is forbidden for the first min_new_tokens steps (as transformers' min_new_tokens);
         # used to time fixed-length generations
         self.min_new_tokens = min_new_tokens
-        self.device = next(loaded.model.parameters()).device
+        # a weightless remote client's model lives on the meta device: inputs stay on the
+        # CPU and the server moves them to its own device
+        self.device = next(loaded.model.parameters()).device if loaded.has_weights else torch.device("cpu")
         self.tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
 
     def __getstate__(self) -> dict:
@@ -101,6 +107,12 @@ class Engine:
         if self.remote is None:
             return "local"
         return "ndif" if self.remote.settings.mode == "ndif" else "remote-local"
+
+    @property
+    def dry_run(self) -> bool:
+        """A --dry-run engine: requests are serialized and sized, not run; the values its
+        traces hand back are stand-ins of the right shapes (no checks on them apply)."""
+        return self.remote is not None and self.remote.settings.mode == "plan"
 
     def assert_backend(self) -> None:
         """Fail loudly when a remote run's traces did not go through the remote backend."""
@@ -146,8 +158,17 @@ class Engine:
         edits = intervention.edits(batch_size)
         try:
             if self.remote is not None:
+                from hones_nn.engine.remote import plan_standins
+
+                max_new, vocab = self.max_new_tokens, self.adapter.sizes(self.model).vocab_size
+
+                def standins(batch_size=batch_size, max_new=max_new, vocab=vocab):
+                    # --dry-run: the token ids a server would send back, one [B] tensor per step
+                    g = torch.Generator().manual_seed(batch_size * 7919 + max_new)
+                    return {"steps": [torch.randint(0, vocab, (batch_size,), generator=g) for _ in range(max_new)]}
+
                 # the model's own generate, by name (a bound method cannot travel)
-                with envoy.generate(**inputs, generation_config=greedy) as tracer:
+                with plan_standins(standins), envoy.generate(**inputs, generation_config=greedy) as tracer:
                     steps = nnsight.save([])
                     for _ in tracer.iter[:]:
                         apply_edits(envoy, adapter, edits)

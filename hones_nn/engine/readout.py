@@ -51,6 +51,47 @@ def write_out_projection(loaded, layer: int, vectors: torch.Tensor) -> torch.Ten
     return (vectors.to(W.device, torch.float32) @ W.float()).double().cpu()
 
 
+# ---------------------------------------------------------------- weight reads inside a trace
+#
+# A remote client holds no weights (``LoadedModel.has_weights`` False): the readout
+# weights are read where the model is, inside the trace body, and only the reduced values
+# come back. These helpers run inside ``with engine.envoy.trace(...)``: locally on the
+# loaded weights, on NDIF on the server's (shipped by value with the request), and in a
+# dry run on the meta weights under fake tensors. Local and remote runs therefore compute
+# the same numbers the same way.
+
+
+def target_token_rows(ids: Sequence[int], weights: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One target as tensors that travel with a request: (ids long [n], weights float32 [n])."""
+    return torch.tensor(list(ids), dtype=torch.long), torch.tensor(list(weights), dtype=torch.float32)
+
+
+def direction_rows(W_U, targets: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Inside a trace: u per target, [n, hidden] float32 on W_U's device, unit norm (eps
+    1e-12): the weighted mean of the unembedding rows W_U[ids] (``target_token_rows``)."""
+    rows = []
+    for ids, w in targets:
+        w = w.to(W_U.device)
+        u = (W_U.index_select(0, ids.to(W_U.device)).float() * w[:, None]).sum(0) / w.sum()
+        rows.append(u / u.norm().clamp_min(1e-12))
+    return torch.stack(rows)
+
+
+def contribution_read(z, proj):
+    """A ``down_proj_input`` read: z(T) * <W_down[:, i], u> per neuron, [rows, d_ff] float32 CPU."""
+    return (z[:, -1].float() * proj.to(z.device)).cpu()
+
+
+def projected_write_outs(envoy, adapter, u: torch.Tensor, num_layers: int) -> list[torch.Tensor]:
+    """Inside a trace: W_down^T u for every layer, each [rows, d_ff] float32 (on the
+    weights' device): the neuron-wise readout of direction u, never sent over the wire."""
+    out = []
+    for layer in range(num_layers):
+        W = adapter.down_proj(envoy, layer).weight  # [hidden, d_ff]
+        out.append(u.to(W.device) @ W.float())
+    return out
+
+
 def encode_attribution_prompts(engine, td, items: Sequence[Item]) -> Encoded:
     """The items' attribution prompts (no answers), one left-padded batch."""
     prompts = [td.task.attribution_prompt(item) for item in items]

@@ -49,6 +49,35 @@ DEFAULT_HOST = "http://127.0.0.1:8001"
 _SCOPE: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("hones_remote_scope", default=None)
 
 
+# --dry-run: the stand-in values of the next request's saved names, for a block that cannot
+# run on fake tensors (a generation's decode loop stops on the values it produces)
+_PLAN_STANDINS: contextvars.ContextVar = contextvars.ContextVar("hones_plan_standins", default=None)
+
+
+@contextlib.contextmanager
+def plan_standins(make) -> Iterator[None]:
+    """Inside the block, a dry-run request does not execute: ``make()`` gives the values
+    (a {name: value} dict of the caller's saved names) the server would send back, of the
+    same shapes; a real remote run ignores it."""
+    token = _PLAN_STANDINS.set(make)
+    try:
+        yield
+    finally:
+        _PLAN_STANDINS.reset(token)
+
+
+def _tensor_bytes(value) -> int:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
 class RemoteRunError(RuntimeError):
     """A remote request failed (server error, unreachable server, model not hosted)."""
 
@@ -134,7 +163,12 @@ class RemoteStats:
     retries: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    bytes_up_max: int = 0  # the largest single request
     latencies: list[float] = field(default_factory=list)
+
+    def sent(self, size: int) -> None:
+        self.bytes_up += size
+        self.bytes_up_max = max(self.bytes_up_max, size)
 
     def as_dict(self) -> dict:
         lat = sorted(self.latencies)
@@ -145,6 +179,7 @@ class RemoteStats:
             "retries": self.retries,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
+            "bytes_up_max": self.bytes_up_max,
             "latency_mean_s": round(sum(lat) / len(lat), 4) if lat else None,
             "latency_median_s": round(lat[len(lat) // 2], 4) if lat else None,
         }
@@ -396,20 +431,46 @@ class RemoteSession:
         return result
 
     def run_local(self, model, tracer) -> None:
-        """Rehearsal (``local``) and --dry-run (``plan``): serialize exactly as a remote
-        request (bytes up), deserialize with the project's modules hidden, run in-process,
-        and measure what the server would send back (the saved values, zstd-compressed)."""
+        """Rehearsal (``local``): serialize exactly as a remote request (bytes up),
+        deserialize with the project's modules hidden (an installed ``hones_nn`` too: code
+        not shipped by value fails here as it would on the server), run in-process on the
+        real weights."""
         from nnsight.intervention.backends.local import LocalSimulationBackend
         from nnsight.schema.request import RequestModel
 
         start = time.perf_counter()
         _next_label()
-        self.stats.bytes_up += len(RequestModel.serialize(tracer, compress=True))
-        LocalSimulationBackend(model)(tracer)
+        self.stats.sent(len(RequestModel.serialize(tracer, compress=True)))
+        with _project_hidden():
+            LocalSimulationBackend(model)(tracer)
         self.stats.requests += 1
         self.stats.latencies.append(time.perf_counter() - start)
-        if self.settings.mode == "plan":
-            self.stats.bytes_down += _saved_bytes(tracer)
+
+    def run_plan(self, model, tracer) -> None:
+        """--dry-run (``plan``): serialize the request exactly as it would be sent (bytes
+        up, nothing sent), run the block on the meta-device model under fake tensors as
+        nnsight's ``scan`` does (shapes only: no weights, no compute), size what the server
+        would send back from the saved values' shapes, and hand the caller stand-in values
+        of those shapes so the run goes on to its next request. The stand-ins are seeded
+        noise: the run's tables mean nothing and a dry run writes none."""
+        from nnsight.schema.request import RequestModel
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+        start = time.perf_counter()
+        _next_label()
+        self.stats.sent(len(RequestModel.serialize(tracer, compress=True)))
+        standins = _PLAN_STANDINS.get()
+        if standins is not None:  # a generation: its decode loop cannot run on fake tensors
+            values = standins()
+            self.stats.bytes_down += _tensor_bytes(values)
+            _push_result(values, tracer)
+        else:
+            with FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv(assume_static_by_default=True)):
+                tracer.execute(tracer.info.code)
+            self.stats.bytes_down += _realize_saved(tracer, self.stats.requests)
+        self.stats.requests += 1
+        self.stats.latencies.append(time.perf_counter() - start)
 
 
 class HonesRemoteBackend(Backend):
@@ -422,7 +483,9 @@ class HonesRemoteBackend(Backend):
         self.session = session
 
     def __call__(self, tracer):
-        if self.session.settings.mode in ("local", "plan"):
+        if self.session.settings.mode == "plan":
+            return self.session.run_plan(self.model, tracer)
+        if self.session.settings.mode == "local":
             return self.session.run_local(self.model, tracer)
         return self.session.run_ndif(self.model, tracer)
 
@@ -433,7 +496,7 @@ def _counting_backend(model_key, host, job_id, stats: RemoteStats):
     class _Counting(RemoteBackend):
         def _serialize(self, tracer):
             blob = super()._serialize(tracer)
-            stats.bytes_up += len(blob)
+            stats.sent(len(blob))
             return blob
 
         def finalize(self, content):
@@ -457,36 +520,77 @@ def _push_result(result: dict, tracer) -> None:
         push(tracer.info.frame, result)
 
 
-def _saved_bytes(tracer) -> int:
-    """Estimated size of what a server would send back for this trace: the raw bytes of
-    every saved tensor (and the text of any other saved value), zstd-compressed as the
-    server compresses its answer. Nothing is pickled."""
+def _realize_saved(tracer, seed: int) -> int:
+    """Replace the fake tensors a plan-mode block left in the caller's frame (saved
+    values, and the lists / dicts holding them) by real tensors of the same shape and
+    dtype: seeded standard-normal floats, integers in [0, 2); return their size in bytes
+    as the server would send them (raw, before compression: an upper bound)."""
     import torch
-    import zstandard
-    from nnsight.tracing.tracer import _saves
+    from nnsight.tracing.util import push
+    from torch._subclasses.fake_tensor import FakeTensor
 
     frame = tracer.info.frame if tracer.info is not None else None
     if frame is None:
         return 0
-    saves = _saves()
-    chunks: list[bytes] = []
+    generator = torch.Generator().manual_seed(1_000_003 + seed)
+    total = [0]
 
-    def collect(value) -> None:
-        if isinstance(value, torch.Tensor):
-            chunks.append(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(value, dict):
-            for item in value.values():
-                collect(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                collect(item)
-        else:
-            chunks.append(repr(value).encode())
+    def real(value):
+        if isinstance(value, FakeTensor):
+            total[0] += value.numel() * value.element_size()
+            if value.dtype.is_floating_point:
+                return torch.randn(tuple(value.shape), generator=generator).to(value.dtype)
+            if value.dtype == torch.bool:
+                return torch.zeros(tuple(value.shape), dtype=torch.bool)
+            return torch.randint(0, 2, tuple(value.shape), generator=generator).to(value.dtype)
+        if isinstance(value, list):
+            value[:] = [real(v) for v in value]
+            return value
+        if isinstance(value, dict):
+            for key in list(value):
+                value[key] = real(value[key])
+            return value
+        if isinstance(value, tuple):
+            return type(value)(real(v) for v in value) if not hasattr(value, "_fields") else value
+        return value
 
-    for value in frame.f_locals.values():
-        if id(value) in saves:
-            collect(value)
-    return len(zstandard.ZstdCompressor(level=3).compress(b"".join(chunks)))
+    changed = {}
+    for name, value in list(frame.f_locals.items()):
+        if isinstance(value, (FakeTensor, list, dict, tuple)):
+            new = real(value)
+            if new is not value:
+                changed[name] = new
+    if changed:
+        push(frame, changed)
+        from nnsight.tracing.tracer import mark
+
+        for value in changed.values():
+            mark(value)
+    return total[0]
+
+
+@contextlib.contextmanager
+def _project_hidden() -> Iterator[None]:
+    """While deserializing a rehearsed request, make ``hones_nn`` unimportable, as on a
+    server that does not have it installed (nnsight's rehearsal hides the project's
+    folders from ``sys.path`` but an installed package is found again by its finder)."""
+    import importlib.abc
+    import sys
+
+    class _Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname == "hones_nn" or fullname.startswith("hones_nn."):
+                raise ModuleNotFoundError(
+                    f"No module named {fullname!r} (hidden: the NDIF server does not have hones_nn installed)"
+                )
+            return None
+
+    blocker = _Blocker()
+    sys.meta_path.insert(0, blocker)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(blocker)
 
 
 def _message(exc) -> str:
@@ -514,8 +618,10 @@ def _transient(exc) -> bool:
 def build_remote_model(loaded, session: RemoteSession):
     """nnsight TransformersModel of ``loaded`` whose traces go through ``session``.
 
-    ``ndif``: built from the repo id or local path (meta weights: the server holds the
-    real ones). ``local`` rehearsal: wraps the loaded module, so it runs on real weights."""
+    ``ndif`` and ``plan`` (--dry-run): nnsight's model built from the repo id or local
+    path, never dispatched: meta weights (the server holds the real ones; a dry run
+    executes on fake tensors). ``local`` rehearsal: wraps the loaded module, so it runs on
+    real weights."""
     from hones_nn.models.loading import resolve_model_path
 
     cls = _transformers_model_class()
@@ -524,7 +630,7 @@ def build_remote_model(loaded, session: RemoteSession):
     if local:
         path = str(Path(path).resolve())
         _seed_model_id(path)
-    if session.settings.mode in ("local", "plan"):
+    if session.settings.mode == "local":
         model = cls(loaded.model, task=task, processor=loaded.processor)
         model.repo_id = path  # the key a server would be asked for
     else:
@@ -601,12 +707,13 @@ def summary_lines(settings: RemoteSettings) -> list[str]:
         total.retries += st.retries
         total.bytes_up += st.bytes_up
         total.bytes_down += st.bytes_down
+        total.bytes_up_max = max(total.bytes_up_max, st.bytes_up_max)
         total.latencies.extend(st.latencies)
     d = total.as_dict()
     if settings.mode == "plan":
         return [
-            f"dry run: {d['requests']} request(s) to {settings.host}, about {d['bytes_up'] / 1e6:.2f} MB up and "
-            f"{d['bytes_down'] / 1e6:.2f} MB down (nothing was sent)"
+            f"dry run: {d['requests']} request(s) to {settings.host}, about {d['bytes_up'] / 1e6:.3f} MB up "
+            f"(largest {d['bytes_up_max'] / 1e6:.3f} MB) and {d['bytes_down'] / 1e6:.3f} MB down (nothing was sent)"
         ]
     return [
         f"remote ({settings.mode}, {settings.host or 'in-process'}): {d['requests']} request(s), "

@@ -196,7 +196,7 @@ class Runner:
 
     def _check_base_metric(self, ctx: RunContext) -> None:
         """Before a sweep: the clean task metric on the first items must be above its floor (0)."""
-        if self.allow_degenerate:
+        if self.allow_degenerate or self.engine.dry_run:  # a dry run's values are stand-ins
             return
         td = ctx.td
         n = min(td.n, self.PRECHECK_ITEMS)
@@ -210,7 +210,7 @@ class Runner:
         """After a sweep (its shards are kept): a base at its floor stops here. (An all-zero
         table from a base above the floor is written: few items can leave every head without
         effect; ``rank`` refuses to be guided by it.)"""
-        if self.allow_degenerate:
+        if self.allow_degenerate or self.engine.dry_run:  # a dry run's values are stand-ins
             return
         if utility in ("metric", "prob") and base <= 1e-9:
             raise self._degenerate(f"the base utility ({utility}) over {ctx.td.n} items is {base:.4f}", ctx)
@@ -258,7 +258,7 @@ class Runner:
                     f"K_h = {opts['top_heads']}: HONES would weight the others by screen estimates (other units). "
                     f"Recompute it with --verify-top >= {opts['top_heads']} or pass --top-heads {len(verified)}"
                 )
-            if not self.allow_degenerate and not table.score.any():
+            if not (self.allow_degenerate or self.engine.dry_run) and not table.score.any():
                 base = float(table.table.column("base_utility")[0].as_py())
                 why = (
                     "the prompt probably does not fit the model; see "
