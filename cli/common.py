@@ -93,27 +93,35 @@ def current_remote():
 
 
 def remote_options(fn):
-    """--remote, --ndif-host, --dry-run, --remote-timeout.
+    """--remote, --ndif-host, --dry-run, --remote-timeout, --remote-retry-budget.
 
     The command body reads the settings with :func:`current_remote` and hands them to
     its Engine / Runner. The API key comes from NDIF_API_KEY or nnsight's config and is
     never printed. --dry-run runs every request in-process (serialized exactly as it would
     be sent: nothing is sent), writes tables to a temporary folder, then prints the number
-    of requests, the bytes up and down, and whether the server hosts the model."""
+    of requests, the bytes up and down, and whether the server hosts the model. Before a real
+    run, the server's status is read as nnsight reads it (a clear error when none answers) and
+    Python / package drift between this client and the server is printed as warnings."""
 
     @functools.wraps(fn)
-    def wrapper(*args, remote, ndif_host, dry_run, remote_timeout, **kwargs):
+    def wrapper(*args, remote, ndif_host, dry_run, remote_timeout, remote_retry_budget, **kwargs):
         if not remote:
             if dry_run:
                 raise ValueError("--dry-run goes with --remote")
             return fn(*args, **kwargs)
         import tempfile
 
-        from hones_nn.engine.remote import RemoteSettings, check_server, summary_lines
+        from hones_nn.engine.remote import RemoteSettings, preflight, summary_lines
 
-        settings = RemoteSettings(mode="plan" if dry_run else "ndif", host=ndif_host, timeout_s=remote_timeout)
-        if not dry_run:
-            check_server(settings.host)  # a clear error before any work
+        settings = RemoteSettings(
+            mode="plan" if dry_run else "ndif",
+            host=ndif_host,
+            timeout_s=remote_timeout,
+            retry_budget_s=remote_retry_budget,
+        )
+        if not dry_run:  # a clear error before any work; version drift as warnings
+            for line in preflight(settings):
+                click.echo(f"warning: {line}", err=True)
         token = _REMOTE.set(settings)
         tmp = None
         try:
@@ -170,6 +178,15 @@ def remote_options(fn):
             default=1800.0,
             show_default=True,
             help="Seconds one remote request may take (a timed-out job stays in the checkpoint: rerun to re-attach).",
+        ),
+        click.option(
+            "--remote-retry-budget",
+            type=click.FloatRange(min=0),
+            default=600.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="How long connection errors and 5xx / 429 answers are retried (jittered exponential backoff, "
+            "or the server's Retry-After) before a request fails; 0: no retries.",
         ),
     ]
     for option in reversed(options):

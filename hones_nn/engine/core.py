@@ -118,8 +118,7 @@ class Engine:
         """Fail loudly when a remote run's traces did not go through the remote backend."""
         if self.remote is None:
             return
-        from nnsight.modeling.mixins.remotable import Remotable
-
+        from hones_nn.engine.nnsight_compat import Remotable
         from hones_nn.engine.remote import BackendMismatchError
 
         if not isinstance(self.envoy, Remotable):
