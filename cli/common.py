@@ -194,6 +194,28 @@ def remote_options(fn):
     return wrapper
 
 
+def refuses_remote(reason: str):
+    """``--remote`` on a command that cannot run on NDIF: refused at once with ``reason``,
+    before any other option is checked (instead of click's bare "no such option")."""
+
+    def refuse(ctx, param, value):
+        if value:
+            raise click.UsageError(f"--remote: `{ctx.command_path}` cannot run on an NDIF server: {reason}", ctx=ctx)
+        return value
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, remote, **kwargs):
+            return fn(*args, **kwargs)
+
+        option = click.option(
+            "--remote", is_flag=True, default=False, is_eager=True, callback=refuse, help=f"Not available: {reason}"
+        )
+        return option(wrapper)
+
+    return decorate
+
+
 def prompt_options(fn):
     """--instruction, --prompt-file: the task instructions the model receives; passed to the
     command as ``instructions`` (a {task: template} dict, or None for the built-in ones)."""

@@ -65,12 +65,12 @@ class Engine:
         if remote is not None:
             from hones_nn.engine.remote import RemoteSession, build_remote_model
 
-            self.remote = RemoteSession(remote)
-            self.envoy = build_remote_model(loaded, self.remote)
             if not loaded.has_weights and remote.mode == "local":
                 raise ValueError(
                     "the in-process rehearsal of remote runs needs the model's weights; load it with weights"
                 )
+            self.remote = RemoteSession(remote)
+            self.envoy = build_remote_model(loaded, self.remote)
             if remote.mode == "ndif":  # the local weights must never run a forward: count any that does
                 session = self.remote
 

@@ -129,6 +129,10 @@ def dla_per_example(
 @register_method
 class DirectLogitAttribution(MeanOverExamples):
     name = "dla"
+    remote_refusal = (
+        "it reads the readout weights (unembedding rows, final norm, W_down) on this machine, and a "
+        "remote client holds none: run it where the weights are"
+    )
     summary = "DLA: z_i(T) (gamma * W_down[:, i]) . W_U[y] / sigma_T with the clean run's final RMS frozen"
     needs = "discovery split of the task (gold targets)"
     site = "z (down_proj input)"

@@ -123,6 +123,10 @@ def llm_knowledge_per_example(
 @register_method
 class LLMKnowledge(MeanOverExamples):
     name = "llm-knowledge"
+    remote_refusal = (
+        "it reads the readout weights (unembedding rows, final norm, W_down) on this machine, and a "
+        "remote client holds none: run it where the weights are"
+    )
     summary = "LLM-Knowledge (Yu & Ananiadou 2024): log p(y | r + z_i W_down[:, i]) - log p(y | r) at T"
     needs = "discovery split of the task (gold targets)"
     cost = "1 forward per example (prompt prefill only) + per layer d_ff candidate log-softmaxes over the vocabulary"

@@ -249,6 +249,10 @@ def pan_per_example(ctx: RunContext, item_ids: list[int]) -> torch.Tensor:
 @register_method
 class PanContribution(MeanOverExamples):
     name = "pan-act"
+    remote_refusal = (
+        "it reads the readout weights (unembedding rows, final norm, W_down) on this machine, and a "
+        "remote client holds none: run it where the weights are"
+    )
     summary = "Pan et al. 2024 (Act): g_i(T) * W_down[:, i] . W_U[t] for the gold token t (caption: content words)"
     needs = "discovery split of the task (gold targets; captions: the first reference)"
     site = "g (act_fn output)"

@@ -158,6 +158,7 @@ class Runner:
                 verify_top = 4 * default_top_heads(sizes.num_layers, sizes.num_heads)
             options["verify_top"] = int(verify_top)
             method, default_name = "atp-screen", f"{task}.heads-atp.parquet"
+        self.check_remote(get_method(method))
         path = check_output_path(Path(out) if out else self.out_dir / default_name)
         ctx = self.context(task, options)
         with OutputLock(path, wait=self.lock_wait):
@@ -179,6 +180,12 @@ class Runner:
                 ranks=result.extra.get("ranks"),
             )
         return read_table(path)
+
+    def check_remote(self, cls) -> None:
+        """A method that cannot run on a weightless remote client stops before any work."""
+        remote = self.engine.remote
+        if remote is not None and remote.settings.mode != "local" and cls.remote_refusal:
+            raise ValueError(f"--remote: the method {cls.name!r} cannot run remotely: {cls.remote_refusal}")
 
     # ------------------------------------------------------------ results that mean nothing
     PRECHECK_ITEMS = 16  # items whose clean metric is read before a head sweep
@@ -227,6 +234,7 @@ class Runner:
     ) -> ScoreTable:
         """Neuron scores of ``method`` for ``task``; HONES computes heads first if none are given."""
         cls = get_method(method)
+        self.check_remote(cls)
         sizes = self.loaded.adapter.sizes(self.loaded.model)
         opts = dict(options or {})
         opts.setdefault("utility", utility)
