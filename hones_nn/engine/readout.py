@@ -104,14 +104,18 @@ def attribution_inputs(engine, td, items: Sequence[Item]) -> dict:
 
 
 @torch.no_grad()
-def read_at_T(
-    engine, td, items: Sequence[Item], sites: Sequence[str] = ("z",), final: bool = False
-) -> dict[str, torch.Tensor]:
+def read_at_T(engine, td, items: Sequence[Item], sites: Sequence[str] = ("z",), final: bool = False, reduce=None):
     """One trace: values at T (position -1, inputs left-padded), float32 CPU.
 
     ``sites`` among "r" (the residual entering the MLP: the input of the decoder layer's
     ``post_attention_layernorm``), "g" (act_fn output), "z" (down_proj input); each comes
     back as [B, L, width]; ``final`` adds "h" [B, hidden], the input of the final norm.
+
+    ``reduce(values, envoy, adapter)``, when given, runs inside the trace on those values
+    (where the weights are: it may read them through ``envoy``) and only its result comes
+    back: a method that projects onto weights needs no weights on the client, and sends
+    back scores instead of activations. It must be a module-level function (or a
+    ``functools.partial`` of one) of the package, so a remote request ships it by value.
     """
     unknown = sorted(set(sites) - set(READ_SITES))
     if unknown:
@@ -119,26 +123,44 @@ def read_at_T(
     adapter = engine.adapter
     L = adapter.sizes(engine.model).num_layers
     inputs = attribution_inputs(engine, td, items)
+    keep = reduce is None
     saved: dict[str, list] = {s: [] for s in sites}
     with engine.envoy.trace(**inputs):
         for layer in range(L):  # execution order: r, then g, then z, layer by layer
             if "r" in sites:
                 block = adapter.layer(engine.envoy, layer)
-                saved["r"].append(nnsight.save(block.post_attention_layernorm.input[:, -1].float().cpu()))
+                value = block.post_attention_layernorm.input[:, -1].float().cpu()
+                saved["r"].append(nnsight.save(value) if keep else value)
             if "g" in sites:
-                saved["g"].append(
-                    nnsight.save(site_value(engine.envoy, adapter, layer, "act_output")[:, -1].float().cpu())
-                )
+                value = site_value(engine.envoy, adapter, layer, "act_output")[:, -1].float().cpu()
+                saved["g"].append(nnsight.save(value) if keep else value)
             if "z" in sites:
-                saved["z"].append(
-                    nnsight.save(site_value(engine.envoy, adapter, layer, "down_proj_input")[:, -1].float().cpu())
-                )
+                value = site_value(engine.envoy, adapter, layer, "down_proj_input")[:, -1].float().cpu()
+                saved["z"].append(nnsight.save(value) if keep else value)
         if final:
-            h = nnsight.save(adapter.final_norm(engine.envoy).input[:, -1].float().cpu())
+            h = adapter.final_norm(engine.envoy).input[:, -1].float().cpu()
+            if keep:
+                h = nnsight.save(h)
+        if not keep:
+            values = {s: torch.stack(list(v), dim=1) for s, v in saved.items()}
+            if final:
+                values["h"] = h
+            result = nnsight.save(reduce(values, engine.envoy, adapter))
+    if not keep:
+        return result
     out = {s: torch.stack(list(v), dim=1) for s, v in saved.items()}
     if final:
         out["h"] = h
     return out
+
+
+def final_norm_eps(loaded) -> float:
+    """The final RMSNorm's epsilon (a module attribute: readable on a meta-device model)."""
+    norm = loaded.adapter.final_norm(loaded.model)
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        eps = getattr(norm, "eps", 1e-6)
+    return float(eps if eps is not None else 1e-6)
 
 
 @contextlib.contextmanager

@@ -157,3 +157,24 @@ def test_rehearsal_hides_an_installed_hones_nn(embedded, monkeypatch):
     with engine.envoy.trace(**inputs):  # registered again: the same block runs
         value = site_value(engine.envoy, engine.adapter, 0, "down_proj_input").sum().save()
     assert torch.isfinite(value)
+
+
+@pytest.mark.parametrize("method", ["dla", "llm-knowledge", "pan-act"])
+def test_projection_methods_read_weights_inside_the_trace(embedded, embedded_engine, tmp_path, method):
+    """DLA, LLM-Knowledge and Pan et al. project onto the vocabulary inside their read
+    trace: the rehearsal (serialized, hones_nn hidden, run on the weights) equals the local
+    run, and a dry run on the weightless model runs and sizes them."""
+    kwargs = dict(batch_size=8, progress=False, split="discovery", limit=3)
+    local = Runner(loaded=embedded, out_dir=tmp_path / "local", _engine=embedded_engine, **kwargs)
+    rehearsal = Engine(embedded, remote=RemoteSettings(mode="local"))
+    remote = Runner(loaded=embedded, out_dir=tmp_path / "remote", _engine=rehearsal, **kwargs)
+    a = local.rank("vqa", method)
+    b = remote.rank("vqa", method)
+    assert rehearsal.remote.stats.requests == 1  # one trace for the 3 items, scores computed inside it
+    assert float(abs(a.matrix() - b.matrix()).max()) <= 1e-9 * max(1.0, float(abs(a.matrix()).max()))
+    settings = RemoteSettings(mode="plan", host="http://127.0.0.1:9")
+    dry = Runner(loaded=load_model("tiny-llava", weights=False), out_dir=tmp_path / "dry", remote=settings, **kwargs)
+    c = dry.rank("vqa", method)
+    assert c.matrix().shape == a.matrix().shape
+    stats = dry.engine.remote.stats
+    assert stats.requests == 1 and stats.bytes_down >= 3 * 4 * 1024 * 8  # [B, L, d_ff] float64 scores
