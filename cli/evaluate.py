@@ -181,7 +181,9 @@ def evaluate_cmd(
                 f"  random control ({len(r['seeds'])} seeds): drop {_drop(r['mean_relative_drop'])} "
                 f"(std {_drop(r['std_relative_drop'])})"
             )
-        if result["base_metric"] <= 0:
+        if current_remote() is not None and current_remote().mode == "plan":
+            click.echo("  (a dry run: the figures above come from stand-ins, not the model)", err=True)
+        elif result["base_metric"] <= 0:
             click.echo(
                 "  warning: the base metric is 0, so a relative drop is undefined: the prompt probably does not "
                 "fit the model; check with --show 5 (without --mask) and give --instruction / --prompt-file",

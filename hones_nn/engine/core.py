@@ -79,6 +79,11 @@ class Engine:
 
                 loaded.model.register_forward_pre_hook(_count_local_forward)
         else:
+            if not loaded.has_weights:
+                raise ValueError(
+                    f"{loaded.model_id} was loaded without weights (a remote client): a local run needs them; "
+                    "load it with weights, or run with --remote"
+                )
             self.envoy = NNsight(loaded.model)
         self.max_new_tokens = max_new_tokens
         # EOS is forbidden for the first min_new_tokens steps (as transformers' min_new_tokens);

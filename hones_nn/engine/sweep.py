@@ -80,8 +80,9 @@ def teacher_forced_scores(engine: Engine, enc, intervention, utility: str) -> to
             apply_edits(engine.envoy, engine.adapter, intervention.edits(batch))
         logits = engine.adapter.lm_head(engine.envoy).output
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_lp = logprobs.gather(-1, ids[:, 1:, None])[..., 0]  # predicts token t+1 from t
-        answer = mask[:, 1:].clone()
+        # the ids and the mask travel with the request: on the logits' device (a server's GPU)
+        token_lp = logprobs.gather(-1, ids[:, 1:, None].to(logprobs.device))[..., 0]  # predicts token t+1 from t
+        answer = mask[:, 1:].to(logprobs.device).clone()
         # drop EOS: the last answer position of each row
         last = answer.shape[1] - 1 - answer.flip(1).float().argmax(1)
         answer[torch.arange(batch, device=answer.device), last] = False

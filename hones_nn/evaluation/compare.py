@@ -105,6 +105,8 @@ def compare(
 
         target = target_option({"target": target}, target)
     guided = {method for method in methods if get_method(method).needs_heads}  # unknown names fail here, first
+    for method in methods:  # a method that cannot run remotely stops the comparison before any work
+        runner.check_remote(get_method(method))
     rows = []
     engine = runner.engine
     for task in tasks:

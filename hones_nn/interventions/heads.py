@@ -114,7 +114,7 @@ class HeadGaussianNoise(Intervention):
                     own = x[row, seq - valid :, cols]
                     std = own.float().std()
                     eps = torch.randn((valid, d), generator=self._generator(layer, head, row))
-                    x[row, seq - valid :, cols] = (eps * std).to(device=x.device, dtype=x.dtype)
+                    x[row, seq - valid :, cols] = (eps.to(device=x.device) * std).to(dtype=x.dtype)
 
             out.append(SiteEdit(layer, "o_proj_input", noise))
         return out

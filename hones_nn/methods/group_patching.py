@@ -97,7 +97,7 @@ def _metric_rows(
         for layer, mask in masks.items():
 
             def patch(z, mask=mask.to(engine.device), value=clean_z[layer]):  # noqa: B008 (bound per layer)
-                z[:, -1] = torch.where(mask, value.to(z.device, z.dtype), z[:, -1])
+                z[:, -1] = torch.where(mask.to(z.device), value.to(z.device, z.dtype), z[:, -1])
 
             edits.append(SiteEdit(layer, "down_proj_input", patch))
         with torch.no_grad(), engine.envoy.trace(**rows):

@@ -237,8 +237,9 @@ def test_client_timeout_then_reattach_without_resubmitting(ndif_host, tmp_path, 
     with request_scope("shard-00000", JobJournal(tmp_path / "jobs.json")):
         tokens = engine.generate(inputs)
     from hones_nn.engine.core import Engine
+    from hones_nn.models.loading import load_model
 
-    assert tokens == Engine(loaded).generate(inputs)
+    assert tokens == Engine(load_model("tiny-llava")).generate(inputs)  # the local run, with the weights
     stats = engine.remote.stats
     with capsys.disabled():
         print(f"\n[ndif] client timeout -> {str(info.value)[:200]} ... re-attached: {stats.as_dict()}")
@@ -268,7 +269,11 @@ def test_server_stopped_mid_run_then_resume(ndif_host, stack_control, tmp_path, 
     ]
     local = hones(*args, "--out-dir", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr[-2000:]
-    remote_args = [*args, "--out-dir", str(tmp_path / "remote"), "--remote", "--ndif-host", ndif_host]
+    # a short retry budget: the stopped server is given up on after 20 s (the default waits 10 minutes)
+    remote_args = [
+        *args, "--out-dir", str(tmp_path / "remote"), "--remote", "--ndif-host", ndif_host,
+        "--remote-retry-budget", "20",
+    ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hones_nn.cli", *remote_args],
