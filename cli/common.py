@@ -102,7 +102,7 @@ def remote_options(fn):
     of requests, the bytes up and down, and whether the server hosts the model."""
 
     @functools.wraps(fn)
-    def wrapper(*args, remote, ndif_host, dry_run, remote_timeout, **kwargs):
+    def wrapper(*args, remote, ndif_host, dry_run, remote_timeout, remote_concurrency, **kwargs):
         if not remote:
             if dry_run:
                 raise ValueError("--dry-run goes with --remote")
@@ -112,6 +112,7 @@ def remote_options(fn):
         from hones_nn.engine.remote import RemoteSettings, check_server, model_hosted, summary_lines
 
         settings = RemoteSettings(mode="plan" if dry_run else "ndif", host=ndif_host, timeout_s=remote_timeout)
+        settings.concurrency = remote_concurrency
         if not dry_run:
             check_server(settings.host)  # a clear error before any work
         token = _REMOTE.set(settings)
@@ -175,6 +176,14 @@ def remote_options(fn):
             show_default=True,
             help="Seconds one remote request may take (a timed-out job stays in the checkpoint: rerun to re-attach).",
         ),
+        click.option(
+            "--remote-concurrency",
+            type=click.IntRange(min=1),
+            default=4,
+            show_default=True,
+            help="With --remote: shards whose requests are in flight at once (1 = one after another). The table is "
+            "the same, bit for bit, whatever N.",
+        ),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)
@@ -220,6 +229,9 @@ task_option = click.option("--task", required=True, type=click.Choice(TASK_NAMES
 
 def load(model_name, dtype, device, device_map, trust_remote_code):
     from hones_nn.models.loading import load_model
+    from hones_nn.utils.extras import require_accelerate
+
+    require_accelerate(device_map)
 
     return load_model(
         model_name, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code

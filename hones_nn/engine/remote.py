@@ -113,6 +113,7 @@ class RemoteSettings:
     poll_s: float = 0.05  # first poll interval; grows 1.5x to 1 s
     lost_job_grace_s: float = 15.0  # a journaled job unknown to the server this long is resubmitted
     deploy_timeout_s: float = 300.0  # a model still provisioning / deploying after this is taken as not hosted
+    concurrency: int = 4  # shards (their requests) in flight at once (--remote-concurrency; 1 = sequential)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
