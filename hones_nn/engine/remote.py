@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ from nnsight.tracing.backend import Backend
 
 MODES = ("ndif", "local", "plan")
 DEFAULT_HOST = "http://127.0.0.1:8001"
+
+# in-process runs (rehearsal, --dry-run) of concurrent shards, one at a time
+_IN_PROCESS_LOCK = threading.Lock()
 
 # the label scope of the current requests (set by ShardedRun per shard) and its journal
 _SCOPE: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("hones_remote_scope", default=None)
@@ -405,12 +409,15 @@ class RemoteSession:
 
         start = time.perf_counter()
         _next_label()
-        self.stats.bytes_up += len(RequestModel.serialize(tracer, compress=True))
-        LocalSimulationBackend(model)(tracer)
-        self.stats.requests += 1
-        self.stats.latencies.append(time.perf_counter() - start)
-        if self.settings.mode == "plan":
-            self.stats.bytes_down += _saved_bytes(tracer)
+        # one in-process run at a time: nnsight's interleaver of the one model cannot run traces of
+        # several threads at once (--remote-concurrency captures and serializes them in parallel)
+        with _IN_PROCESS_LOCK:
+            self.stats.bytes_up += len(RequestModel.serialize(tracer, compress=True))
+            LocalSimulationBackend(model)(tracer)
+            self.stats.requests += 1
+            self.stats.latencies.append(time.perf_counter() - start)
+            if self.settings.mode == "plan":
+                self.stats.bytes_down += _saved_bytes(tracer)
 
 
 class HonesRemoteBackend(Backend):
