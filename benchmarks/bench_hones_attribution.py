@@ -59,7 +59,7 @@ def main() -> int:
     from hones_nn.engine.encoding import encode_prompts
     from hones_nn.engine.tables import read_table, write_head_table
     from hones_nn.methods.base import default_top_heads
-    from hones_nn.methods.hones import contributions, select_heads, target_directions
+    from hones_nn.methods.hones import contributions, select_heads, target_directions, target_tokens
     from hones_nn.runner.pipeline import Runner
     from hones_nn.tasks.targets import caption_idf
 
@@ -104,6 +104,7 @@ def main() -> int:
     conditions = [None] + list(heads)
     idf = caption_idf(ctx.engine.tokenizer, ctx.td.items) if ctx.td.task.name == "caption" else None
     u = target_directions(ctx, ctx.td.items, idf)
+    targets = target_tokens(ctx, ctx.td.items, idf)
     ids = list(range(ctx.td.n))
     engine = ctx.engine
     rows = [(i, c) for i in ids for c in range(len(conditions))]
@@ -121,7 +122,7 @@ def main() -> int:
     C.freeze_heap()
 
     def hones(ids=ids):
-        return contributions(ctx, ids, conditions, mode="mean", u=u[ids])
+        return contributions(ctx, ids, conditions, mode="mean", targets=[targets[i] for i in ids])
 
     @torch.no_grad()
     def plain_enc():

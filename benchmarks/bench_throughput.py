@@ -68,7 +68,7 @@ def main() -> int:
     from hones_nn.engine.encoding import encode_prompts
     from hones_nn.engine.sweep import Row, all_heads, make_intervention, sweep, teacher_forced_scores
     from hones_nn.methods.base import default_top_heads
-    from hones_nn.methods.hones import contributions, target_directions
+    from hones_nn.methods.hones import contributions, target_tokens
     from hones_nn.runner.estimates import activation_bytes, measure_peak_bytes, model_shape
     from hones_nn.runner.pipeline import Runner
 
@@ -84,7 +84,7 @@ def main() -> int:
     heads = all_heads(sizes.num_layers, sizes.num_heads)
     head_conds = [None] + heads
     hones_conds = [None] + heads[:: max(1, len(heads) // k)][:k]  # K_h heads spread over the layers
-    u = target_directions(ctx, td.items, None)
+    targets = target_tokens(ctx, td.items, None)
     tok = engine.tokenizer
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
@@ -145,7 +145,7 @@ def main() -> int:
                 sweep_module.encode_rows = original_encode_rows
 
         def hones_now():
-            return contributions(ctx, hones_ids, hones_conds, mode="mean", u=u[hones_ids])
+            return contributions(ctx, hones_ids, hones_conds, mode="mean", targets=[targets[i] for i in hones_ids])
 
         fns = {
             "sweep": sweep_now,
@@ -199,7 +199,9 @@ def main() -> int:
             ("forward-logprob", lambda: teacher_forced_scores(engine, enc_a, assign, "logprob"), len(p0), S_a),
             (
                 "hones-batch",
-                lambda: contributions(ctx, hones_ids[:n_mem], hones_conds, mode="mean", u=u[hones_ids[:n_mem]]),
+                lambda: contributions(
+                    ctx, hones_ids[:n_mem], hones_conds, mode="mean", targets=[targets[i] for i in hones_ids[:n_mem]]
+                ),
                 min(bs, n_mem * len(hones_conds)),
                 S_p,
             ),

@@ -93,28 +93,36 @@ def current_remote():
 
 
 def remote_options(fn):
-    """--remote, --ndif-host, --dry-run, --remote-timeout.
+    """--remote, --ndif-host, --dry-run, --remote-timeout, --remote-retry-budget.
 
     The command body reads the settings with :func:`current_remote` and hands them to
     its Engine / Runner. The API key comes from NDIF_API_KEY or nnsight's config and is
     never printed. --dry-run runs every request in-process (serialized exactly as it would
     be sent: nothing is sent), writes tables to a temporary folder, then prints the number
-    of requests, the bytes up and down, and whether the server hosts the model."""
+    of requests, the bytes up and down, and whether the server hosts the model. Before a real
+    run, the server's status is read as nnsight reads it (a clear error when none answers) and
+    Python / package drift between this client and the server is printed as warnings."""
 
     @functools.wraps(fn)
-    def wrapper(*args, remote, ndif_host, dry_run, remote_timeout, remote_concurrency, **kwargs):
+    def wrapper(*args, remote, ndif_host, dry_run, remote_timeout, remote_retry_budget, remote_concurrency, **kwargs):
         if not remote:
             if dry_run:
                 raise ValueError("--dry-run goes with --remote")
             return fn(*args, **kwargs)
         import tempfile
 
-        from hones_nn.engine.remote import RemoteSettings, check_server, model_hosted, summary_lines
+        from hones_nn.engine.remote import RemoteSettings, preflight, summary_lines
 
-        settings = RemoteSettings(mode="plan" if dry_run else "ndif", host=ndif_host, timeout_s=remote_timeout)
+        settings = RemoteSettings(
+            mode="plan" if dry_run else "ndif",
+            host=ndif_host,
+            timeout_s=remote_timeout,
+            retry_budget_s=remote_retry_budget,
+        )
         settings.concurrency = remote_concurrency
-        if not dry_run:
-            check_server(settings.host)  # a clear error before any work
+        if not dry_run:  # a clear error before any work; version drift as warnings
+            for line in preflight(settings):
+                click.echo(f"warning: {line}", err=True)
         token = _REMOTE.set(settings)
         tmp = None
         try:
@@ -137,16 +145,11 @@ def remote_options(fn):
         for session in settings.sessions:  # fails loudly if the model ran a forward here, not on the server
             session.assert_no_local_forward()
         if dry_run:
-            sessions = [s for s in settings.sessions if s.model_key]
-            if sessions:
-                try:
-                    check_server(settings.host)
-                    ok, message = model_hosted(settings.host, sessions[0].model_key, sessions[0].repo_id)
-                except Exception as exc:
-                    ok, message = False, str(exc)
-                click.echo(("server check: " if ok else "server check FAILED: ") + message, err=True)
-                if not ok:
-                    sys.exit(3)
+            click.echo(
+                "the dry run contacted no server and read no weights; check that the server hosts the model with "
+                "`hones-nn remote check --model MODEL`",
+                err=True,
+            )
         return result
 
     options = [
@@ -166,8 +169,9 @@ def remote_options(fn):
             "--dry-run",
             is_flag=True,
             default=False,
-            help="With --remote: send nothing; run the requests in-process and print how many there would "
-            "be, the bytes up and down, and whether the server hosts the model.",
+            help="With --remote: contact no server and read no weights: every request is serialized as it would be "
+            "sent and run on fake tensors (shapes only, as nnsight's scan); prints how many requests there would be "
+            "and the bytes up and down. Tables go to a scratch folder (their values are stand-ins).",
         ),
         click.option(
             "--remote-timeout",
@@ -175,6 +179,15 @@ def remote_options(fn):
             default=1800.0,
             show_default=True,
             help="Seconds one remote request may take (a timed-out job stays in the checkpoint: rerun to re-attach).",
+        ),
+        click.option(
+            "--remote-retry-budget",
+            type=click.FloatRange(min=0),
+            default=600.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="How long connection errors and 5xx / 429 answers are retried (jittered exponential backoff, "
+            "or the server's Retry-After) before a request fails; 0: no retries.",
         ),
         click.option(
             "--remote-concurrency",
@@ -188,6 +201,28 @@ def remote_options(fn):
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def refuses_remote(reason: str):
+    """``--remote`` on a command that cannot run on NDIF: refused at once with ``reason``,
+    before any other option is checked (instead of click's bare "no such option")."""
+
+    def refuse(ctx, param, value):
+        if value:
+            raise click.UsageError(f"--remote: `{ctx.command_path}` cannot run on an NDIF server: {reason}", ctx=ctx)
+        return value
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, remote, **kwargs):
+            return fn(*args, **kwargs)
+
+        option = click.option(
+            "--remote", is_flag=True, default=False, is_eager=True, callback=refuse, help=f"Not available: {reason}"
+        )
+        return option(wrapper)
+
+    return decorate
 
 
 def prompt_options(fn):
@@ -228,13 +263,22 @@ task_option = click.option("--task", required=True, type=click.Choice(TASK_NAMES
 
 
 def load(model_name, dtype, device, device_map, trust_remote_code):
+    """The command's model: with --remote or --dry-run, its config, processor and a
+    meta-device model only (the weights stay on the server; none are read here)."""
     from hones_nn.models.loading import load_model
     from hones_nn.utils.extras import require_accelerate
 
     require_accelerate(device_map)
 
+    remote = current_remote()
+    weights = remote is None or remote.mode == "local"
     return load_model(
-        model_name, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code
+        model_name,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+        weights=weights,
     )
 
 

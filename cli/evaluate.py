@@ -162,7 +162,10 @@ def evaluate_cmd(
             click.echo(f"  prompt: {ex['prompt']!r}")
             click.echo(f"  output: {ex['output']!r}")
             click.echo(f"  gold:   {ex['gold']!r}")
-        if result["metric"] <= 0 and not show:
+        dry_run = current_remote() is not None and current_remote().mode == "plan"
+        if dry_run:
+            click.echo("  (a dry run: the outputs above are stand-ins, not the model's)", err=True)
+        elif result["metric"] <= 0 and not show:
             click.echo(
                 "  warning: the metric is 0: the prompt probably does not fit the model; see what it answers "
                 "with --show 5, and give its own instruction with --instruction / --prompt-file",

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 import click
 
-from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, model_options, print_table
+from hones_nn.cli.common import (
+    data_options,
+    emit_json,
+    friendly_errors,
+    load,
+    model_options,
+    print_table,
+    refuses_remote,
+)
 
 
 @click.group("fuzzy")
@@ -78,6 +86,7 @@ def fuzzy() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
+@refuses_remote("fuzzy sets are built from activations with local weight edits and image perturbations on this machine")
 def build_cmd(
     model_name,
     dtype,
@@ -232,6 +241,7 @@ def _print_modulation(rows, suppression=None) -> None:
 @click.option("--out", default=None, help="Also write the results to this JSON file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
+@refuses_remote("the fuzzy table reads activations with local interventions on this machine")
 def table_cmd(
     model_name,
     dtype,
@@ -312,6 +322,7 @@ def table_cmd(
 @click.option("--formats", default="png", show_default=True, help="Plot formats, comma-separated (png, svg, pdf).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
+@refuses_remote("the analysis projects neurons through the local unembedding weights")
 def analyze_cmd(model_name, dtype, device, device_map, trust_remote_code, sets_path, out, top_tokens, formats, as_json):
     """Top tokens per neuron (W_U (gamma * W_down[:, i])), semantic relevance of each set,
     Spearman correlation between the sets' memberships, and each set's layer distribution.

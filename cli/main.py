@@ -24,6 +24,7 @@ def cli(debug: bool) -> None:
     Data and models:
       hones-nn data build-synthetic / info / import-hones ...
       hones-nn evaluate --task ocr                 task metric of a model
+      hones-nn remote check --model ID             is the NDIF server usable for --remote
 
     Without --model, commands use tiny-llava, a small LLaVA shipped in the package and
     trained on the synthetic benchmark, so everything runs offline on a CPU.
@@ -31,9 +32,9 @@ def cli(debug: bool) -> None:
 
 
 def _register() -> None:
-    from hones_nn.cli import compare, data, edit, evaluate, fuzzy, overlap, plot, rank, steer, train
+    from hones_nn.cli import compare, data, edit, evaluate, fuzzy, overlap, plot, rank, remote, steer, train
 
-    for module in (data, evaluate, rank, compare, train, steer, overlap, plot, fuzzy, edit):
+    for module in (data, evaluate, rank, compare, train, steer, overlap, plot, fuzzy, edit, remote):
         module.register(cli)
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from hones_nn.cli.common import data_options, emit_json, friendly_errors, load, model_options, print_table, task_option
+from hones_nn.cli.common import (
+    data_options,
+    emit_json,
+    friendly_errors,
+    load,
+    model_options,
+    print_table,
+    refuses_remote,
+    task_option,
+)
 
 
 def _fmt_p(p: float, n_resamples: int) -> str:
@@ -193,6 +202,10 @@ def _print_relearn(report: dict) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
+@refuses_remote(
+    "learning neuron scales trains through the model (backward passes, an optimizer state), which "
+    "runs where the weights are; rank with --remote, then steer on a machine that holds the model"
+)
 def steer_cmd(
     task,
     model_name,

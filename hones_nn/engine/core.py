@@ -65,6 +65,10 @@ class Engine:
         if remote is not None:
             from hones_nn.engine.remote import RemoteSession, build_remote_model
 
+            if not loaded.has_weights and remote.mode == "local":
+                raise ValueError(
+                    "the in-process rehearsal of remote runs needs the model's weights; load it with weights"
+                )
             self.remote = RemoteSession(remote)
             self.envoy = build_remote_model(loaded, self.remote)
             if remote.mode == "ndif":  # the local weights must never run a forward: count any that does
@@ -80,7 +84,9 @@ class Engine:
         # EOS is forbidden for the first min_new_tokens steps (as transformers' min_new_tokens);
         # used to time fixed-length generations
         self.min_new_tokens = min_new_tokens
-        self.device = next(loaded.model.parameters()).device
+        # a weightless remote client's model lives on the meta device: inputs stay on the
+        # CPU and the server moves them to its own device
+        self.device = next(loaded.model.parameters()).device if loaded.has_weights else torch.device("cpu")
         self.tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
 
     def __getstate__(self) -> dict:
@@ -102,12 +108,17 @@ class Engine:
             return "local"
         return "ndif" if self.remote.settings.mode == "ndif" else "remote-local"
 
+    @property
+    def dry_run(self) -> bool:
+        """A --dry-run engine: requests are serialized and sized, not run; the values its
+        traces hand back are stand-ins of the right shapes (no checks on them apply)."""
+        return self.remote is not None and self.remote.settings.mode == "plan"
+
     def assert_backend(self) -> None:
         """Fail loudly when a remote run's traces did not go through the remote backend."""
         if self.remote is None:
             return
-        from nnsight.modeling.mixins.remotable import Remotable
-
+        from hones_nn.engine.nnsight_compat import Remotable
         from hones_nn.engine.remote import BackendMismatchError
 
         if not isinstance(self.envoy, Remotable):
@@ -146,8 +157,17 @@ class Engine:
         edits = intervention.edits(batch_size)
         try:
             if self.remote is not None:
+                from hones_nn.engine.remote import plan_standins
+
+                max_new, vocab = self.max_new_tokens, self.adapter.sizes(self.model).vocab_size
+
+                def standins(batch_size=batch_size, max_new=max_new, vocab=vocab):
+                    # --dry-run: the token ids a server would send back, one [B] tensor per step
+                    g = torch.Generator().manual_seed(batch_size * 7919 + max_new)
+                    return {"steps": [torch.randint(0, vocab, (batch_size,), generator=g) for _ in range(max_new)]}
+
                 # the model's own generate, by name (a bound method cannot travel)
-                with envoy.generate(**inputs, generation_config=greedy) as tracer:
+                with plan_standins(standins), envoy.generate(**inputs, generation_config=greedy) as tracer:
                     steps = nnsight.save([])
                     for _ in tracer.iter[:]:
                         apply_edits(envoy, adapter, edits)

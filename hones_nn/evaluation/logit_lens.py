@@ -197,6 +197,11 @@ def logit_lens(
 
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r}; choose one of {', '.join(NORMS)}")
+    if not engine.loaded.has_weights:
+        raise ValueError(
+            "--remote: the logit lens projects the MLP outputs through the unembedding on this machine, and a "
+            "remote client holds no weights; run `hones-nn overlap lens` where the weights are"
+        )
     if not groups:
         raise ValueError("give at least one neuron group to mask")
     if td.n == 0:

@@ -49,7 +49,7 @@ def write_head_slices(x, rows: torch.Tensor, heads: torch.Tensor, values, num_he
     """x[row, :, head slice] <- values[k] for each pair k, in place."""
     seq = x.shape[1]
     d = x.shape[2] // num_heads
-    cols = heads[:, None] * d + torch.arange(d)[None, :]  # [n, d]
+    cols = heads[:, None] * d + torch.arange(d, device=heads.device)[None, :]  # [n, d]
     device = x.device
     x[rows.to(device)[:, None, None], torch.arange(seq, device=device)[None, :, None], cols.to(device)[:, None, :]] = (
         values

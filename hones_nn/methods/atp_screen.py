@@ -192,6 +192,11 @@ class AtpScreenHeads(Method):
     )
 
     needs_gradients = True
+    remote_refusal = (
+        "it takes gradients through the model (a backward pass inside the trace with the parameters "
+        "frozen on this machine), which the remote backend does not ship yet: run it where the "
+        "weights are"
+    )
 
     @classmethod
     def passes(cls, shape, options: dict) -> Passes:

@@ -156,6 +156,9 @@ class Method:
     needs_heads: ClassVar[bool] = False  # a V-SEAM head table in options["heads_table"]
     uses_top_heads: ClassVar[bool] = False  # options["top_heads"] (K_h) is meaningful
     needs_gradients: ClassVar[bool] = False  # a backward pass (no remote run where nnsight cannot do one)
+    # why the method cannot run on a weightless remote client (None: it can). Read by the
+    # runner before any work, so `--remote` fails in seconds with the reason
+    remote_refusal: ClassVar[str | None] = None
     needs_all_tasks: ClassVar[bool] = False  # reads the discovery data of every task, not only its own
     # "direction": u_y from Task.direction_tokens, "gold": the gold logit (Task.gold_token_ids); the
     # runner checks every item has such tokens before any model runs

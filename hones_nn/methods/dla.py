@@ -45,10 +45,12 @@ Cost: 1 forward per example (prompt prefill only), no backward.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
-from hones_nn.engine.readout import final_norm_params, read_at_T, rms, unembedding_rows, write_out_projection
+from hones_nn.engine.readout import final_norm_eps, read_at_T, rms
 from hones_nn.methods.base import MeanOverExamples, RunContext, ShardPlan, register_method
 from hones_nn.tasks.base import target_option
 from hones_nn.tasks.targets import target_token_ids
@@ -86,43 +88,70 @@ def contrast_id(tokenizer, task, contrast) -> int | None:
     return ids[0]
 
 
-def target_directions(ctx: RunContext, items, mode: str, contrast=None, context=None) -> torch.Tensor:
-    """Per item, W_U[y] (or the weighted mean over the target tokens of ``mode``) minus
-    W_U[y']: [n, hidden]."""
+# ---------------------------------------------------------------- DLA
+
+
+def target_token_weights(
+    ctx: RunContext, items, mode: str, context=None
+) -> list[tuple[list[int], torch.Tensor, float]]:
+    """Per item, the target tokens of ``mode``, their weights (float64) and the weights'
+    sum: what u_y is built from inside the trace (:func:`dla_scores`)."""
     tokenizer, task = ctx.engine.tokenizer, ctx.td.task
-    y_prime = contrast_id(tokenizer, task, contrast)
-    rows = []
+    out = []
     for item in items:
         ids, weights = task.target_tokens(tokenizer, item, mode, context)
         w = torch.tensor(weights, dtype=torch.float64)
-        U = unembedding_rows(ctx.loaded, ids)
-        row = (U * w.to(U.dtype)[:, None].to(U.device)).sum(0) / float(w.sum())
+        out.append((list(ids), w, float(w.sum())))
+    return out
+
+
+def dla_scores(values, envoy, adapter, targets, y_prime, eps: float) -> torch.Tensor:
+    """Inside the read trace (``read_at_T(..., reduce=)``): DLA [B, L, d_ff] float64 from
+    z(T) and h(T), with the weights read where they are: the target directions
+    W_U[y] (weighted mean) - W_U[y'], scaled by the final norm's gamma, projected through
+    each layer's W_down, over the clean run's final RMS."""
+    W_U = adapter.lm_head(envoy).weight.detach()
+    gamma = adapter.final_norm(envoy).weight.detach().float().cpu()
+
+    def rows(ids):
+        index = torch.tensor(list(ids), dtype=torch.long, device=W_U.device)
+        return W_U.index_select(0, index).float().cpu()
+
+    directions = []
+    for ids, w, total in targets:
+        U = rows(ids)
+        row = (U * w.to(U.dtype)[:, None].to(U.device)).sum(0) / total
         if y_prime is not None:
-            row = row - unembedding_rows(ctx.loaded, [y_prime])[0]
-        rows.append(row)
-    return torch.stack(rows)
-
-
-# ---------------------------------------------------------------- DLA
+            row = row - rows([y_prime])[0]
+        directions.append(row)
+    direction = gamma * torch.stack(directions)  # [B, hidden]
+    z = values["z"]
+    sigma = rms(values["h"], eps)  # [B], frozen from the clean run
+    out = torch.zeros(z.shape[0], z.shape[1], z.shape[2], dtype=torch.float64)
+    for layer in range(z.shape[1]):
+        W = adapter.down_proj(envoy, layer).weight.detach()  # [hidden, d_ff]
+        proj = (direction.to(W.device, torch.float32) @ W.float()).double().cpu()
+        out[:, layer] = z[:, layer].double() * proj / sigma[:, None]
+    return out
 
 
 @torch.no_grad()
 def dla_per_example(
     ctx: RunContext, item_ids: list[int], mode: str = "first", contrast=None, context=None
 ) -> torch.Tensor:
-    """DLA_{l,i}(x) [n, L, d_ff] float64 for the given items."""
+    """DLA_{l,i}(x) [n, L, d_ff] float64 for the given items (one trace per batch; the
+    projection onto the vocabulary runs inside it, so the client needs no weights)."""
     items = ctx.items(item_ids)
-    gamma, eps = final_norm_params(ctx.loaded)
+    eps = final_norm_eps(ctx.loaded)
+    y_prime = contrast_id(ctx.engine.tokenizer, ctx.td.task, contrast)
     L, F = ctx.sizes.num_layers, ctx.sizes.d_ff
     out = torch.zeros(len(items), L, F, dtype=torch.float64)
     for start in range(0, len(items), ctx.batch_size):
         chunk = items[start : start + ctx.batch_size]
-        direction = gamma * target_directions(ctx, chunk, mode, contrast, context)  # [B, hidden]
-        read = read_at_T(ctx.engine, ctx.td, chunk, sites=("z",), final=True)
-        sigma = rms(read["h"], eps)  # [B], frozen from the clean run
-        for layer in range(L):
-            proj = write_out_projection(ctx.loaded, layer, direction)
-            out[start : start + len(chunk), layer] = read["z"][:, layer].double() * proj / sigma[:, None]
+        reduce = functools.partial(
+            dla_scores, targets=target_token_weights(ctx, chunk, mode, context), y_prime=y_prime, eps=eps
+        )
+        out[start : start + len(chunk)] = read_at_T(ctx.engine, ctx.td, chunk, sites=("z",), final=True, reduce=reduce)
     return out
 
 

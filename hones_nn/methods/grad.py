@@ -90,6 +90,11 @@ class Grad(MeanOverExamples):
     cost = "1 forward + 1 backward per example (batched; y = first gold token at T)"
     site = "z (down_proj input), image positions"
     needs_gradients = True
+    remote_refusal = (
+        "it takes gradients through the model (a backward pass inside the trace with the parameters "
+        "frozen on this machine), which the remote backend does not ship yet: run it where the "
+        "weights are"
+    )
 
     @classmethod
     def passes(cls, shape, options: dict) -> Passes:

@@ -37,6 +37,7 @@ S_h <= 0 (dropped by the combination) get no forwards.
 
 from __future__ import annotations
 
+import functools
 import random
 
 import nnsight
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 from hones_nn.engine.encoding import encode_rows
+from hones_nn.engine.readout import contribution_read, direction_rows, projected_write_outs, target_token_rows
 from hones_nn.engine.sweep import make_intervention
 from hones_nn.engine.tables import ScoreTable
 from hones_nn.interventions.base import SiteEdit, apply_edits
@@ -61,12 +63,12 @@ from hones_nn.tasks.base import target_option
 # ---------------------------------------------------------------- target directions
 
 
-def target_directions(ctx: RunContext, items, context=None, mode: str = "idf") -> torch.Tensor:
-    """u_y per item, [n_items, hidden], unit norm (eps 1e-12): the weighted mean of the
-    unembedding rows of the target tokens of ``mode`` (the shared ``target`` option; the
-    paper's u_y is ``idf``: the task's direction tokens, ``Task.direction_tokens``)."""
+def target_tokens(ctx: RunContext, items, context=None, mode: str = "idf") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The target of each item as (token ids, weights) tensors (``target_token_rows``):
+    u_y is the weighted mean of their unembedding rows, computed inside each trace where
+    the weights are (``direction_rows``). ``mode`` is the shared ``target`` option; the
+    paper's u_y is ``idf``: the task's direction tokens, ``Task.direction_tokens``."""
     tokenizer, task = ctx.engine.tokenizer, ctx.td.task
-    W_U = ctx.loaded.adapter.lm_head(ctx.loaded.model).weight.detach().float().cpu()
     rows = []
     for item in items:
         ids, weights = task.target_tokens(tokenizer, item, mode, context)
@@ -75,10 +77,18 @@ def target_directions(ctx: RunContext, items, context=None, mode: str = "idf") -
                 f"item {item.item_id!r}: the target {task.target_texts(item)!r} has no non-special tokens in this "
                 "tokenizer, so u_y is undefined; fix the target or drop the item (--skip-bad does not apply here)"
             )
-        w = torch.tensor(weights, dtype=torch.float32)
-        u = (W_U[ids] * w[:, None]).sum(0) / w.sum()
-        rows.append(u / u.norm().clamp_min(1e-12))
-    return torch.stack(rows)
+        rows.append(target_token_rows(ids, weights))
+    return rows
+
+
+def target_directions(ctx: RunContext, items, context=None, mode: str = "idf") -> torch.Tensor:
+    """u_y per item, [n_items, hidden] float32 CPU, unit norm: :func:`target_tokens` read
+    through the loaded unembedding (a model with weights only; remote runs read it inside
+    their traces)."""
+    if not ctx.loaded.has_weights:
+        raise ValueError("target directions are read inside the trace on a remote run (the client has no weights)")
+    W_U = ctx.loaded.adapter.lm_head(ctx.loaded.model).weight.detach()
+    return direction_rows(W_U, target_tokens(ctx, items, context, mode)).float().cpu()
 
 
 # ---------------------------------------------------------------- contributions
@@ -86,29 +96,27 @@ def target_directions(ctx: RunContext, items, context=None, mode: str = "idf") -
 
 @torch.no_grad()
 def contributions(
-    ctx: RunContext, item_ids: list[int], conditions: list, mode: str = "mean", u: torch.Tensor | None = None
+    ctx: RunContext,
+    item_ids: list[int],
+    conditions: list,
+    mode: str = "mean",
+    targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """c [n_items, n_conditions, L, d_ff] at T, each item under each condition.
 
-    Recipe: rows are (item, condition) pairs; one trace per batch reads z(T) of every
-    layer, multiplies by the projected write-outs W_down^T u_y of each row's item, and
-    saves only the [rows, L, d_ff] contributions.
+    Recipe: rows are (item, condition) pairs; one trace per batch computes, where the
+    weights are, each row's u_y from its target tokens (``targets``, one per item) and
+    W_down^T u_y for every layer, reads z(T) of every layer, and saves only the
+    [rows, L, d_ff] contributions: nothing the size of a weight matrix travels.
     """
     engine, adapter = ctx.engine, ctx.loaded.adapter
     sizes = ctx.sizes
     items = [ctx.td.items[i] for i in item_ids]
-    if u is None:
-        raise ValueError("target directions u_y are required")
-    # W_down^T u_y per item and layer: [L, n_items, d_ff]
-    proj = torch.stack(
-        [
-            u @ adapter.down_proj(ctx.loaded.model, layer).weight.detach().float().cpu()
-            for layer in range(sizes.num_layers)
-        ]
-    )
+    if targets is None:
+        raise ValueError("the items' target tokens are required")
     out = torch.zeros(len(items), len(conditions), sizes.num_layers, sizes.d_ff, dtype=torch.float64)
     rows = [(i, c) for i in range(len(items)) for c in range(len(conditions))]
-    num_heads = sizes.num_heads
+    num_heads, num_layers = sizes.num_heads, sizes.num_layers
     encodings: dict = {}  # the previous batch's encoding, reused when it holds the same prompts
     for start in range(0, len(rows), ctx.batch_size):
         chunk = rows[start : start + ctx.batch_size]
@@ -131,17 +139,17 @@ def contributions(
             row_keys=[items[i].item_id for i, _ in chunk],
             valid_lengths=enc.inputs["attention_mask"].sum(1).tolist(),
         )
-        row_proj = proj[:, [i for i, _ in chunk]].to(engine.device)  # [L, rows, d_ff]
+        row_targets = [targets[i] for i, _ in chunk]
         edits = intervention.edits(len(chunk)) if intervention is not None else []
-        for layer in range(sizes.num_layers):
-
-            def read(z, layer=layer, row_proj=row_proj):
-                return (z[:, -1].float() * row_proj[layer]).cpu()
-
-            edits.append(SiteEdit(layer, "down_proj_input", read))
         with engine.envoy.trace(**inputs):
-            saved = nnsight.save(apply_edits(engine.envoy, adapter, edits))
-        c = torch.stack(list(saved[-sizes.num_layers :]), dim=1)  # [rows, L, d_ff]
+            u = direction_rows(adapter.lm_head(engine.envoy).weight, row_targets)
+            proj = projected_write_outs(engine.envoy, adapter, u, num_layers)
+            reads = [
+                SiteEdit(layer, "down_proj_input", functools.partial(contribution_read, proj=proj[layer]))
+                for layer in range(num_layers)
+            ]
+            saved = nnsight.save(apply_edits(engine.envoy, adapter, edits + reads))
+        c = torch.stack(list(saved[-num_layers:]), dim=1)  # [rows, L, d_ff]
         for (i, cond), value in zip(chunk, c):
             out[i, cond] = value.double()
     return out
@@ -189,7 +197,12 @@ def select_heads(ctx: RunContext, heads: ScoreTable | None, k: int, random_heads
         return chosen, [1.0] * len(chosen)
     if heads is None:
         raise ValueError("HONES needs a V-SEAM head table: pass --heads heads.parquet or let `rank` compute it")
-    return positive_heads(heads, k)
+    chosen, weights = positive_heads(heads, k)
+    if not chosen and getattr(ctx.engine, "dry_run", False):
+        # a dry run's head scores are stand-ins: size the run for its upper bound, K_h head passes
+        chosen = heads.top(min(k, len(heads.rank)))
+        weights = [1.0] * len(chosen)
+    return chosen, weights
 
 
 def positive_heads(heads: ScoreTable, k: int) -> tuple[list[tuple[int, int]], list[float]]:
@@ -238,7 +251,7 @@ class _HonesBase(Method):
         task, tokenizer = ctx.td.task, ctx.engine.tokenizer
         mode = target_option(ctx.options, self.default_target)
         context = task.direction_context(tokenizer, ctx.td.items) if mode == "idf" else None
-        u_all = target_directions(ctx, ctx.td.items, context, mode)
+        targets = target_tokens(ctx, ctx.td.items, context, mode)
         return ShardPlan(
             config={"heads": heads, "weights": weights, "target": mode},
             state={
@@ -247,14 +260,18 @@ class _HonesBase(Method):
                 "weights": weights,
                 "conditions": [None, *heads],
                 "passes": passes_needed(weights),
-                "u": u_all,
+                "targets": targets,
             },
         )
 
     def shard(self, ctx: RunContext, item_ids: list[int], plan: ShardPlan) -> dict[str, np.ndarray]:
         conditions, run = plan.state["conditions"], plan.state["passes"]
         c_run = contributions(
-            ctx, item_ids, [conditions[k] for k in run], mode=self.head_mode, u=plan.state["u"][item_ids]
+            ctx,
+            item_ids,
+            [conditions[k] for k in run],
+            mode=self.head_mode,
+            targets=[plan.state["targets"][i] for i in item_ids],
         )
         # a head without a pass (weight <= 0, dropped by combine) stands in as the clean run:
         # its drop is 0 and combine never reads it

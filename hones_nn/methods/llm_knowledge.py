@@ -44,9 +44,11 @@ example.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from hones_nn.engine.readout import final_norm_params, read_at_T, rms
+from hones_nn.engine.readout import final_norm_eps, read_at_T, rms
 from hones_nn.methods.base import MeanOverExamples, RunContext, ShardPlan, register_method
 from hones_nn.methods.dla import target_context, target_mode
 
@@ -60,6 +62,51 @@ def norm_scale_option(options: dict) -> str:
     return scale
 
 
+def llm_knowledge_scores(values, envoy, adapter, targets, weights, norm_scale: str, eps: float, chunk: int):
+    """Inside the read trace (``read_at_T(..., reduce=)``): Imp [B, L, d_ff] float64 from
+    r(T), z(T) (and h(T) for the ``final`` scale), with W_U, the final norm's gamma and
+    each W_down read where they are: the vocabulary-sized products never leave the server."""
+    W_U = adapter.lm_head(envoy).weight.detach()
+    device = W_U.device
+    W_U = W_U.float()
+    gamma = adapter.final_norm(envoy).weight.detach().float().cpu().to(device)
+    hidden = gamma.shape[0]
+    targets = [t.to(device) for t in targets]
+    weights = [w.to(device) for w in weights]
+    r_all, z_all = values["r"], values["z"]
+    B, L, F = z_all.shape
+    out = torch.zeros(B, L, F, dtype=torch.float64)
+    sigma_T = rms(values["h"], eps) if norm_scale == "final" else None
+    for layer in range(L):
+        W_down = adapter.down_proj(envoy, layer).weight.detach().to(device).float()  # [hidden, d_ff]
+        r = r_all[:, layer].to(device)  # [B, hidden]
+        z = z_all[:, layer].to(device).double()  # [B, d_ff]
+        base_unscaled = ((r * gamma) @ W_U.T).double()  # [B, V]
+        if norm_scale == "final":
+            sigma_base = sigma_T.to(device)
+        else:
+            sigma_base = rms(r, eps).to(device)  # float64 [B]
+        if norm_scale == "live":
+            r64, W64, z64 = r.double(), W_down.double(), z
+            r_dot_w = r64 @ W64  # [B, d_ff]
+            w_sq = W64.pow(2).sum(0)  # [d_ff]
+            sq = r64.pow(2).sum(-1, keepdim=True) + 2 * z64 * r_dot_w + z64.pow(2) * w_sq
+            sigma_cand = torch.sqrt(sq / hidden + eps)  # [B, d_ff]
+        base_logp = [
+            (torch.log_softmax(base_unscaled[b] / sigma_base[b], -1)[tgt] * weights[b]).sum()
+            for b, tgt in enumerate(targets)
+        ]
+        for c0 in range(0, F, chunk):
+            cols = slice(c0, min(F, c0 + chunk))
+            M = (W_U @ (gamma[:, None] * W_down[:, cols])).double().T  # [C, V], shared by the batch
+            for b, tgt in enumerate(targets):
+                cand = base_unscaled[b][None, :] + z[b, cols][:, None] * M  # [C, V] unscaled logits
+                sig = sigma_cand[b, cols] if norm_scale == "live" else sigma_base[b].expand(cand.shape[0])
+                logp = (torch.log_softmax(cand / sig[:, None], -1)[:, tgt] * weights[b]).sum(-1)
+                out[b, layer, cols] = (logp - base_logp[b]).cpu()
+    return out
+
+
 @torch.no_grad()
 def llm_knowledge_per_example(
     ctx: RunContext,
@@ -69,54 +116,27 @@ def llm_knowledge_per_example(
     chunk: int = 1024,
     context=None,
 ) -> torch.Tensor:
-    """Imp_{l,i}(x) [n, L, d_ff] float64 for the given items."""
-    adapter, model = ctx.loaded.adapter, ctx.loaded.model
+    """Imp_{l,i}(x) [n, L, d_ff] float64 for the given items (one trace per batch; the
+    vocabulary projections run inside it, so the client needs no weights)."""
     items = ctx.items(item_ids)
     tokenizer, task = ctx.engine.tokenizer, ctx.td.task
     L, F = ctx.sizes.num_layers, ctx.sizes.d_ff
-    W_U = adapter.lm_head(model).weight.detach()
-    device = W_U.device
-    W_U = W_U.float()
-    gamma, eps = final_norm_params(ctx.loaded)
-    gamma = gamma.to(device)
-    hidden = gamma.shape[0]
+    eps = final_norm_eps(ctx.loaded)
     out = torch.zeros(len(items), L, F, dtype=torch.float64)
     for start in range(0, len(items), ctx.batch_size):
         batch = items[start : start + ctx.batch_size]
         targets, weights = [], []
         for item in batch:
             ids, w = task.target_tokens(tokenizer, item, mode, context)
-            targets.append(torch.tensor(ids, device=device))
-            weights.append(torch.tensor(w, dtype=torch.float64, device=device) / sum(w))
-        read = read_at_T(ctx.engine, ctx.td, batch, sites=("r", "z"), final=norm_scale == "final")
-        sigma_T = rms(read["h"], eps) if norm_scale == "final" else None
-        for layer in range(L):
-            W_down = adapter.down_proj(model, layer).weight.detach().to(device).float()  # [hidden, d_ff]
-            r = read["r"][:, layer].to(device)  # [B, hidden]
-            z = read["z"][:, layer].to(device).double()  # [B, d_ff]
-            base_unscaled = ((r * gamma) @ W_U.T).double()  # [B, V]
-            if norm_scale == "final":
-                sigma_base = sigma_T.to(device)
-            else:
-                sigma_base = rms(r, eps).to(device)  # float64 [B]
-            if norm_scale == "live":
-                r64, W64, z64 = r.double(), W_down.double(), z
-                r_dot_w = r64 @ W64  # [B, d_ff]
-                w_sq = W64.pow(2).sum(0)  # [d_ff]
-                sq = r64.pow(2).sum(-1, keepdim=True) + 2 * z64 * r_dot_w + z64.pow(2) * w_sq
-                sigma_cand = torch.sqrt(sq / hidden + eps)  # [B, d_ff]
-            base_logp = [
-                (torch.log_softmax(base_unscaled[b] / sigma_base[b], -1)[tgt] * weights[b]).sum()
-                for b, tgt in enumerate(targets)
-            ]
-            for c0 in range(0, F, chunk):
-                cols = slice(c0, min(F, c0 + chunk))
-                M = (W_U @ (gamma[:, None] * W_down[:, cols])).double().T  # [C, V], shared by the batch
-                for b, tgt in enumerate(targets):
-                    cand = base_unscaled[b][None, :] + z[b, cols][:, None] * M  # [C, V] unscaled logits
-                    sig = sigma_cand[b, cols] if norm_scale == "live" else sigma_base[b].expand(cand.shape[0])
-                    logp = (torch.log_softmax(cand / sig[:, None], -1)[:, tgt] * weights[b]).sum(-1)
-                    out[start + b, layer, cols] = (logp - base_logp[b]).cpu()
+            targets.append(torch.tensor(ids))
+            weights.append(torch.tensor(w, dtype=torch.float64) / sum(w))
+        reduce = functools.partial(
+            llm_knowledge_scores, targets=targets, weights=weights, norm_scale=norm_scale, eps=eps, chunk=chunk
+        )
+        sites = ("r", "z")
+        out[start : start + len(batch)] = read_at_T(
+            ctx.engine, ctx.td, batch, sites=sites, final=norm_scale == "final", reduce=reduce
+        )
     return out
 
 

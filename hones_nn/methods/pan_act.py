@@ -31,11 +31,12 @@ Cost: 1 forward per example (prompt prefill only), no backward.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
 
-from hones_nn.engine.readout import read_at_T, unembedding_rows, write_out_projection
+from hones_nn.engine.readout import read_at_T
 from hones_nn.methods.base import MeanOverExamples, RunContext, ShardPlan, register_method
 from hones_nn.tasks.targets import special_ids, target_token_ids
 
@@ -226,23 +227,37 @@ def pan_target_ids(tokenizer, task, item) -> list[int]:
     return task.gold_token_ids(tokenizer, item)[:1]
 
 
+def pan_scores(values, envoy, adapter, targets) -> torch.Tensor:
+    """Inside the read trace (``read_at_T(..., reduce=)``): s [B, L, d_ff] float64 = g(T) *
+    <W_down[:, i], mean W_U[t]>, the weights read where they are."""
+    W_U = adapter.lm_head(envoy).weight.detach()
+    direction = torch.stack(
+        [
+            W_U.index_select(0, torch.tensor(list(ids), dtype=torch.long, device=W_U.device)).float().cpu().mean(0)
+            for ids in targets
+        ]
+    )  # [B, hidden]
+    g = values["g"]
+    out = torch.zeros(g.shape[0], g.shape[1], g.shape[2], dtype=torch.float64)
+    for layer in range(g.shape[1]):
+        W = adapter.down_proj(envoy, layer).weight.detach()  # [hidden, d_ff]
+        out[:, layer] = g[:, layer].double() * (direction.to(W.device, torch.float32) @ W.float()).double().cpu()
+    return out
+
+
 @torch.no_grad()
 def pan_per_example(ctx: RunContext, item_ids: list[int]) -> torch.Tensor:
-    """s_{l,i}(x) [n, L, d_ff] float64 for the given items."""
+    """s_{l,i}(x) [n, L, d_ff] float64 for the given items (one trace per batch; the
+    projection runs inside it, so the client needs no weights)."""
     items = ctx.items(item_ids)
     tokenizer, task = ctx.engine.tokenizer, ctx.td.task
     L, F = ctx.sizes.num_layers, ctx.sizes.d_ff
     out = torch.zeros(len(items), L, F, dtype=torch.float64)
     for start in range(0, len(items), ctx.batch_size):
         batch = items[start : start + ctx.batch_size]
-        direction = torch.stack(
-            [unembedding_rows(ctx.loaded, pan_target_ids(tokenizer, task, item)).mean(0) for item in batch]
-        )  # [B, hidden]
-        g = read_at_T(ctx.engine, ctx.td, batch, sites=("g",))["g"]  # [B, L, d_ff]
-        for layer in range(L):
-            out[start : start + len(batch), layer] = g[:, layer].double() * write_out_projection(
-                ctx.loaded, layer, direction
-            )
+        targets = [list(pan_target_ids(tokenizer, task, item)) for item in batch]
+        reduce = functools.partial(pan_scores, targets=targets)
+        out[start : start + len(batch)] = read_at_T(ctx.engine, ctx.td, batch, sites=("g",), reduce=reduce)
     return out
 
 

@@ -176,6 +176,11 @@ class QRNCA(Method):
         "ceil(L / max(1, batch_size // m)) forward/backward passes"
     )
     needs_gradients = True
+    remote_refusal = (
+        "it takes gradients through the model (a backward pass inside the trace with the parameters "
+        "frozen on this machine), which the remote backend does not ship yet: run it where the "
+        "weights are"
+    )
 
     @classmethod
     def passes(cls, shape, options: dict) -> Passes:

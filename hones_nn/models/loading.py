@@ -44,6 +44,10 @@ class LoadedModel:
     revision: str | None
     weights_hash: str | None  # short sha256 of the safetensors files (None when not found locally)
     family: str
+    # False for a remote client's model: built on the meta device from the config alone
+    # (shapes, no weights read or held); every weight read then happens inside a trace
+    # on the server (see hones_nn.engine.remote)
+    has_weights: bool = True
 
     @property
     def tokenizer(self):
@@ -174,12 +178,17 @@ def load_model(
     device_map=None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    weights: bool = True,
 ) -> LoadedModel:
     """Model (eval mode), processor and adapter of a supported checkpoint.
 
     ``dtype``: None keeps float32 (the reference numerics; pass "auto" for the
     checkpoint's own dtype), or float32/float16/bfloat16/auto. ``device_map`` (e.g.
     "auto") is passed to ``from_pretrained`` and then ``device`` is not used.
+
+    ``weights=False`` (a remote client: ``--remote``, ``--dry-run``) reads the config and
+    the processor only and builds the model on the meta device: no weight file is
+    opened, the folder need not hold any, and a 70B model costs the client a few MB.
     """
     from transformers import AutoConfig
 
@@ -188,6 +197,8 @@ def load_model(
     torch_dtype = parse_dtype(dtype)
     if torch_dtype is None:
         torch_dtype = torch.float32
+    if not weights:
+        return _load_weightless(model_id, path, local, torch_dtype, revision, trust_remote_code)
     if local:
         _check_local_folder(path)
     try:
@@ -222,4 +233,44 @@ def load_model(
         revision=resolved_revision,
         weights_hash=weights_hash(folder) if folder else None,
         family=adapter.family,
+    )
+
+
+def _load_weightless(
+    model_id: str, path: str, local: bool, torch_dtype, revision: str | None, trust_remote_code: bool
+) -> LoadedModel:
+    """Config + processor + a meta-device model (see :func:`load_model` ``weights=False``)."""
+    from transformers import AutoConfig
+
+    if local and not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(
+            f"--model {path}: the folder has no config.json; give the folder of a saved checkpoint "
+            "(a remote run needs its config and processor files, not its weights)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _load_error(model_id, local, "config", exc) from None
+    adapter = adapter_for(config)
+    cls = adapter.model_class()
+    dtype = torch_dtype if isinstance(torch_dtype, torch.dtype) else getattr(config, "dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    with torch.device("meta"):
+        model = cls._from_config(config, dtype=dtype)
+    model.eval()
+    try:
+        processor = load_processor(path, adapter, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise _load_error(model_id, local, "processor (tokenizer)", exc) from None
+    resolved_revision = revision if local else (getattr(config, "_commit_hash", None) or revision)
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        adapter=adapter,
+        model_id=model_id,
+        revision=resolved_revision,
+        weights_hash=None,
+        family=adapter.family,
+        has_weights=False,
     )

@@ -207,6 +207,7 @@ class Runner:
                 verify_top = 4 * default_top_heads(sizes.num_layers, sizes.num_heads)
             options["verify_top"] = int(verify_top)
             method, default_name = "atp-screen", f"{task}.heads-atp.parquet"
+        self.check_remote(get_method(method))
         path = check_output_path(Path(out) if out else self.out_dir / default_name)
         ctx = self.context(task, options)
         shards = self.shard_options()
@@ -243,6 +244,12 @@ class Runner:
         done = sorted(int(p.name[6:11]) for p in folder.glob("shard-*.safetensors"))
         raise ShardsPending(desc, folder, done, [], len(done))
 
+    def check_remote(self, cls) -> None:
+        """A method that cannot run on a weightless remote client stops before any work."""
+        remote = self.engine.remote
+        if remote is not None and remote.settings.mode != "local" and cls.remote_refusal:
+            raise ValueError(f"--remote: the method {cls.name!r} cannot run remotely: {cls.remote_refusal}")
+
     # ------------------------------------------------------------ results that mean nothing
     PRECHECK_ITEMS = 16  # items whose clean metric is read before a head sweep
 
@@ -259,7 +266,7 @@ class Runner:
 
     def _check_base_metric(self, ctx: RunContext) -> None:
         """Before a sweep: the clean task metric on the first items must be above its floor (0)."""
-        if self.allow_degenerate:
+        if self.allow_degenerate or self.engine.dry_run:  # a dry run's values are stand-ins
             return
         td = ctx.td
         n = min(td.n, self.PRECHECK_ITEMS)
@@ -273,7 +280,7 @@ class Runner:
         """After a sweep (its shards are kept): a base at its floor stops here. (An all-zero
         table from a base above the floor is written: few items can leave every head without
         effect; ``rank`` refuses to be guided by it.)"""
-        if self.allow_degenerate:
+        if self.allow_degenerate or self.engine.dry_run:  # a dry run's values are stand-ins
             return
         if utility in ("metric", "prob") and base <= 1e-9:
             raise self._degenerate(f"the base utility ({utility}) over {ctx.td.n} items is {base:.4f}", ctx)
@@ -290,6 +297,7 @@ class Runner:
     ) -> ScoreTable:
         """Neuron scores of ``method`` for ``task``; HONES computes heads first if none are given."""
         cls = get_method(method)
+        self.check_remote(cls)
         sizes = self.loaded.adapter.sizes(self.loaded.model)
         opts = dict(options or {})
         opts.setdefault("utility", utility)
@@ -330,7 +338,7 @@ class Runner:
                     f"K_h = {opts['top_heads']}: HONES would weight the others by screen estimates (other units). "
                     f"Recompute it with --verify-top >= {opts['top_heads']} or pass --top-heads {len(verified)}"
                 )
-            if not self.allow_degenerate and not table.score.any():
+            if not (self.allow_degenerate or self.engine.dry_run) and not table.score.any():
                 base = float(table.table.column("base_utility")[0].as_py())
                 why = (
                     "the prompt probably does not fit the model; see "

@@ -39,7 +39,7 @@ from hones_nn.interventions.base import apply_edits  # noqa: E402
 from hones_nn.interventions.heads import HeadMeanReplacement  # noqa: E402
 from hones_nn.interventions.neurons import NeuronMask  # noqa: E402
 from hones_nn.methods.base import get_method  # noqa: E402
-from hones_nn.methods.hones import contributions, target_directions  # noqa: E402
+from hones_nn.methods.hones import contributions, target_directions, target_tokens  # noqa: E402
 from hones_nn.runner.pipeline import Runner  # noqa: E402
 from hones_nn.tasks.base import clean_generation  # noqa: E402
 from hones_nn.tasks.targets import caption_idf  # noqa: E402
@@ -337,8 +337,7 @@ def test_contributions_equal_z_at_T_times_projected_write_out(embedded, embedded
     runner = runner_for(embedded, embedded_engine, tmp_path, limit=3, batch_size=4)  # 9 rows: 3 batches, padded
     ctx = runner.context(task, {})
     conditions = [None, (1, 3), (2, 0)]
-    u = target_directions(ctx, ctx.td.items, None)
-    got = contributions(ctx, [0, 1, 2], conditions, mode="mean", u=u).numpy()
+    got = contributions(ctx, [0, 1, 2], conditions, mode="mean", targets=target_tokens(ctx, ctx.td.items, None)).numpy()
     tokenizer = embedded.processor.tokenizer
     u_hand = []
     for item in ctx.td.items:

@@ -143,11 +143,11 @@ def test_hones_batch_peak_close_to_a_plain_forward(embedded, benchmark_dir, tmp_
     """apply_edits releases each layer's activation after its last edit: reading z(T) of every
     layer (HONES) must not keep every layer's [B, S, d_ff] alive (that was ~1.8 x a forward)."""
     from hones_nn.engine.sweep import all_heads
-    from hones_nn.methods.hones import contributions, target_directions
+    from hones_nn.methods.hones import contributions, target_tokens
 
     ctx = Runner(loaded=embedded, out_dir=tmp_path, progress=False, limit=2, batch_size=18).context("vqa", {})
     conditions = [None] + all_heads(4, 8)[::4]  # 9 conditions x 2 examples = one batch of 18 rows
-    u = target_directions(ctx, ctx.td.items, None)
+    targets = target_tokens(ctx, ctx.td.items, None)
     enc = encode_prompts(
         embedded, ctx.td.images, [ctx.td.task.attribution_prompt(item) for item in ctx.td.items for _ in conditions]
     )
@@ -157,6 +157,6 @@ def test_hones_batch_peak_close_to_a_plain_forward(embedded, benchmark_dir, tmp_
             embedded.model(**enc.inputs)
 
     plain, _ = measure_peak_bytes(forward)
-    hones, c = measure_peak_bytes(lambda: contributions(ctx, [0, 1], conditions, u=u))
+    hones, c = measure_peak_bytes(lambda: contributions(ctx, [0, 1], conditions, targets=targets))
     assert c.shape == (2, 9, 4, 1024)
     assert hones < 1.3 * plain, (hones, plain)

@@ -21,6 +21,7 @@ from hones_nn.engine.remote import (
     redact,
     request_scope,
 )
+from hones_nn.models.loading import load_model
 from hones_nn.tasks.task_data import prepare_task
 
 
@@ -203,11 +204,17 @@ def test_dry_run_plan_counts_and_measures_without_a_server(embedded, embedded_en
     from hones_nn.engine.remote import summary_lines
 
     settings = RemoteSettings(mode="plan", host="http://127.0.0.1:9")  # nothing listens: nothing is sent
-    engine = Engine(embedded, remote=settings)
+    weightless = load_model("tiny-llava", weights=False)
+    engine = Engine(weightless, remote=settings)
     inputs = _inputs(embedded, "vqa", 2)
-    assert engine.generate(inputs) == embedded_engine.generate(inputs)
-    engine.decision_scores(inputs)
+    # a dry run executes nothing real: stand-ins of the right shapes come back
+    generated = engine.generate(inputs)
+    assert len(generated) == 2 and all(len(row) <= engine.max_new_tokens for row in generated)
+    scores = engine.decision_scores(inputs)
+    assert scores.shape == embedded_engine.decision_scores(inputs).shape == (2,)
+    assert torch.isfinite(scores).all()
     stats = engine.remote.stats
     assert stats.requests == 2 and stats.bytes_up > 0 and stats.bytes_down > 0
+    assert stats.bytes_up_max <= stats.bytes_up
     (line,) = summary_lines(settings)
     assert line.startswith("dry run: 2 request(s) to http://127.0.0.1:9") and "nothing was sent" in line

@@ -124,9 +124,9 @@ def test_hones_runs_no_pass_for_dropped_heads(embedded, embedded_engine, benchma
     method = hones.Hones()
     heads = [(2, 5), (0, 2), (3, 1), (1, 4), (1, 6)]
     weights = [entries[h] for h in heads]
-    u = hones.target_directions(ctx, ctx.td.items, ctx.td.task.direction_context(ctx.engine.tokenizer, ctx.td.items))
+    targets = hones.target_tokens(ctx, ctx.td.items, ctx.td.task.direction_context(ctx.engine.tokenizer, ctx.td.items))
     conditions = [None, *heads]
-    c = original(ctx, list(range(ctx.td.n)), conditions, u=u)
+    c = original(ctx, list(range(ctx.td.n)), conditions, targets=targets)
     part = hones._accumulate(c, conditions)
     want, _ = method.combine(part["c_sum"] / ctx.td.n, part["positive_sum"] / ctx.td.n, heads, weights, compat)
     scale = np.abs(want).max()

@@ -22,12 +22,14 @@ def _host() -> str:
 
 
 def _answers(host: str) -> bool:
-    import httpx
+    """The server answers /status, as nnsight's own status helper reads it (never /connected)."""
+    from hones_nn.engine.remote import RemoteRunError, server_status
 
     try:
-        return "connected" in httpx.get(f"{host}/connected", timeout=3).text
-    except Exception:
+        server_status(host, timeout=3)
+    except RemoteRunError:
         return False
+    return True
 
 
 @pytest.fixture(scope="session")
