@@ -104,7 +104,7 @@ def remote_options(fn):
     Python / package drift between this client and the server is printed as warnings."""
 
     @functools.wraps(fn)
-    def wrapper(*args, remote, ndif_host, dry_run, remote_timeout, remote_retry_budget, **kwargs):
+    def wrapper(*args, remote, ndif_host, dry_run, remote_timeout, remote_retry_budget, remote_concurrency, **kwargs):
         if not remote:
             if dry_run:
                 raise ValueError("--dry-run goes with --remote")
@@ -119,6 +119,7 @@ def remote_options(fn):
             timeout_s=remote_timeout,
             retry_budget_s=remote_retry_budget,
         )
+        settings.concurrency = remote_concurrency
         if not dry_run:  # a clear error before any work; version drift as warnings
             for line in preflight(settings):
                 click.echo(f"warning: {line}", err=True)
@@ -187,6 +188,14 @@ def remote_options(fn):
             metavar="SECONDS",
             help="How long connection errors and 5xx / 429 answers are retried (jittered exponential backoff, "
             "or the server's Retry-After) before a request fails; 0: no retries.",
+        ),
+        click.option(
+            "--remote-concurrency",
+            type=click.IntRange(min=1),
+            default=4,
+            show_default=True,
+            help="With --remote: shards whose requests are in flight at once (1 = one after another). The table is "
+            "the same, bit for bit, whatever N.",
         ),
     ]
     for option in reversed(options):
@@ -257,6 +266,9 @@ def load(model_name, dtype, device, device_map, trust_remote_code):
     """The command's model: with --remote or --dry-run, its config, processor and a
     meta-device model only (the weights stay on the server; none are read here)."""
     from hones_nn.models.loading import load_model
+    from hones_nn.utils.extras import require_accelerate
+
+    require_accelerate(device_map)
 
     remote = current_remote()
     weights = remote is None or remote.mode == "local"

@@ -28,10 +28,28 @@ def _method_names() -> list[str]:
 
 
 def _run_options(
-    data, limit, batch_size, skip_bad, reference_compat, out_dir, split, seed, quiet, instructions, allow_degenerate
+    data,
+    limit,
+    batch_size,
+    skip_bad,
+    reference_compat,
+    out_dir,
+    split,
+    seed,
+    quiet,
+    instructions,
+    allow_degenerate,
+    shard=None,
+    merge_only=False,
+    shard_size=None,
 ) -> dict:
     """The front door's run options (``hones_nn.runner.api``) from the shared CLI options."""
+    from hones_nn.engine.shards import parse_shard
+
     return {
+        "shard": parse_shard(shard),
+        "merge_only": merge_only,
+        "shard_size": shard_size,
         "instructions": instructions,
         "allow_degenerate": allow_degenerate,
         "out_dir": Path(out_dir),
@@ -67,6 +85,28 @@ def common_run_options(fn):
         ),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table."),
         click.option(
+            "--shard",
+            default=None,
+            metavar="i/n|auto",
+            help="Data-parallel: compute only shards k with k % n == i-1 (1-based i) of every sharded stage, keep "
+            "their files in OUT_DIR/.checkpoints and write no table; then `hones-nn merge` this command. 'auto': "
+            "i/n from RANK/WORLD_SIZE (torchrun, accelerate launch) or LOCAL_RANK/LOCAL_WORLD_SIZE.",
+        ),
+        click.option(
+            "--merge-only",
+            is_flag=True,
+            default=False,
+            help="Compute nothing: reduce the table from the shard files of --shard runs in OUT_DIR/.checkpoints "
+            "(a missing shard is an error naming it). `hones-nn merge CMD ...` is the same.",
+        ),
+        click.option(
+            "--shard-size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Examples per checkpointed shard (default: the method's own, 64). Part of the run key: resume "
+            "and merge with the same value.",
+        ),
+        click.option(
             "--allow-degenerate",
             is_flag=True,
             default=False,
@@ -93,6 +133,29 @@ def parse_options(pairs) -> dict:
         except json.JSONDecodeError:
             options[key.strip()] = value
     return options
+
+
+def _shards_written(result, as_json: bool) -> bool:
+    """A --shard run's report (no table): say which shards are done and how to merge."""
+    from hones_nn.runner.pipeline import ShardsWritten
+
+    if not isinstance(result, ShardsWritten):
+        return False
+    if as_json:
+        emit_json(
+            {
+                "shard": list(result.shard),
+                "stage": result.stage,
+                "folder": str(result.folder),
+                "done": result.done,
+                "missing": result.missing,
+                "n_shards": result.n_shards,
+            }
+        )
+    else:
+        for line in result.lines():
+            click.echo(line)
+    return True
 
 
 def _summary(frame, top: int = 10) -> list[dict]:
@@ -156,6 +219,9 @@ def heads_cmd(
     verify_top,
     allow_degenerate,
     instructions,
+    shard,
+    merge_only,
+    shard_size,
 ):
     """V-SEAM head localization: replace each head by the mean of the others.
 
@@ -188,8 +254,13 @@ def heads_cmd(
             as_json,
             instructions,
             allow_degenerate,
+            shard,
+            merge_only,
+            shard_size,
         ),
     )
+    if _shards_written(table, as_json):
+        return
     meta = table.attrs
     rows = _summary(table)
     if as_json:
@@ -280,6 +351,9 @@ def rank_cmd(
     allow_degenerate,
     recompute_heads,
     instructions,
+    shard,
+    merge_only,
+    shard_size,
 ):
     """Rank every FFN neuron of the language model for a task.
 
@@ -312,8 +386,13 @@ def rank_cmd(
             as_json,
             instructions,
             allow_degenerate,
+            shard,
+            merge_only,
+            shard_size,
         ),
     )
+    if _shards_written(table, as_json):
+        return
     meta = table.attrs
     rows = _summary(table)
     if as_json:
@@ -474,6 +553,36 @@ def methods_cmd(as_json, model_name, batch_size, dtype, text_tokens, top_heads, 
     )
 
 
+@click.command(
+    "merge",
+    # everything after COMMAND is that command's (`hones-nn merge heads --help`: the help of heads)
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "allow_interspersed_args": False},
+)
+@click.argument("command")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def merge_cmd(ctx, command, args):
+    """Merge the shard files of `--shard i/n` runs into the table of one process.
+
+    \b
+    hones-nn merge heads --task vqa --limit 64 --out-dir runs
+    hones-nn merge rank --task vqa --method hones --heads runs/vqa.heads.parquet --out-dir runs
+    Give the command and the options of the shard runs, without --shard (the same options make the
+    same run key, so the same shard files); it is `hones-nn COMMAND ... --merge-only`. Nothing is
+    computed: a missing shard is an error that names it.
+    """
+    mergeable = ("heads", "rank")
+    root = ctx.find_root().command
+    sub = root.commands.get(command) if isinstance(root, click.Group) else None
+    if command not in mergeable or sub is None:
+        raise click.UsageError(f"hones-nn merge {command}: give one of {', '.join(mergeable)} and its options")
+    if any(a == "--shard" or a.startswith("--shard=") for a in args):
+        raise click.UsageError("hones-nn merge: drop --shard (give the options of the shard runs without it)")
+    sub_ctx = sub.make_context(command, [*args, "--merge-only"], parent=ctx.parent)
+    with sub_ctx:
+        return sub.invoke(sub_ctx)
+
+
 def register(cli: click.Group) -> None:
-    for command in (heads_cmd, rank_cmd, methods_cmd):
+    for command in (heads_cmd, rank_cmd, methods_cmd, merge_cmd):
         cli.add_command(command)

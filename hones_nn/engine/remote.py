@@ -43,6 +43,7 @@ import email.utils
 import json
 import os
 import random
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -53,6 +54,9 @@ from hones_nn.engine.nnsight_compat import Backend
 
 MODES = ("ndif", "local", "plan")
 DEFAULT_HOST = "http://127.0.0.1:8001"
+
+# in-process runs (rehearsal, --dry-run) of concurrent shards, one at a time
+_IN_PROCESS_LOCK = threading.Lock()
 
 # the label scope of the current requests (set by ShardedRun per shard) and its journal
 _SCOPE: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("hones_remote_scope", default=None)
@@ -170,6 +174,7 @@ class RemoteSettings:
     rng: random.Random = field(default_factory=random.Random, repr=False)
     # whether the server's status and environment were read (versions drift reported) for this run
     preflight_done: bool = False
+    concurrency: int = 4  # shards (their requests) in flight at once (--remote-concurrency; 1 = sequential)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -565,11 +570,14 @@ class RemoteSession:
 
         start = time.perf_counter()
         _next_label()
-        self.stats.sent(len(RequestModel.serialize(tracer, compress=True)))
-        with _project_hidden():
-            LocalSimulationBackend(model)(tracer)
-        self.stats.requests += 1
-        self.stats.latencies.append(time.perf_counter() - start)
+        # one in-process run at a time: nnsight's interleaver of the one model cannot run traces of
+        # several threads at once (--remote-concurrency captures and serializes them in parallel)
+        with _IN_PROCESS_LOCK:
+            self.stats.sent(len(RequestModel.serialize(tracer, compress=True)))
+            with _project_hidden():
+                LocalSimulationBackend(model)(tracer)
+            self.stats.requests += 1
+            self.stats.latencies.append(time.perf_counter() - start)
 
     def run_plan(self, model, tracer) -> None:
         """--dry-run (``plan``): serialize the request exactly as it would be sent (bytes
@@ -578,13 +586,17 @@ class RemoteSession:
         would send back from the saved values' shapes, and hand the caller stand-in values
         of those shapes so the run goes on to its next request. The stand-ins are seeded
         noise: the run's tables mean nothing and a dry run writes none."""
+        start = time.perf_counter()
+        _next_label()
+        with _IN_PROCESS_LOCK:  # as run_local: one in-process run at a time
+            self._plan_locked(tracer, start)
+
+    def _plan_locked(self, tracer, start: float) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
         from hones_nn.engine.nnsight_compat import RequestModel
 
-        start = time.perf_counter()
-        _next_label()
         self.stats.sent(len(RequestModel.serialize(tracer, compress=True)))
         standins = _PLAN_STANDINS.get()
         if standins is not None:  # a generation: its decode loop cannot run on fake tensors

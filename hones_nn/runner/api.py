@@ -20,7 +20,12 @@ Run options shared by the functions that run the model (the :class:`Runner`'s fi
 ``out_dir`` (where tables and resumable checkpoints go, default ``hones_runs``), ``data``
 (a benchmark folder; default the synthetic benchmark), ``split``, ``limit``,
 ``batch_size``, ``seed``, ``skip_bad``, ``reference_compat``, ``progress``, ``remote``
-(a :class:`hones_nn.engine.remote.RemoteSettings`).
+(a :class:`hones_nn.engine.remote.RemoteSettings`; its ``concurrency`` shards are in flight
+at once), ``shard_size`` (examples per checkpointed shard), and for data-parallel runs
+``shard=(i, n)`` (compute only the shards k with k % n == i - 1: :func:`heads` and
+:func:`rank` then return a :class:`~hones_nn.runner.pipeline.ShardsWritten` instead of a
+table) and ``merge_only=True`` (reduce from the shard files the ``shard`` runs left in
+``out_dir``; a missing shard is an error, never computed).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hones_nn.engine.shards import ShardsPending
 from hones_nn.engine.tables import ScoreTable, read_neuron_table, read_table, top_k_for_ratio
 from hones_nn.models.loading import LoadedModel, load_model
-from hones_nn.runner.pipeline import Runner
+from hones_nn.runner.pipeline import Runner, ShardsWritten
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,13 +118,18 @@ def heads(
     verify_top: int | None = None,
     out: str | Path | None = None,
     **run: Any,
-) -> pd.DataFrame:
+) -> pd.DataFrame | ShardsWritten:
     """V-SEAM head scores of ``task`` on the discovery split (written to ``out``, default
     ``OUT_DIR/TASK.heads.parquet``); ``screen="atp"`` pre-screens by attribution patching
     and verifies the top ``verify_top`` heads exactly."""
-    table = runner(model, **run).heads(
-        task, utility=utility, caption_corpus=caption_corpus, out=out, screen=screen, verify_top=verify_top
-    )
+    r = runner(model, **run)
+    try:
+        table = r.heads(
+            task, utility=utility, caption_corpus=caption_corpus, out=out, screen=screen, verify_top=verify_top
+        )
+    except ShardsPending as pending:  # shard=(i, n): this process's shards are written, no table
+        assert r.shard is not None
+        return ShardsWritten.of(pending, r.shard)
     return to_frame(table)
 
 
@@ -133,15 +144,18 @@ def rank(
     options: dict | None = None,
     out: str | Path | None = None,
     **run: Any,
-) -> pd.DataFrame:
+) -> pd.DataFrame | ShardsWritten:
     """Every FFN neuron of the language model ranked by ``method`` for ``task`` (written to
     ``out``, default ``OUT_DIR/TASK.METHOD.parquet``). Head-guided methods take ``heads``
     (a table from :func:`heads`) or compute it first; ``options`` are the method's own
     (``hones-nn methods``)."""
     head_table = None if heads is None else _table(heads, "heads")
-    table = runner(model, **run).rank(
-        task, method, heads=head_table, top_heads=top_heads, utility=utility, out=out, options=options
-    )
+    r = runner(model, **run)
+    try:
+        table = r.rank(task, method, heads=head_table, top_heads=top_heads, utility=utility, out=out, options=options)
+    except ShardsPending as pending:  # shard=(i, n): this process's shards are written, no table
+        assert r.shard is not None
+        return ShardsWritten.of(pending, r.shard)
     return to_frame(table)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hones_nn.engine.core import Engine
+from hones_nn.engine.shards import ShardOptions, ShardsPending, cleanup_runs, shard_options
 from hones_nn.engine.tables import (
     ScoreTable,
     check_table_matches,
@@ -35,6 +36,39 @@ DEFAULT_OUT_DIR = "hones_runs"
 
 
 @dataclass
+class ShardsWritten:
+    """What a ``--shard i/n`` run did instead of writing a table: the stage it stopped at,
+    the run folder of that stage's shard files, the shards present and missing there."""
+
+    stage: str
+    folder: Path
+    done: list[int]
+    missing: list[int]
+    n_shards: int
+    shard: tuple[int, int]
+
+    @classmethod
+    def of(cls, pending: ShardsPending, shard: tuple[int, int]) -> ShardsWritten:
+        return cls(pending.desc, pending.folder, pending.done, pending.missing, pending.n_shards, shard)
+
+    def lines(self) -> list[str]:
+        i, n = self.shard
+        where = f"{self.folder.parent.name}/{self.folder.name}/"
+        head = (
+            f"shard {i}/{n} of {self.stage}: done; no table written. {len(self.done)} of {self.n_shards} shard "
+            f"file(s) in {self.folder}"
+        )
+        merge = "`hones-nn merge <the same command and options, without --shard>`"
+        if not self.missing:
+            return [f"{head}: all present.", f"merge them: {merge}"]
+        return [
+            f"{head}, {len(self.missing)} left to the other --shard processes.",
+            f"when every --shard i/n has run: copy each process's {where} folder into one OUT_DIR (the shard files "
+            f"do not clash), then {merge}",
+        ]
+
+
+@dataclass
 class Runner:
     loaded: LoadedModel
     out_dir: Path = Path(DEFAULT_OUT_DIR)
@@ -51,10 +85,22 @@ class Runner:
     allow_degenerate: bool = False  # run on even when the base utility is at its floor (results mean nothing)
     recompute_heads: bool = False  # rank: recompute the head table even when a matching one exists
     lock_wait: float = 0.0  # seconds to wait for another process writing the same output
+    # data-parallel scale-out: compute only shards k % n == i - 1 of every sharded stage (i, n) and write
+    # no table; or compute nothing and reduce from the shard files (merge_only); examples per shard
+    shard: tuple[int, int] | None = None
+    merge_only: bool = False
+    shard_size: int | None = None
     _engine: Engine | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
+        self.shard_options()  # bad --shard / --merge-only combinations fail before any work
+
+    def shard_options(self) -> ShardOptions:
+        """How this runner's sharded stages run: several shards in flight for a remote engine
+        (its settings' concurrency; a local engine stays sequential), --shard, --merge-only."""
+        concurrency = int(getattr(self.remote, "concurrency", 1)) if self.remote is not None else 1
+        return ShardOptions(concurrency=concurrency, select=self.shard, merge_only=self.merge_only)
 
     @classmethod
     def local(
@@ -67,7 +113,9 @@ class Runner:
         **kwargs,
     ) -> Runner:
         from hones_nn.models.loading import load_model
+        from hones_nn.utils.extras import require_accelerate
 
+        require_accelerate(device_map)
         loaded = load_model(
             model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code
         )
@@ -98,7 +146,7 @@ class Runner:
             seed=self.seed,
             checkpoint_dir=str(self.out_dir / ".checkpoints"),
             progress=self.progress,
-            options=options,
+            options=options if self.shard_size is None else {**options, "shard_size": int(self.shard_size)},
         )
 
     def _meta(self, ctx: RunContext, method: str, extra: dict, seconds: float) -> dict:
@@ -126,6 +174,7 @@ class Runner:
         }
         if self.engine.remote is not None:  # mode and host only: never the API key
             meta["remote"] = {**self.engine.remote.settings.describe(), **self.engine.remote.stats.as_dict()}
+            meta["remote"]["concurrency"] = int(getattr(self.engine.remote.settings, "concurrency", 1))
         clash = sorted(k for k in set(meta) & set(extra) - {"options"} if meta[k] != extra[k])
         if clash:
             raise ValueError(f"method {method!r} reports metadata {clash} that differ from the runner's; rename them")
@@ -161,11 +210,14 @@ class Runner:
         self.check_remote(get_method(method))
         path = check_output_path(Path(out) if out else self.out_dir / default_name)
         ctx = self.context(task, options)
+        shards = self.shard_options()
         with OutputLock(path, wait=self.lock_wait):
-            if utility == "metric":
+            if utility == "metric" and not self.merge_only:  # a merge computes nothing (the shards checked)
                 self._check_base_metric(ctx)
             start = time.perf_counter()
-            result = get_method(method)().attribute(ctx)
+            with shard_options(shards):  # --shard i/n: ShardsPending ends the run here (no table)
+                result = get_method(method)().attribute(ctx)
+            self._shard_run_ends(shards, f"{method} ({task})")
             seconds = time.perf_counter() - start
             self.engine.assert_backend()
             if method == "vseam":  # the screen's base is its own teacher-forced U, whatever the utility
@@ -179,7 +231,18 @@ class Runner:
                 meta,
                 ranks=result.extra.get("ranks"),
             )
+        cleanup_runs(shards)
         return read_table(path)
+
+    @staticmethod
+    def _shard_run_ends(shards: ShardOptions, desc: str) -> None:
+        """A --shard run writes no table, even when every stage was complete before it started
+        (more processes than shards, or the files of every process copied in): it says so."""
+        if shards.select is None or not shards.runs:
+            return
+        folder = shards.runs[-1]
+        done = sorted(int(p.name[6:11]) for p in folder.glob("shard-*.safetensors"))
+        raise ShardsPending(desc, folder, done, [], len(done))
 
     def check_remote(self, cls) -> None:
         """A method that cannot run on a weightless remote client stops before any work."""
@@ -238,6 +301,8 @@ class Runner:
         sizes = self.loaded.adapter.sizes(self.loaded.model)
         opts = dict(options or {})
         opts.setdefault("utility", utility)
+        if self.shard_size is not None:
+            opts["shard_size"] = int(self.shard_size)
         if cls.uses_top_heads:
             opts["top_heads"] = top_heads or default_top_heads(sizes.num_layers, sizes.num_heads)
         path = check_output_path(Path(out) if out else self.out_dir / f"{task}.{method}.parquet")
@@ -248,6 +313,13 @@ class Runner:
             if heads is None:
                 heads = self.matching_heads(task, utility)
                 reused = heads is not None
+                if heads is None and (self.shard is not None or self.merge_only):
+                    raise ValueError(
+                        f"{method} needs a head table, and a sharded run (--shard / merge) does not compute one on "
+                        f"the way: shard the heads first (`hones-nn heads --task {task} --shard i/n` for every i, "
+                        f"then `hones-nn merge heads --task {task}` with the same options), then rank; or give "
+                        "--heads TABLE"
+                    )
                 heads = heads or self.heads(task, utility=utility)
             table = heads if isinstance(heads, ScoreTable) else read_table(heads)
             if table.kind != "heads":
@@ -281,9 +353,12 @@ class Runner:
                 )
             opts["heads_table"] = table
             ctx.options = opts
+        shards = self.shard_options()
         with OutputLock(path, wait=self.lock_wait):
             start = time.perf_counter()
-            result = cls().attribute(ctx)
+            with shard_options(shards):  # --shard i/n: ShardsPending ends the run here (no table)
+                result = cls().attribute(ctx)
+            self._shard_run_ends(shards, f"{method} ({task})")
             seconds = time.perf_counter() - start
             self.engine.assert_backend()
             opts_meta = {k: (str(v.path) if isinstance(v, ScoreTable) else v) for k, v in opts.items()}
@@ -295,6 +370,7 @@ class Runner:
                 write_head_table(path, result.scores, result.extra["base_utility"], result.extra["intervened"], meta)
             else:
                 write_neuron_table(path, result.scores, meta)
+        cleanup_runs(shards)
         return read_table(path)
 
     # ------------------------------------------------------------ checks before work
