@@ -859,14 +859,16 @@ RUNNING, DEPLOYING, COLD, UNHEALTHY, OTHER_REVISION, ABSENT = (
 def remote_revision(loaded, local: bool) -> str | None:
     """The revision the model key names.
 
-    A hub id: the revision the model was loaded at (``LoadedModel.revision``: the commit
-    the client's config and tokenizer come from), else ``"main"``, as nnsight reads a
-    deployment without one (``nnsight.is_model_running``'s default). A local path: None,
-    since a folder has no git revision and the server loads the same path (its deployments
-    of a path report none, which nnsight reads as "main")."""
+    A hub id: the revision the user asked for (``LoadedModel.requested_revision``: a
+    branch, tag or commit), else ``"main"``, as nnsight reads a deployment without one
+    (``nnsight.is_model_running``'s default). Not the commit it resolved to: NDIF lists
+    its deployments by the revision they were deployed at ("main"), and a key naming a
+    commit hash would ask for another deployment. The resolved commit stays in the
+    tables' metadata. A local path: None, since a folder has no git revision and the
+    server loads the same path (its deployments of a path report none, read as "main")."""
     if local:
         return None
-    return getattr(loaded, "revision", None) or "main"
+    return getattr(loaded, "requested_revision", None) or "main"
 
 
 def server_status(host: str, timeout: float = 10.0) -> dict:

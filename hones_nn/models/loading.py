@@ -48,6 +48,9 @@ class LoadedModel:
     # (shapes, no weights read or held); every weight read then happens inside a trace
     # on the server (see hones_nn.engine.remote)
     has_weights: bool = True
+    # the revision the user asked for (None: the default branch); ``revision`` is what it
+    # resolved to (a hub commit), kept in metadata; a remote model key names the former
+    requested_revision: str | None = None
 
     @property
     def tokenizer(self):
@@ -233,6 +236,7 @@ def load_model(
         revision=resolved_revision,
         weights_hash=weights_hash(folder) if folder else None,
         family=adapter.family,
+        requested_revision=revision,
     )
 
 
@@ -273,4 +277,5 @@ def _load_weightless(
         weights_hash=None,
         family=adapter.family,
         has_weights=False,
+        requested_revision=revision,
     )

@@ -305,11 +305,12 @@ def test_model_state_tells_running_from_cold_deploying_unhealthy_and_revisions()
 
 def test_the_model_key_carries_the_revision():
     class Loaded:
-        revision = "abc123"
+        revision = "0123456789abcdef"  # the commit the default branch resolved to
+        requested_revision = "v1.1"
 
-    assert remote.remote_revision(Loaded(), local=False) == "abc123"
-    Loaded.revision = None
-    assert remote.remote_revision(Loaded(), local=False) == "main"
+    assert remote.remote_revision(Loaded(), local=False) == "v1.1"  # what the user asked for
+    Loaded.requested_revision = None
+    assert remote.remote_revision(Loaded(), local=False) == "main"  # not the resolved commit
     assert remote.remote_revision(Loaded(), local=True) is None
     assert remote._key_parts(KEY) == ("org/m", "main")
 

@@ -170,6 +170,32 @@ def test_evaluate_remote_equals_local(ndif_host, local_rank, no_weights_env, cap
     assert abs(json.loads(a.stdout)["metric"] - json.loads(b.stdout)["metric"]) <= 1e-5
 
 
+def test_several_jobs_in_flight_give_the_same_table(ndif_host, local_rank, no_weights_env, tmp_path, capsys):
+    """--remote-concurrency: shards run as concurrent jobs on the server; the table equals
+    the sequential remote run's and the local one's, bit for bit in shard order."""
+    args = ["rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--utility", "logprob"]
+    args += ["--heads", str(local_rank / "vqa.heads.parquet"), "--shard-size", "1", "--batch-size", "4"]
+    args += ["--remote", "--ndif-host", ndif_host]
+    env = {"NDIF_API_KEY": KEY, **no_weights_env}
+    runs = {
+        n: hones(*args, "--out-dir", str(tmp_path / f"c{n}"), "--remote-concurrency", str(n), env=env) for n in (1, 4)
+    }
+    for res in runs.values():
+        assert res.returncode == 0, res.stderr[-3000:]
+    from hones_nn.engine.tables import read_table
+
+    one, four = (read_table(tmp_path / f"c{n}" / "vqa.hones.parquet") for n in (1, 4))
+    assert np.array_equal(one.matrix(), four.matrix())
+    assert four.meta["remote"]["concurrency"] == 4 and one.meta["remote"]["concurrency"] == 1
+    local = max_diff(local_rank / "vqa.hones.parquet", tmp_path / "c4" / "vqa.hones.parquet")
+    with capsys.disabled():
+        print(
+            f"\n[ndif] rank --method hones --limit 4 --shard-size 1 (4 shards): concurrency 1 {runs[1].seconds:.1f}s, "
+            f"concurrency 4 {runs[4].seconds:.1f}s; max |remote - local| {local:.3g}"
+        )
+    assert local <= 1e-5
+
+
 def test_dry_run_counts_the_requests_and_sends_nothing(ndif_host, tmp_path, capsys):
     args = ["rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--utility", "logprob"]
     args += ["--remote", "--ndif-host", ndif_host]
