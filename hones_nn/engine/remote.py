@@ -749,7 +749,7 @@ def _key_source() -> str:
     return "NDIF_API_KEY" if os.environ.get("NDIF_API_KEY") else "nnsight's config (CONFIG.API.APIKEY)"
 
 
-def _key_refused(exc, host: str) -> str | None:
+def _key_refused(exc, host: str | None) -> str | None:
     """One line for an API key the server refused (401 none sent, 400 not a UUID, 403 unknown),
     naming where the key comes from and how to set it; never the key itself. None otherwise."""
     import httpx
