@@ -276,6 +276,8 @@ def test_server_stopped_mid_run_then_resume(ndif_host, stack_control, tmp_path, 
     local = hones(*args, "--out-dir", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr[-2000:]
     remote_args = [*args, "--out-dir", str(tmp_path / "remote"), "--remote", "--ndif-host", ndif_host]
+    # a short retry budget: with the default (600 s) the stopped run retries past communicate's timeout
+    remote_args += ["--remote-retry-budget", "30"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hones_nn.cli", *remote_args],
@@ -291,7 +293,12 @@ def test_server_stopped_mid_run_then_resume(ndif_host, stack_control, tmp_path, 
     assert proc.poll() is None, "the run ended before the server could be stopped: " + proc.stderr.read()[-2000:]
     stop()  # mid-run: at least one shard finished, others not
     stopped_at = time.time()
-    _, err = proc.communicate(timeout=300)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        start()  # the later tests need the stack
+        raise
     done_before = len(list(checkpoints.rglob("shard-*.safetensors")))
     with capsys.disabled():
         print(
