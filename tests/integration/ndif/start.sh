@@ -66,7 +66,7 @@ fi
 "${AS_PG[@]}" "$PG_BIN/postgres" -D "$PGDATA" -p "$PG_PORT" -k "$STATE/pg/run" -c listen_addresses=127.0.0.1 \
   -c unix_socket_permissions=0700 -c fsync=off -c max_connections=40 > "$STATE/logs/postgres.log" 2>&1 &
 record postgres $!   # setpriv execs postgres: this is the postmaster
-for i in $(seq 1 60); do "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break; sleep 0.5; done
+for i in $(seq 1 60); do "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U ndif -d postgres && break; sleep 0.5; done
 psql_() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U ndif "$@"; }
 if [ -z "$(psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'ndif'")" ]; then
   psql_ -d postgres -c "CREATE DATABASE ndif" && psql_ -d ndif -f "$HERE/server/keys_schema.sql"
