@@ -427,6 +427,9 @@ class RemoteSession:
                 backend.submit(tracer)
                 return
             except Exception as exc:
+                refused = _key_refused(exc, self.settings.host)
+                if refused:  # 400 / 401 / 403: final, the key must change first
+                    raise RemoteRunError(redact(refused)) from None
                 if not _transient(exc):
                     raise RemoteRunError(
                         redact(
@@ -746,6 +749,43 @@ def _project_hidden() -> Iterator[None]:
         yield
     finally:
         sys.meta_path.remove(blocker)
+
+
+_KEY_FIX = (
+    "set NDIF_API_KEY, or save it in nnsight's config "
+    "(python -c \"import nnsight; nnsight.CONFIG.set_default_api_key('<key>')\"); keys: https://login.ndif.us"
+)
+
+
+def _key_source() -> str:
+    return "NDIF_API_KEY" if os.environ.get("NDIF_API_KEY") else "nnsight's config (CONFIG.API.APIKEY)"
+
+
+def _key_refused(exc, host: str | None) -> str | None:
+    """One line for an API key the server refused (401 none sent, 400 not a UUID, 403 unknown),
+    naming where the key comes from and how to set it; never the key itself. None otherwise."""
+    import httpx
+
+    for cause in _causes(exc):
+        if isinstance(cause, httpx.HTTPStatusError):
+            code = cause.response.status_code
+            about_key = "api key" in cause.response.text.lower()  # NDIF's detail for 400 / 403 on a key
+            if code == 401 and not api_key():
+                return f"the NDIF server at {host} requires an API key and none was sent (HTTP 401): {_KEY_FIX}"
+            if code == 401:
+                return f"the NDIF server at {host} refused the API key from {_key_source()} (HTTP 401): {_KEY_FIX}"
+            if code == 400 and about_key and api_key():
+                return (
+                    f"the NDIF server at {host} rejected the API key from {_key_source()} as malformed (HTTP 400): "
+                    f"a key looks like xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx; {_KEY_FIX}"
+                )
+            if code == 403 and about_key and api_key():
+                return (
+                    f"the NDIF server at {host} does not know the API key from {_key_source()} (HTTP 403): "
+                    f"check it, or {_KEY_FIX}"
+                )
+            return None
+    return None
 
 
 def _message(exc) -> str:

@@ -44,10 +44,10 @@ class FakeServer:
         self.headers.append(dict(request.headers))
         if path == "/request":
             if self.posts:
-                code, headers = self.posts.pop(0)
+                code, headers, *detail = self.posts.pop(0)  # (code, headers[, the answer's detail])
                 if code == "refused":
                     raise httpx.ConnectError("connection refused", request=request)
-                return httpx.Response(code, headers=headers, json={"detail": f"answer {code}"})
+                return httpx.Response(code, headers=headers, json={"detail": detail[0] if detail else f"answer {code}"})
             job = f"job-{len(self.jobs)}"
             self.jobs.append(job)
             return httpx.Response(200, json={"id": job, "status": "RECEIVED"})
@@ -186,6 +186,46 @@ def test_429_is_retried_400_is_final(server):
         session.run_ndif(None, None)
     assert "refused the request" in str(info.value) and "answer 400" in str(info.value)
     assert clock.sleeps == [] and session.stats.retries == 0 and fake.jobs == []
+
+
+# NDIF's answers (ndif 0.1.2, services/api/auth.py) to a missing, a malformed and an unknown key
+REFUSED_KEYS = [
+    (401, "Missing or invalid API key. Please visit https://login.ndif.us/ to create a new one.", "none was sent"),
+    (400, f"Invalid API key format: '{SECRET}'. API keys must be in the format: xxxxxxxx-xxxx", "as malformed"),
+    (403, "Invalid API key.", "does not know the API key from NDIF_API_KEY"),
+]
+
+
+@pytest.mark.parametrize(("code", "detail", "says"), REFUSED_KEYS, ids=["missing", "malformed", "unknown"])
+def test_a_refused_key_is_final_one_line_and_never_echoed(server, monkeypatch, code, detail, says):
+    if code == 401:
+        import nnsight
+
+        monkeypatch.delenv("NDIF_API_KEY")
+        monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    fake = server(posts=[(code, {}, detail), (503, {})])
+    clock = Clock()
+    session = _session(clock)
+    with pytest.raises(RemoteRunError) as info:
+        session.run_ndif(None, None)
+    message = str(info.value)
+    assert says in message and f"HTTP {code}" in message and "\n" not in message
+    assert "NDIF_API_KEY" in message and "nnsight's config" in message  # where to set it
+    assert SECRET not in message  # the 400 answer quotes the key: never echoed
+    assert clock.sleeps == [] and session.stats.retries == 0 and fake.jobs == []  # final: no retry
+    assert ("ndif-api-key" in fake.headers[0]) == (code != 401)
+
+
+def test_a_401_with_a_key_sent_names_where_the_key_came_from(server, monkeypatch):
+    import nnsight
+
+    monkeypatch.delenv("NDIF_API_KEY")
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", SECRET)
+    server(posts=[(401, {}, "Missing or invalid API key.")])
+    with pytest.raises(RemoteRunError) as info:
+        _session(Clock()).run_ndif(None, None)
+    message = str(info.value)
+    assert "refused the API key from nnsight's config" in message and SECRET not in message
 
 
 def test_the_budget_ends_the_retries_with_a_clear_error(server):

@@ -5,6 +5,13 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/../../.." && pwd)"
 STATE="${NDIF_STATE:-$ROOT/.gl/ndif-state}"
 [ -f "$STATE/pids" ] || { echo "stop.sh: nothing recorded in $STATE/pids"; exit 0; }
+# PostgreSQL first, by its recorded postmaster PID: SIGINT is its "fast" shutdown (clients
+# disconnected, clean exit; its own children end with it). SIGTERM to its children would look
+# like a crash to it.
+for pid in $(awk '$1 == "postgres" {print $2}' "$STATE/pids"); do
+  kill -INT "$pid" 2>/dev/null || continue
+  for i in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+done
 recorded=$(awk '{print $2}' "$STATE/pids" | sort -u)
 # Ray daemonizes (parent 1) and may restart its processes: also take every process started
 # from this stack's own Ray session folder (a path unique to this checkout), by PID

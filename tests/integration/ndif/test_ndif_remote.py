@@ -3,8 +3,10 @@
 End to end: `hones-nn rank --method hones --remote` and `hones-nn evaluate --remote` on
 the embedded model equal the local runs (tolerance 1e-5). Faults: a request raising on the
 server, a client timeout (then re-attach), the server stopped mid-run (then resume), a
-model the server does not have. Security: a planted NDIF_API_KEY appears in no output and
-no file the run wrote."""
+model the server does not have. Security: the server checks API keys (start.sh's stack runs
+with auth on); the valid key appears in no output and no file the run wrote; a missing, a
+malformed and an unknown key each fail at once with one line that says how to set the key,
+without echoing it."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +24,11 @@ import pytest
 
 pytestmark = pytest.mark.ndif
 
-KEY = "hones-planted-key-7f3a9c1e5b2d"
 
-
-def hones(*args, env=None, timeout=900):
+def hones(*args, env=None, unset=(), timeout=900):
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    for name in unset:
+        environment.pop(name, None)
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "hones_nn.cli", *args], capture_output=True, text=True, env=environment, timeout=timeout
@@ -109,9 +112,13 @@ def local_rank(tmp_path_factory):
     return out
 
 
-def test_rank_hones_remote_equals_local_and_leaks_no_key(ndif_host, local_rank, no_weights_env, tmp_path, capsys):
+def test_rank_hones_remote_equals_local_and_leaks_no_key(
+    ndif_host, ndif_api_key, local_rank, no_weights_env, tmp_path, capsys
+):
     """The client of this run cannot open a weight file (``no_weights_env``): it reads the
-    config and the processor only; the server reads the weights."""
+    config and the processor only; the server reads the weights. It sends the stack's valid
+    key, which the run must not write anywhere."""
+    key = ndif_api_key
     out = tmp_path / "remote"
     res = hones(
         "rank",
@@ -128,7 +135,7 @@ def test_rank_hones_remote_equals_local_and_leaks_no_key(ndif_host, local_rank, 
         "--remote",
         "--ndif-host",
         ndif_host,
-        env={"NDIF_API_KEY": KEY, **no_weights_env},
+        env={"NDIF_API_KEY": key, **no_weights_env},
     )
     assert res.returncode == 0, res.stderr[-3000:]
     heads = max_diff(local_rank / "vqa.heads.parquet", out / "vqa.heads.parquet")
@@ -142,17 +149,18 @@ def test_rank_hones_remote_equals_local_and_leaks_no_key(ndif_host, local_rank, 
     from hones_nn.engine.tables import read_table
 
     assert read_table(out / "vqa.hones.parquet").meta["backend"] == "ndif"
-    # the planted key: in no output, no file the run wrote (tables, metadata, checkpoints)
-    assert KEY not in res.stdout and KEY not in res.stderr
-    for path in out.rglob("*"):
-        if path.is_file():
-            assert KEY.encode() not in path.read_bytes(), path
+    # the key: in no output, no file the run wrote (tables, metadata, checkpoints)
+    assert key not in res.stdout and key not in res.stderr
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert files
+    for path in files:
+        assert key.encode() not in path.read_bytes(), path
 
 
-def test_evaluate_remote_equals_local(ndif_host, local_rank, no_weights_env, capsys):
+def test_evaluate_remote_equals_local(ndif_host, ndif_api_key, local_rank, no_weights_env, capsys):
     args = ["evaluate", "--task", "vqa", "--limit", "12", "--mask", str(local_rank / "vqa.hones.parquet"), "--json"]
     local = hones(*args)
-    remote = hones(*args, "--remote", "--ndif-host", ndif_host, env={"NDIF_API_KEY": KEY, **no_weights_env})
+    remote = hones(*args, "--remote", "--ndif-host", ndif_host, env={"NDIF_API_KEY": ndif_api_key, **no_weights_env})
     assert local.returncode == 0 and remote.returncode == 0, remote.stderr[-3000:]
     a, b = json.loads(local.stdout), json.loads(remote.stdout)
     with capsys.disabled():
@@ -162,7 +170,7 @@ def test_evaluate_remote_equals_local(ndif_host, local_rank, no_weights_env, cap
         )
     for key in ("base_metric", "masked_metric", "relative_drop", "n", "k"):
         assert abs(a[key] - b[key]) <= 1e-5, key
-    assert KEY not in remote.stdout and KEY not in remote.stderr
+    assert ndif_api_key not in remote.stdout and ndif_api_key not in remote.stderr
     # retrieval reads logits (no generation): scores equal too
     args = ["evaluate", "--task", "retrieval", "--limit", "2", "--json"]
     a, b = hones(*args), hones(*args, "--remote", "--ndif-host", ndif_host)
@@ -170,13 +178,15 @@ def test_evaluate_remote_equals_local(ndif_host, local_rank, no_weights_env, cap
     assert abs(json.loads(a.stdout)["metric"] - json.loads(b.stdout)["metric"]) <= 1e-5
 
 
-def test_several_jobs_in_flight_give_the_same_table(ndif_host, local_rank, no_weights_env, tmp_path, capsys):
+def test_several_jobs_in_flight_give_the_same_table(
+    ndif_host, ndif_api_key, local_rank, no_weights_env, tmp_path, capsys
+):
     """--remote-concurrency: shards run as concurrent jobs on the server; the table equals
     the sequential remote run's and the local one's, bit for bit in shard order."""
     args = ["rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--utility", "logprob"]
     args += ["--heads", str(local_rank / "vqa.heads.parquet"), "--shard-size", "1", "--batch-size", "4"]
     args += ["--remote", "--ndif-host", ndif_host]
-    env = {"NDIF_API_KEY": KEY, **no_weights_env}
+    env = {"NDIF_API_KEY": ndif_api_key, **no_weights_env}
     runs = {
         n: hones(*args, "--out-dir", str(tmp_path / f"c{n}"), "--remote-concurrency", str(n), env=env) for n in (1, 4)
     }
@@ -230,11 +240,10 @@ def _inputs(loaded, n=2):
     return encode_prompts(loaded, td.images, [item.prompts[0] for item in td.items]).inputs
 
 
-def test_server_side_error_shows_server_message_and_request(ndif_host, tmp_path, monkeypatch, capsys):
+def test_server_side_error_shows_server_message_and_request(ndif_host, ndif_api_key, tmp_path, capsys):
     from hones_nn.engine.remote import JobJournal, RemoteRunError, request_scope
     from hones_nn.interventions.neurons import NeuronMask
 
-    monkeypatch.setenv("NDIF_API_KEY", KEY)
     loaded, engine = _engine(ndif_host)
     journal = JobJournal(tmp_path / "jobs.json")
     with request_scope("shard-00007", journal), pytest.raises(RemoteRunError) as info:
@@ -244,7 +253,7 @@ def test_server_side_error_shows_server_message_and_request(ndif_host, tmp_path,
         print(f"\n[ndif] server-side error -> {message[:400]}")
     assert "reported an error" in message and "shard-00007/req-00000" in message and "job " in message
     assert "index" in message.lower()  # the server's own message
-    assert KEY not in message
+    assert ndif_api_key not in message
     assert journal.get("shard-00007/req-00000") is None  # a failed job is not re-attached to
 
 
@@ -295,11 +304,9 @@ def test_server_stopped_mid_run_then_resume(ndif_host, stack_control, tmp_path, 
     ]
     local = hones(*args, "--out-dir", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr[-2000:]
-    # a short retry budget: the stopped server is given up on after 20 s (the default waits 10 minutes)
-    remote_args = [
-        *args, "--out-dir", str(tmp_path / "remote"), "--remote", "--ndif-host", ndif_host,
-        "--remote-retry-budget", "20",
-    ]  # fmt: skip
+    remote_args = [*args, "--out-dir", str(tmp_path / "remote"), "--remote", "--ndif-host", ndif_host]
+    # a short retry budget: with the default (600 s) the stopped run retries past communicate's timeout
+    remote_args += ["--remote-retry-budget", "30"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hones_nn.cli", *remote_args],
@@ -315,7 +322,12 @@ def test_server_stopped_mid_run_then_resume(ndif_host, stack_control, tmp_path, 
     assert proc.poll() is None, "the run ended before the server could be stopped: " + proc.stderr.read()[-2000:]
     stop()  # mid-run: at least one shard finished, others not
     stopped_at = time.time()
-    _, err = proc.communicate(timeout=300)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        start()  # the later tests need the stack
+        raise
     done_before = len(list(checkpoints.rglob("shard-*.safetensors")))
     with capsys.disabled():
         print(
@@ -356,3 +368,49 @@ def test_model_not_hosted_is_a_clear_error(ndif_host, tmp_path, capsys):
     with capsys.disabled():
         print(f"\n[ndif] not hosted: dry-run check -> {message[:160]}...\n[ndif] run -> {str(info.value)[:300]}")
     assert "did not deploy the model" in str(info.value)
+
+
+# (key sent, HTTP status, what the one error line says): none, not a UUID, a UUID the server does not know
+BAD_KEYS = [
+    (None, 401, "requires an API key and none was sent"),
+    ("hones-malformed-key-7f3a9c1e", 400, "as malformed"),
+    (str(uuid.uuid4()), 403, "does not know the API key"),
+]
+
+
+@pytest.mark.parametrize(("key", "status", "says"), BAD_KEYS, ids=["missing", "malformed", "unknown"])
+def test_bad_key_fails_at_once_with_one_clear_line(ndif_host, key, status, says, tmp_path, capsys):
+    """The CLI: exit 3, one error line naming NDIF_API_KEY and nnsight's config, the status,
+    no retries (a refused key is final, whatever the retry budget), the key never echoed."""
+    args = ["evaluate", "--task", "retrieval", "--limit", "2", "--json", "--remote", "--ndif-host", ndif_host]
+    # no key from the environment nor from a user's nnsight config file
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), **({"NDIF_API_KEY": key} if key else {})}
+    res = hones(*args, "--remote-retry-budget", "600", env=env, unset=() if key else ("NDIF_API_KEY",))
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    with capsys.disabled():
+        shown = errors[-1] if errors else res.stderr[-500:]
+        print(f"\n[ndif] {status} ({res.seconds:.1f}s, exit {res.returncode}): {shown}")
+    assert res.returncode == 3, res.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    line = errors[0]
+    assert says in line and f"HTTP {status}" in line and "NDIF_API_KEY" in line and "nnsight's config" in line
+    assert "unreachable" not in line and "tries" not in line  # no retry streak
+    if key:
+        assert key not in res.stdout and key not in res.stderr
+    assert res.stdout == ""
+
+
+def test_missing_key_is_final_no_retry(ndif_host, monkeypatch, tmp_path):
+    """In process: the refused submit is not retried and no request is counted as sent."""
+    from hones_nn.engine.remote import RemoteRunError
+
+    monkeypatch.delenv("NDIF_API_KEY")
+    loaded, engine = _engine(ndif_host, retry_budget_s=600)
+    import nnsight
+
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    with pytest.raises(RemoteRunError, match="none was sent") as info:
+        engine.decision_scores(_inputs(loaded, 1))
+    stats = engine.remote.stats
+    assert stats.retries == 0 and stats.requests == 0, stats.as_dict()
+    assert "NDIF_API_KEY" in str(info.value)
