@@ -71,6 +71,27 @@ def _csv(value: str) -> list[str]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-bad", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="i/n|auto",
+    help="Data-parallel: every ranking stage computes only its shards k % n == i-1 and keeps their files; no "
+    "comparison is written. Then `hones-nn merge compare` with the same options; methods guided by heads need a "
+    "second round (the merge says so) once the head tables are merged.",
+)
+@click.option(
+    "--merge-only",
+    is_flag=True,
+    default=False,
+    help="Compute no ranking: reduce the tables from the --shard runs' files, then mask and compare "
+    "(`hones-nn merge compare ...` is the same).",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Discovery examples per checkpointed shard (default: each method's own). Merge with the same value.",
+)
 @friendly_errors
 @remote_options
 def compare_cmd(
@@ -94,6 +115,9 @@ def compare_cmd(
     seed,
     skip_bad,
     as_json,
+    shard,
+    merge_only,
+    shard_size,
 ):
     """Rank with each method on discovery, mask each top ratio on test, print the tables.
 
@@ -104,33 +128,46 @@ def compare_cmd(
     Score tables already in --out-dir are reused; compare.parquet has one row per method x task.
     """
     import hones_nn as hn
-    from hones_nn.evaluation.compare import pivot
+    from hones_nn.engine.shards import parse_shard
+    from hones_nn.evaluation.compare import CompareRoundDone, pivot
 
     method_list, task_list = _csv(methods), _csv(tasks)
     unknown = [t for t in task_list if t not in TASK_NAMES]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASK_NAMES)}")
+    shard = parse_shard(shard)  # bad values fail before the model loads
     model = load(model_name, dtype, device, device_map, trust_remote_code)
-    frame = hn.compare(
-        model,
-        method_list,
-        task_list,
-        top_ratio=top_ratio,
-        discovery_limit=discovery_limit,
-        test_limit=test_limit,
-        utility=utility,
-        top_heads=top_heads,
-        target=target,
-        ape_variant=ape_variant,
-        out_dir=out_dir,
-        log=(lambda *_: None) if as_json else click.echo,
-        remote=current_remote(),
-        batch_size=batch_size,
-        seed=seed,
-        progress=not as_json,
-        data=data,
-        skip_bad=skip_bad,
-    )
+    try:
+        frame = hn.compare(
+            model,
+            method_list,
+            task_list,
+            top_ratio=top_ratio,
+            discovery_limit=discovery_limit,
+            test_limit=test_limit,
+            utility=utility,
+            top_heads=top_heads,
+            target=target,
+            ape_variant=ape_variant,
+            out_dir=out_dir,
+            log=(lambda *_: None) if as_json else click.echo,
+            remote=current_remote(),
+            batch_size=batch_size,
+            seed=seed,
+            progress=not as_json,
+            data=data,
+            skip_bad=skip_bad,
+            shard=shard,
+            merge_only=merge_only,
+            shard_size=shard_size,
+        )
+    except CompareRoundDone as done:
+        if as_json:
+            emit_json({"shard": list(done.shard) if done.shard else None, "waiting": done.waiting})
+        else:
+            for line in done.lines():
+                click.echo(line)
+        return
     rows = frame.to_dict("records")
     if as_json:
         emit_json(rows)

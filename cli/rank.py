@@ -567,11 +567,12 @@ def merge_cmd(ctx, command, args):
     \b
     hones-nn merge heads --task vqa --limit 64 --out-dir runs
     hones-nn merge rank --task vqa --method hones --heads runs/vqa.heads.parquet --out-dir runs
+    hones-nn merge compare --tasks vqa --methods hones,ap --out-dir runs
     Give the command and the options of the shard runs, without --shard (the same options make the
     same run key, so the same shard files); it is `hones-nn COMMAND ... --merge-only`. Nothing is
     computed: a missing shard is an error that names it.
     """
-    mergeable = ("heads", "rank")
+    mergeable = ("heads", "rank", "compare")
     root = ctx.find_root().command
     sub = root.commands.get(command) if isinstance(root, click.Group) else None
     if command not in mergeable or sub is None:

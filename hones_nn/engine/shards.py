@@ -128,6 +128,15 @@ def parse_shard(text: str | None, environ: dict | None = None) -> tuple[int, int
     return pair
 
 
+class ShardsMissing(ValueError):
+    """A merge found a stage's shard files incomplete (``done`` empty: the stage never ran,
+    e.g. a stage that needed the merged table of an earlier one)."""
+
+    def __init__(self, done: list[int], missing: list[int], message: str):
+        self.done, self.missing = done, missing
+        super().__init__(message)
+
+
 class ShardsPending(Exception):
     """``--shard i/n`` finished its shards of a stage whose other shards are elsewhere."""
 
@@ -245,7 +254,9 @@ class ShardedRun:
             options.runs.append(self.dir)
         if options.merge_only and len(present) < n_shards:
             missing = [k for k in range(n_shards) if k not in present]
-            raise ValueError(
+            raise ShardsMissing(
+                sorted(present),
+                missing,
                 f"cannot merge {desc}: {len(missing)} of {n_shards} shard(s) missing in {self.dir} "
                 f"(shard {_ranges(missing)}). Run the command with --shard i/n for every i (shard k belongs to "
                 f"i = k % n + 1), copy every process's {self.dir.name if self.dir else ''} folder into this one, "

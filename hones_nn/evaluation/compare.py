@@ -14,6 +14,7 @@ shared ``target`` for all of them, or each method's paper default; null for the 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hones_nn.engine.shards import ShardsMissing, ShardsPending
 from hones_nn.engine.tables import read_table
 from hones_nn.evaluation.evaluate import evaluate, masked_evaluation
 from hones_nn.methods.base import get_method
@@ -82,6 +84,28 @@ def _reusable(path: Path, runner: Runner, task: str, options: dict | None = None
     return same_model and meta.get("task") == task and same_data
 
 
+class CompareRoundDone(Exception):
+    """A ``compare --shard i/n`` round (or a merge with stages left) ended: no comparison
+    yet. ``waiting``: the stages another round must finish, one line each."""
+
+    def __init__(self, waiting: list[str], shard: tuple[int, int] | None):
+        self.waiting, self.shard = waiting, shard
+        super().__init__("; ".join(waiting) or "all tables complete")
+
+    def lines(self) -> list[str]:
+        if self.shard is not None:
+            i, n = self.shard
+            head = f"shard {i}/{n} of compare: done for this round; no comparison written."
+            after = (
+                "when every --shard i/n has run (copy the processes' OUT_DIR/.checkpoints folders into one), run "
+                "`hones-nn merge compare <the same options>`"
+            )
+        else:
+            head = "merge of compare: the tables above are written; stages left for another --shard round:"
+            after = "run `hones-nn compare ... --shard i/n` for every i again, then `hones-nn merge compare ...`"
+        return [head, *(f"  {w}" for w in self.waiting), after]
+
+
 def compare(
     runner: Runner,
     methods: list[str],
@@ -107,16 +131,73 @@ def compare(
     guided = {method for method in methods if get_method(method).needs_heads}  # unknown names fail here, first
     for method in methods:  # a method that cannot run remotely stops the comparison before any work
         runner.check_remote(get_method(method))
+    sharding = runner.shard is not None or runner.merge_only
+    waiting: list[str] = []  # --shard / merge: stages left to another round
+
+    def ranked(label: str, run) -> bool:
+        """Run one ranking stage; under --shard / a merge, a stage whose table cannot be
+        written in this round is noted instead (nothing else is lost)."""
+        try:
+            run()
+            return True
+        except ShardsPending as pending:
+            if not sharding:
+                raise
+            waiting.append(f"{label}: {len(pending.done)} of {pending.n_shards} shard(s) in {pending.folder}")
+        except ShardsMissing as missing:
+            if not runner.merge_only or missing.done:
+                raise
+            waiting.append(f"{label}: not started (it needed a table this merge has just written)")
+        return False
+
+    # 1. every table, on discovery
+    paths: dict[tuple[str, str], Path] = {}
+    heads_paths: dict[str, Path] = {}
+    for task in tasks:
+        heads_path = runner.out_dir / f"{task}.heads.parquet"
+        heads_ready = not guided or _reusable(heads_path, runner, task)
+        if not heads_ready:
+            log(f"[{task}] V-SEAM heads on {runner.split}")
+            heads_ready = ranked(
+                f"{task} heads", functools.partial(runner.heads, task, utility=utility, out=heads_path)
+            )
+        heads_paths[task] = heads_path
+        for method in methods:
+            used_target = method_target(method, target)
+            options: dict = {}
+            if used_target is not None:
+                options["target"] = used_target
+            if method == "ape":
+                options["variant"] = ape_variant
+            path = runner.out_dir / _table_name(task, method, used_target, ape_variant)
+            paths[(task, method)] = path
+            if _reusable(path, runner, task, options):
+                continue
+            if method in guided and not heads_ready:
+                waiting.append(f"{task} {method}: waits for the merged head table")
+                continue
+            log(f"[{task}] ranking with {method}" + (f" (target {used_target})" if used_target else ""))
+            ranked(
+                f"{task} {method}",
+                functools.partial(
+                    runner.rank,
+                    task,
+                    method,
+                    heads=heads_path if method in guided else None,
+                    top_heads=top_heads,
+                    utility=utility,
+                    out=path,
+                    options=options,
+                ),
+            )
+    if runner.shard is not None or waiting:
+        raise CompareRoundDone(waiting, runner.shard)
+
+    # 2. every top ratio masked, on test
     rows = []
     engine = runner.engine
     for task in tasks:
-        heads_path = runner.out_dir / f"{task}.heads.parquet"
-        heads_seconds = None
-        if guided:
-            if not _reusable(heads_path, runner, task):
-                log(f"[{task}] V-SEAM heads on {runner.split}")
-                runner.heads(task, utility=utility, out=heads_path)
-            heads_seconds = read_table(heads_path).meta.get("seconds_per_example")
+        heads_seconds = read_table(heads_paths[task]).meta.get("seconds_per_example") if guided else None
         td = prepare_task(
             runner.loaded,
             task,
@@ -130,24 +211,7 @@ def compare(
         log(f"[{task}] base {base.metric_name} = {base.metric:.4f} on {td.n} test examples")
         for method in methods:
             used_target = method_target(method, target)
-            options: dict = {}
-            if used_target is not None:
-                options["target"] = used_target
-            if method == "ape":
-                options["variant"] = ape_variant
-            path = runner.out_dir / _table_name(task, method, used_target, ape_variant)
-            if not _reusable(path, runner, task, options):
-                log(f"[{task}] ranking with {method}" + (f" (target {used_target})" if used_target else ""))
-                runner.rank(
-                    task,
-                    method,
-                    heads=heads_path if method in guided else None,
-                    top_heads=top_heads,
-                    utility=utility,
-                    out=path,
-                    options=options,
-                )
-            table = read_table(path)
+            table = read_table(paths[(task, method)])
             seconds = table.meta.get("seconds_per_example") or 0.0
             if method in guided and heads_seconds:
                 seconds += heads_seconds
