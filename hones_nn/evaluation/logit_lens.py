@@ -125,44 +125,64 @@ def decode_vocab(tokenizer, size: int) -> list[str]:
 
 
 @torch.no_grad()
-def _mlp_outputs(
-    engine, inputs: dict, mask_by_layer: Mapping[int, torch.Tensor] | None, num_layers: int, final: bool
+def _lens_logits(
+    engine,
+    inputs: dict,
+    mask_by_layer: Mapping[int, torch.Tensor] | None,
+    num_layers: int,
+    norm: str,
+    eps: float,
+    sigma: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """[B, L, hidden] MLP outputs at T (float32 CPU) and the final-norm input at T, one trace."""
+    """One trace: the MLP outputs at T of every layer projected to the vocabulary under
+    ``norm``, [B, L, V] float32 CPU, computed inside the trace where the weights are
+    (:func:`lens_project`); and, for the clean run of ``norm="frozen"`` (``sigma`` None),
+    the clean run's final RMS at T [B], which the masked runs are given back."""
     from hones_nn.interventions.base import site_value
 
     adapter, envoy = engine.adapter, engine.envoy
-    outs = []
-    h = None
     with envoy.trace(**inputs):
+        outs = []
         for layer in range(num_layers):  # execution order: z of layer l, the MLP output of l, then l + 1
             if mask_by_layer and layer in mask_by_layer:
                 z = site_value(envoy, adapter, layer, "down_proj_input")
                 z[..., mask_by_layer[layer].to(z.device)] = 0
-            outs.append(nnsight.save(adapter.mlp(envoy, layer).output[:, -1].float().cpu()))
-        if final:
-            h = nnsight.save(adapter.final_norm(envoy).input[:, -1].float().cpu())
-    return torch.stack(list(outs), dim=1), h
+            outs.append(adapter.mlp(envoy, layer).output[:, -1].float().cpu())
+        if norm == "frozen" and sigma is None:
+            sigma = nnsight.save(_rms(adapter.final_norm(envoy).input[:, -1].float().cpu(), eps))
+        logits = nnsight.save(lens_project(envoy, adapter, torch.stack(outs, dim=1), norm, eps, sigma))
+    return logits, sigma
 
 
-def project(loaded, vectors: torch.Tensor, norm: str, sigma: torch.Tensor | None = None) -> torch.Tensor:
-    """Vocabulary logits of ``vectors`` [..., hidden] under ``norm`` (see the module docstring), float32 CPU."""
-    adapter, model = loaded.adapter, loaded.model
-    lm_head = adapter.lm_head(model)
-    final_norm = adapter.final_norm(model)
-    param = lm_head.weight
+def rms_norm(v: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The decoders' RMSNorm (Llama, Mistral, Qwen2), written out: weight * v / rms(v), the
+    statistics in float32, the result in v's dtype times the weight."""
+    dtype = v.dtype
+    v = v.to(torch.float32)
+    variance = v.pow(2).mean(-1, keepdim=True)
+    v = v * torch.rsqrt(variance + eps)
+    return weight * v.to(dtype)
+
+
+def lens_project(envoy, adapter, vectors: torch.Tensor, norm: str, eps: float, sigma=None) -> torch.Tensor:
+    """Inside a trace: vocabulary logits of ``vectors`` [..., hidden] under ``norm`` (see
+    the module docstring), float32 CPU, through the final norm and ``lm_head`` weights."""
+    head = adapter.lm_head(envoy)
+    param = head.weight
+    bias = getattr(head, "bias", None)
+    gamma = adapter.final_norm(envoy).weight
     v = vectors.to(device=param.device, dtype=param.dtype)
     if norm == "final":
-        v = final_norm(v)
+        v = rms_norm(v, gamma, eps)
     elif norm == "frozen":
         if sigma is None:
             raise ValueError("norm='frozen' needs the clean run's final RMS sigma_T")
-        gamma = final_norm.weight.to(v.device).float()
-        v = v.float() * gamma / sigma.to(v.device).float().reshape(*sigma.shape, *([1] * (v.dim() - sigma.dim())))
+        g = gamma.to(v.device).float()
+        v = v.float() * g / sigma.to(v.device).float().reshape(*sigma.shape, *([1] * (v.dim() - sigma.dim())))
         v = v.to(param.dtype)
     elif norm != "none":
         raise ValueError(f"norm={norm!r}; choose one of {', '.join(NORMS)}")
-    return lm_head(v).float().cpu()
+    return torch.nn.functional.linear(v, param, bias).float().cpu()
 
 
 def _rms(h: torch.Tensor, eps: float) -> torch.Tensor:
@@ -197,11 +217,6 @@ def logit_lens(
 
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r}; choose one of {', '.join(NORMS)}")
-    if not engine.loaded.has_weights:
-        raise ValueError(
-            "--remote: the logit lens projects the MLP outputs through the unembedding on this machine, and a "
-            "remote client holds no weights; run `hones-nn overlap lens` where the weights are"
-        )
     if not groups:
         raise ValueError("give at least one neuron group to mask")
     if td.n == 0:
@@ -229,9 +244,8 @@ def logit_lens(
         items = td.items[start : start + batch_size]
         target_rows = [td.task.target_tokens(tokenizer, item, target, context) for item in items]
         inputs = attribution_inputs(engine, td, items)
-        clean, h = _mlp_outputs(engine, inputs, None, L, final=norm == "frozen")
-        sigma = _rms(h, eps) if norm == "frozen" else None
-        logits = project(loaded, clean, norm, sigma).double()  # [B, L, V]
+        logits, sigma = _lens_logits(engine, inputs, None, L, norm, eps)
+        logits = logits.double()  # [B, L, V]
         base_sum = logits.sum(0) if base_sum is None else base_sum + logits.sum(0)
         # per example, the target tokens' weights (summing to 1) over the vocabulary: [B, V]
         weights = torch.zeros(len(items), logits.shape[-1], dtype=torch.float64)
@@ -240,8 +254,7 @@ def logit_lens(
             weights[b].index_add_(0, torch.tensor(ids, dtype=torch.long), w_t / w_t.sum())
         tgt_base += torch.einsum("blv,bv->l", logits, weights)
         for name in groups:
-            masked, _ = _mlp_outputs(engine, inputs, masks[name], L, final=False)
-            logits_m = project(loaded, masked, norm, sigma).double()
+            logits_m = _lens_logits(engine, inputs, masks[name], L, norm, eps, sigma)[0].double()
             sums[name] = logits_m.sum(0) if sums[name] is None else sums[name] + logits_m.sum(0)
             tgt_masked[name] += torch.einsum("blv,bv->l", logits_m, weights)
     n = td.n

@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -179,3 +180,24 @@ def test_projection_methods_read_weights_inside_the_trace(embedded, embedded_eng
     assert c.matrix().shape == a.matrix().shape
     stats = dry.engine.remote.stats
     assert stats.requests == 1 and stats.bytes_down >= 3 * 4 * 1024 * 8  # [B, L, d_ff] float64 scores
+
+
+@pytest.mark.parametrize("norm", ["final", "frozen"])
+def test_logit_lens_projects_inside_the_trace(embedded, embedded_engine, benchmark_dir, norm):
+    """The lens projects through the final norm and W_U inside its traces: the rehearsal
+    (serialized, hones_nn hidden) equals the local run, and a weightless dry run runs it."""
+    from hones_nn.evaluation.logit_lens import logit_lens
+    from hones_nn.tasks.task_data import prepare_task
+
+    td = prepare_task(embedded, "vqa", split="test", limit=3)
+    groups = {"g": [(1, 5), (2, 7), (3, 100)]}
+    local = logit_lens(embedded_engine, td, groups, norm=norm, progress=False)
+    rehearsal = Engine(embedded, remote=RemoteSettings(mode="local"))
+    remote = logit_lens(rehearsal, td, groups, norm=norm, progress=False)
+    assert rehearsal.remote.stats.requests == 2  # the clean run and the masked one, logits computed inside
+    assert np.array_equal(local.base, remote.base) and np.array_equal(local.target_base, remote.target_base)
+    assert np.array_equal(local.groups["g"].masked, remote.groups["g"].masked)
+    weightless = load_model("tiny-llava", weights=False)
+    dry = Engine(weightless, remote=RemoteSettings(mode="plan", host="http://127.0.0.1:9"))
+    report = logit_lens(dry, prepare_task(weightless, "vqa", split="test", limit=3), groups, norm=norm, progress=False)
+    assert report.base.shape == local.base.shape
