@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hones_nn.cli.common import emit_json, friendly_errors, print_table
+from hones_nn.cli.common import emit_json, friendly_errors, guards_output, print_table
 
 
 @click.group("data")
@@ -117,6 +117,7 @@ def _split_sizes(text: str | None) -> dict[str, int] | None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @friendly_errors
+@guards_output("out", "--out-dir", ".benchmark")
 def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, draw_ocr_box, tasks, as_json):
     """Import the official HONES records + COCO images (blue OCR box drawn from the bbox,
     retrieval negatives mined from the split's captions)."""
