@@ -31,6 +31,7 @@ def data_group() -> None:
     "--n-train", type=int, default=2000, show_default=True, help="Images of the train split (model training only)."
 )
 @friendly_errors
+@guards_output("out", "--out-dir", ".benchmark")
 def build_synthetic(out, seed, n_images, n_train):
     """Generate the synthetic four-task benchmark (deterministic for a seed)."""
     from hones_nn.data.synthetic import build_synthetic_benchmark
@@ -152,6 +153,7 @@ def _ood_command(name: str, loader_name: str, annotation_help: str):
     @click.option("--skip-bad", is_flag=True, help="Skip (and count) unusable records.")
     @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
     @friendly_errors
+    @guards_output("out", "--out-dir", ".benchmark")
     def command(annotations, images, out, split, seed, max_images, skip_bad, as_json):
         from hones_nn.data import ood
 

@@ -192,10 +192,26 @@ def _writers(tmp_path) -> dict[str, tuple[list[str], str]]:
             ["data", "import-hones", "--records", str(records), "--images", str(images)],
             "--out-dir",
         ),
+        "data import-gqa": (
+            ["data", "import-gqa", "--annotations", str(records), "--images", str(images)],
+            "--out-dir",
+        ),
+        "data build-synthetic": (["data", "build-synthetic", "--n-images", "10"], "--out-dir"),
     }
 
 
-WRITERS = ["steer", "edit", "fuzzy build", "fuzzy table", "compare", "overlap", "lens", "data import-hones"]
+WRITERS = [
+    "steer",
+    "edit",
+    "fuzzy build",
+    "fuzzy table",
+    "compare",
+    "overlap",
+    "lens",
+    "data import-hones",
+    "data import-gqa",
+    "data build-synthetic",
+]
 
 
 @pytest.mark.parametrize("name", WRITERS)
@@ -229,6 +245,8 @@ def _lock_path(tmp_path, name) -> tuple[Path, list[str]]:
         "compare": "compare.parquet",
         "overlap": "overlap.parquet",
         "data import-hones": ".benchmark",
+        "data import-gqa": ".benchmark",
+        "data build-synthetic": ".benchmark",
     }.get(name)
     target = out / inner if inner else out.with_suffix(".safetensors" if name == "edit" else ".json")
     value = out if inner else target
