@@ -11,9 +11,21 @@ import click
 
 from hones_nn.tasks.prompts import TASK_NAMES
 
+_CHAT_TEMPLATE: contextvars.ContextVar = contextvars.ContextVar("hones_cli_chat_template", default=None)
+
 
 def model_options(fn):
-    """--model, --dtype, --device, --device-map, --trust-remote-code."""
+    """--model, --dtype, --device, --device-map, --trust-remote-code, --chat-template (read by
+    :func:`load` from the running command, not passed to the command)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, chat_template, **kwargs):
+        token = _CHAT_TEMPLATE.set(chat_template)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CHAT_TEMPLATE.reset(token)
+
     options = [
         click.option(
             "--model",
@@ -40,10 +52,19 @@ def model_options(fn):
             default=False,
             help="Allow model code from the hub to run (off by default).",
         ),
+        click.option(
+            "--chat-template",
+            default=None,
+            type=click.Path(exists=True, dir_okay=False),
+            metavar="FILE",
+            help="A Jinja chat template file for a checkpoint saved without one (no chat_template.jinja or "
+            "'chat_template' in its tokenizer/processor config), e.g. the base model's chat_template.jinja; it "
+            "replaces the checkpoint's own.",
+        ),
     ]
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def data_options(fn):
@@ -226,14 +247,15 @@ def refuses_remote(reason: str):
 
 
 def prompt_options(fn):
-    """--instruction, --prompt-file: the task instructions the model receives; passed to the
-    command as ``instructions`` (a {task: template} dict, or None for the built-in ones)."""
+    """--instruction, --answer-template, --prompt-file: the task instructions the model receives
+    and what its answers look like; passed to the command as ``instructions`` (a {task: template}
+    dict, answer templates under "TASK.answer", or None for the built-in ones)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, instruction, prompt_file, **kwargs):
+    def wrapper(*args, instruction, answer_template, prompt_file, **kwargs):
         from hones_nn.tasks.prompts import resolve_instructions
 
-        kwargs["instructions"] = resolve_instructions(kwargs.get("task"), instruction, prompt_file)
+        kwargs["instructions"] = resolve_instructions(kwargs.get("task"), instruction, prompt_file, answer_template)
         return fn(*args, **kwargs)
 
     options = [
@@ -247,11 +269,21 @@ def prompt_options(fn):
             "the model makes of it with `hones-nn evaluate --show 5`.",
         ),
         click.option(
+            "--answer-template",
+            default=None,
+            metavar="TEXT",
+            help="What the model's answer to --task looks like around the gold text, with the field {answer}, e.g. "
+            "'Answer: {answer}' or '{answer}.' (default '{answer}'). The text before {answer} ends the prompt (after "
+            "the chat template's 'ASSISTANT:'), the text after it is teacher-forced with the answer; both are "
+            "stripped from generations before scoring. Stored in the score table's metadata (answer_template).",
+        ),
+        click.option(
             "--prompt-file",
             default=None,
             type=click.Path(exists=True, dir_okay=False),
             help="A YAML or JSON file of instructions per task, e.g. 'vqa: \"Q: {question} A short answer:\"' "
-            "or 'vqa: {instruction: ...}'; --instruction wins for --task.",
+            "or 'vqa: {instruction: ..., answer: \"Answer: {answer}\"}'; --instruction and --answer-template win "
+            "for --task.",
         ),
     ]
     for option in reversed(options):
@@ -279,6 +311,7 @@ def load(model_name, dtype, device, device_map, trust_remote_code):
         device_map=device_map,
         trust_remote_code=trust_remote_code,
         weights=weights,
+        chat_template=_CHAT_TEMPLATE.get(),
     )
 
 
@@ -367,3 +400,45 @@ def print_table(rows: list[dict], columns: list[str], floatfmt: str = "{:.4f}") 
     click.echo("  ".join("-" * w for w in widths))
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def guards_output(param: str, option: str, file_in_folder: str | None = None):
+    """The command's result file checked before any work (an existing directory, a folder that
+    cannot be created or written: a clear error in seconds, before any model loads) and an
+    ``OutputLock`` held while the command runs, so a second writer of the same output stops
+    with a message (or waits ``--lock-wait`` seconds). ``param``: the keyword holding the path
+    (``option`` its flag); ``file_in_folder``: the path is a folder and this file in it is the
+    result that is checked and locked. No path given: nothing to check. Place it under
+    ``remote_options`` so that a dry run checks its scratch folder, not the user's."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, lock_wait, **kwargs):
+            from pathlib import Path
+
+            from hones_nn.utils.io import OutputLock, check_output_path
+
+            value = kwargs.get(param)
+            if value is None:
+                return fn(*args, **kwargs)
+            if file_in_folder is not None:
+                folder = Path(value)
+                if folder.exists() and not folder.is_dir():
+                    raise ValueError(f"{option} {folder} is a file; give a folder (it holds {file_in_folder})")
+                path = check_output_path(folder / file_in_folder, option)
+            else:
+                path = check_output_path(Path(value), option)
+            with OutputLock(path, wait=lock_wait):
+                return fn(*args, **kwargs)
+
+        return click.option(
+            "--lock-wait",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="When another hones-nn process is writing the same output (its lock file OUTPUT.lock exists), "
+            "wait up to this long for it; 0: stop at once with a message.",
+        )(wrapper)
+
+    return decorate

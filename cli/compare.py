@@ -10,6 +10,7 @@ from hones_nn.cli.common import (
     current_remote,
     emit_json,
     friendly_errors,
+    guards_output,
     load,
     model_options,
     print_table,
@@ -94,6 +95,7 @@ def _csv(value: str) -> list[str]:
 )
 @friendly_errors
 @remote_options
+@guards_output("out_dir", "--out-dir", "compare.parquet")
 def compare_cmd(
     methods,
     tasks,

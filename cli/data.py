@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hones_nn.cli.common import emit_json, friendly_errors, print_table
+from hones_nn.cli.common import emit_json, friendly_errors, guards_output, print_table
 
 
 @click.group("data")
@@ -31,6 +31,7 @@ def data_group() -> None:
     "--n-train", type=int, default=2000, show_default=True, help="Images of the train split (model training only)."
 )
 @friendly_errors
+@guards_output("out", "--out-dir", ".benchmark")
 def build_synthetic(out, seed, n_images, n_train):
     """Generate the synthetic four-task benchmark (deterministic for a seed)."""
     from hones_nn.data.synthetic import build_synthetic_benchmark
@@ -117,6 +118,7 @@ def _split_sizes(text: str | None) -> dict[str, int] | None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @friendly_errors
+@guards_output("out", "--out-dir", ".benchmark")
 def import_hones_cmd(json_path, images, out, split, split_sizes, seed, limit, skip_bad, draw_ocr_box, tasks, as_json):
     """Import the official HONES records + COCO images (blue OCR box drawn from the bbox,
     retrieval negatives mined from the split's captions)."""
@@ -151,6 +153,7 @@ def _ood_command(name: str, loader_name: str, annotation_help: str):
     @click.option("--skip-bad", is_flag=True, help="Skip (and count) unusable records.")
     @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
     @friendly_errors
+    @guards_output("out", "--out-dir", ".benchmark")
     def command(annotations, images, out, split, seed, max_images, skip_bad, as_json):
         from hones_nn.data import ood
 

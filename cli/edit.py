@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from hones_nn.cli.common import emit_json, friendly_errors, load, model_options, print_table, refuses_remote
+from hones_nn.cli.common import (
+    emit_json,
+    friendly_errors,
+    guards_output,
+    load,
+    model_options,
+    print_table,
+    refuses_remote,
+)
 
 
 @click.command("edit")
@@ -57,6 +65,7 @@ from hones_nn.cli.common import emit_json, friendly_errors, load, model_options,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 @refuses_remote("an edit rewrites the model's W_down columns on this machine, and a remote client holds no weights")
+@guards_output("out", "--out")
 def edit_cmd(
     model_name,
     dtype,

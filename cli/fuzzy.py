@@ -15,6 +15,7 @@ from hones_nn.cli.common import (
     data_options,
     emit_json,
     friendly_errors,
+    guards_output,
     load,
     model_options,
     print_table,
@@ -87,6 +88,7 @@ def fuzzy() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 @refuses_remote("fuzzy sets are built from activations with local weight edits and image perturbations on this machine")
+@guards_output("out", "--out-dir", "fuzzy_sets.parquet")
 def build_cmd(
     model_name,
     dtype,
@@ -242,6 +244,7 @@ def _print_modulation(rows, suppression=None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 @refuses_remote("the fuzzy table reads activations with local interventions on this machine")
+@guards_output("out", "--out")
 def table_cmd(
     model_name,
     dtype,

@@ -12,6 +12,7 @@ from hones_nn.cli.common import (
     data_options,
     emit_json,
     friendly_errors,
+    guards_output,
     load,
     model_options,
     print_table,
@@ -76,6 +77,7 @@ def _split_paths(values) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @friendly_errors
 @remote_options
+@guards_output("out_dir", "--out-dir", "overlap.parquet")
 def overlap_cmd(
     scores,
     more_scores,
@@ -402,6 +404,7 @@ def _tok(text: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
 @friendly_errors
 @remote_options
+@guards_output("out", "--out")
 def lens_cmd(
     task,
     group_specs,

@@ -42,6 +42,7 @@ def _run_options(
     shard=None,
     merge_only=False,
     shard_size=None,
+    lock_wait=0.0,
 ) -> dict:
     """The front door's run options (``hones_nn.runner.api``) from the shared CLI options."""
     from hones_nn.engine.shards import parse_shard
@@ -52,6 +53,7 @@ def _run_options(
         "shard_size": shard_size,
         "instructions": instructions,
         "allow_degenerate": allow_degenerate,
+        "lock_wait": lock_wait,
         "out_dir": Path(out_dir),
         "batch_size": batch_size,
         "seed": seed,
@@ -112,6 +114,15 @@ def common_run_options(fn):
             default=False,
             help="Run on when the base utility is at its floor (0) or every head scores 0; such tables mean "
             "nothing (the prompt probably does not fit the model: check with `hones-nn evaluate --show 5`).",
+        ),
+        click.option(
+            "--lock-wait",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="When another hones-nn process is writing the same table (its lock file TABLE.lock exists), "
+            "wait up to this long for it; 0: stop at once with a message.",
         ),
     ]
     for option in reversed(options):
@@ -222,6 +233,7 @@ def heads_cmd(
     shard,
     merge_only,
     shard_size,
+    lock_wait,
 ):
     """V-SEAM head localization: replace each head by the mean of the others.
 
@@ -257,6 +269,7 @@ def heads_cmd(
             shard,
             merge_only,
             shard_size,
+            lock_wait,
         ),
     )
     if _shards_written(table, as_json):
@@ -354,6 +367,7 @@ def rank_cmd(
     shard,
     merge_only,
     shard_size,
+    lock_wait,
 ):
     """Rank every FFN neuron of the language model for a task.
 
@@ -389,6 +403,7 @@ def rank_cmd(
             shard,
             merge_only,
             shard_size,
+            lock_wait,
         ),
     )
     if _shards_written(table, as_json):

@@ -8,6 +8,7 @@ from hones_nn.cli.common import (
     data_options,
     emit_json,
     friendly_errors,
+    guards_output,
     load,
     model_options,
     print_table,
@@ -206,6 +207,7 @@ def _print_relearn(report: dict) -> None:
     "learning neuron scales trains through the model (backward passes, an optimizer state), which "
     "runs where the weights are; rank with --remote, then steer on a machine that holds the model"
 )
+@guards_output("out_dir", "--out-dir", "report.json")
 def steer_cmd(
     task,
     model_name,

@@ -201,8 +201,10 @@ class Engine:
             out.append(row)
         return out
 
-    def decode(self, ids: list[int]) -> str:
-        return clean_generation(self.tokenizer.decode(ids, skip_special_tokens=True))
+    def decode(self, ids: list[int], prompt: Prompt | None = None) -> str:
+        """A generated text as tasks score it; with ``prompt``, its answer template stripped."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return prompt.clean(text) if prompt is not None else clean_generation(text)
 
     # ------------------------------------------------------------ decision logits
     @torch.no_grad()
@@ -240,8 +242,8 @@ class Engine:
                 intervention = intervention_for
             enc = encode_prompts(self.loaded, images, batch.prompts, reference_compat=task.reference_compat)
             if task.generative:
-                for owner, ids in zip(batch.owners, self.generate(enc.inputs, intervention)):
-                    outputs[owner].append(self.decode(ids))
+                for owner, prompt, ids in zip(batch.owners, batch.prompts, self.generate(enc.inputs, intervention)):
+                    outputs[owner].append(self.decode(ids, prompt))
             else:
                 for owner, score in zip(batch.owners, self.decision_scores(enc.inputs, intervention).tolist()):
                     outputs[owner].append(score)

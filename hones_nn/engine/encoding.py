@@ -27,14 +27,20 @@ def encode_prompts(
     """One processor-batched, left-padded encoding of ``prompts`` (the one way every
     recipe builds model inputs; ``reference_compat`` gives the reference code's prompt)."""
     pictures = [images[p.image_index] for p in prompts]
-    answers = [p.answer for p in prompts] if with_answers else None
+    answers = [p.teacher_forced for p in prompts] if with_answers else None
+    prefixes = [p.prefix for p in prompts]
     return loaded.adapter.encode(
-        loaded.processor, pictures, [p.user_text for p in prompts], answers=answers, reference_compat=reference_compat
+        loaded.processor,
+        pictures,
+        [p.user_text for p in prompts],
+        answers=answers,
+        reference_compat=reference_compat,
+        assistant_prefixes=prefixes if any(prefixes) else None,
     )
 
 
 def _prompt_key(prompt) -> tuple:
-    return (prompt.image_index, prompt.user_text, prompt.answer)
+    return (prompt.image_index, prompt.user_text, prompt.answer, prompt.prefix, prompt.suffix)
 
 
 def expand_encoding(enc, index: Sequence[int]):

@@ -157,8 +157,8 @@ def _run_rows(
             for r, v in zip(chunk, teacher_forced_scores(engine, enc, intervention, utility).tolist()):
                 scores[(r.item, r.prompt, r.condition)] = v
         elif task.generative:
-            for r, ids in zip(chunk, engine.generate(enc.inputs, intervention)):
-                texts[(r.item, r.condition)] = engine.decode(ids)
+            for r, prompt, ids in zip(chunk, prompts, engine.generate(enc.inputs, intervention)):
+                texts[(r.item, r.condition)] = engine.decode(ids, prompt)
         else:
             decision = engine.decision_scores(enc.inputs, intervention)
             if utility == "prob":

@@ -118,7 +118,11 @@ class RunContext:
             "reference_compat": self.td.task.reference_compat,
             # objects (a loaded head table) are identified by what the method derives from them
             "options": {k: v for k, v in self.options.items() if isinstance(v, (str, int, float, bool, type(None)))},
-        }
+        } | (
+            # the user's instructions and answer templates change every prompt: a resume with
+            # other ones must not reuse these shards (absent by default: the built-in keys stay)
+            {"prompts": dict(sorted(self.td.task.instructions.items()))} if self.td.task.instructions else {}
+        )
 
 
 @dataclass

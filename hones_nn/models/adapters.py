@@ -257,20 +257,35 @@ class ArchitectureAdapter:
         return slice(head * d, (head + 1) * d)
 
     # ---------------------------------------------------------------- inputs
-    def prompt(self, processor, user_text: str, reference_compat: bool = False) -> str:
+    def prompt(self, processor, user_text: str, reference_compat: bool = False, prefix: str = "") -> str:
         """The full prompt string of one user turn [image, text], generation prompt added.
 
         LLaVA: the processor's chat template ("USER: <image>\\n{text} ASSISTANT:" for
         llava-1.5), or with ``reference_compat`` the reference code's raw string
         "USER: <image>\\n{text}\\nASSISTANT:". Qwen: the chat template (system turn, then
         ``<|vision_start|><|image_pad|><|vision_end|>{text}``); ``reference_compat``
-        does not change it.
+        does not change it. ``prefix`` (an answer template's text before ``{answer}``) ends the
+        prompt, after one space when the generation prompt does not end in whitespace; its own
+        trailing whitespace is dropped (the answer's tokens bring theirs, as after "ASSISTANT:").
         """
         if reference_compat and self.family == "llava":
             image_token = getattr(processor, "image_token", None) or "<image>"
-            return f"USER: {image_token}\n{user_text}\nASSISTANT:"
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = f"USER: {image_token}\n{user_text}\nASSISTANT:"
+        else:
+            missing = getattr(processor, "hones_missing_chat_template", None)
+            if missing is not None:
+                raise ValueError(
+                    f"--model {missing}: its processor has no chat template (no chat_template.jinja, and no "
+                    "'chat_template' in tokenizer_config.json or processor_config.json), so the prompt cannot be "
+                    "built; give the template the checkpoint was trained with: --chat-template FILE (a Jinja file, "
+                    "e.g. the base model's chat_template.jinja), or copy that file into the model folder"
+                )
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
+            text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prefix = prefix.rstrip()
+        if prefix:
+            text = text + prefix if text[-1:].isspace() else f"{text} {prefix}"
+        return text
 
     def encode(
         self,
@@ -279,11 +294,13 @@ class ArchitectureAdapter:
         user_texts: Sequence[str],
         answers: Sequence[str] | None = None,
         reference_compat: bool = False,
+        assistant_prefixes: Sequence[str] | None = None,
     ) -> Encoded:
         """One processor-batched, left-padded encoding of ``images`` x ``user_texts``.
 
         With ``answers``, each row is prompt + answer tokens (no BOS,
-        ``add_special_tokens=False``) + EOS, all left-padded together.
+        ``add_special_tokens=False``) + EOS, all left-padded together. ``assistant_prefixes``:
+        per row, the answer template's text that ends the prompt (:meth:`prompt`'s ``prefix``).
         """
         images, user_texts = list(images), list(user_texts)
         if len(images) != len(user_texts):
@@ -293,7 +310,10 @@ class ArchitectureAdapter:
         if not images:
             raise ValueError("empty batch")
         tokenizer = processor.tokenizer
-        prompts = [self.prompt(processor, t, reference_compat) for t in user_texts]
+        prefixes = list(assistant_prefixes) if assistant_prefixes is not None else [""] * len(user_texts)
+        if len(prefixes) != len(user_texts):
+            raise ValueError(f"{len(user_texts)} texts but {len(prefixes)} answer prefixes")
+        prompts = [self.prompt(processor, t, reference_compat, prefix=p) for t, p in zip(user_texts, prefixes)]
         enc = processor(images=images, text=prompts, return_tensors="pt", padding=True)
         ids, mask = enc["input_ids"], enc["attention_mask"].bool()
         batch = ids.shape[0]

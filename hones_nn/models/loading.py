@@ -174,6 +174,37 @@ def load_processor(
     return AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
 
 
+def chat_template_of(processor) -> str | None:
+    """The processor's chat template (or its tokenizer's), None when it has none."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    return getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+
+
+def set_chat_template(processor, model_id: str, chat_template: str | os.PathLike | None) -> None:
+    """Give ``processor`` the Jinja template of the file ``chat_template`` (``--chat-template``),
+    or, when it has none of its own, mark it so that building a prompt says which folder lacks
+    one and how to give it (the official code's raw LLaVA prompt, ``--reference-compat``, needs
+    none)."""
+    if chat_template is not None:
+        file = Path(chat_template)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"--chat-template {file}: cannot read it ({exc}); give a Jinja chat template file, e.g. the "
+                "chat_template.jinja of the base model"
+            ) from None
+        if not text.strip():
+            raise ValueError(f"--chat-template {file}: the file is empty; give a Jinja chat template")
+        processor.chat_template = text
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.chat_template = text
+        return
+    if chat_template_of(processor) is None:
+        processor.hones_missing_chat_template = model_id
+
+
 def load_model(
     name_or_path: str | os.PathLike = "tiny-llava",
     dtype=None,
@@ -182,6 +213,7 @@ def load_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     weights: bool = True,
+    chat_template: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Model (eval mode), processor and adapter of a supported checkpoint.
 
@@ -192,6 +224,9 @@ def load_model(
     ``weights=False`` (a remote client: ``--remote``, ``--dry-run``) reads the config and
     the processor only and builds the model on the meta device: no weight file is
     opened, the folder need not hold any, and a 70B model costs the client a few MB.
+
+    ``chat_template``: a Jinja chat template file replacing the processor's own (for a
+    checkpoint saved without one: building a prompt then fails with an error saying so).
     """
     from transformers import AutoConfig
 
@@ -201,7 +236,9 @@ def load_model(
     if torch_dtype is None:
         torch_dtype = torch.float32
     if not weights:
-        return _load_weightless(model_id, path, local, torch_dtype, revision, trust_remote_code)
+        loaded = _load_weightless(model_id, path, local, torch_dtype, revision, trust_remote_code)
+        set_chat_template(loaded.processor, model_id, chat_template)
+        return loaded
     if local:
         _check_local_folder(path)
     try:
@@ -224,6 +261,7 @@ def load_model(
         processor = load_processor(path, adapter, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise _load_error(model_id, local, "processor (tokenizer)", exc) from None
+    set_chat_template(processor, model_id, chat_template)
     resolved_revision = revision
     if not local:
         resolved_revision = getattr(config, "_commit_hash", None) or revision

@@ -237,7 +237,7 @@ def _examples(loaded: LoadedModel, td, outputs: list[list], utilities: list[floa
     rows = []
     for item, out, utility in list(zip(td.items, outputs, utilities))[:n]:
         prompt = item.prompts[0]
-        full = loaded.adapter.prompt(loaded.processor, prompt.user_text, reference_compat=compat)
+        full = loaded.adapter.prompt(loaded.processor, prompt.user_text, reference_compat=compat, prefix=prompt.prefix)
         output = out[0] if td.task.generative else [round(float(v), 4) for v in out]
         rows.append(
             {

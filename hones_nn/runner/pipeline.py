@@ -26,6 +26,7 @@ from hones_nn.engine.tables import (
 )
 from hones_nn.methods.base import RunContext, default_top_heads, get_method
 from hones_nn.tasks import get_task
+from hones_nn.tasks.prompts import DEFAULT_ANSWER_TEMPLATE
 from hones_nn.tasks.task_data import TaskData, prepare_task
 from hones_nn.utils.io import OutputLock, check_output_path
 
@@ -167,6 +168,7 @@ class Runner:
             "reference_compat": self.reference_compat,
             "instruction": ctx.td.task.instruction_template(),
             "instruction_source": "user" if (self.instructions or {}).get(ctx.td.task.name) else "built-in",
+            "answer_template": ctx.td.task.answer_template(),
             "seconds": round(seconds, 3),
             "seconds_per_example": round(seconds / max(1, ctx.td.n), 5),
             "config": dict(config),
@@ -429,6 +431,7 @@ class Runner:
             "instruction": want_task.instruction_template(),
             "seed": self.seed,
         }
-        if same_model and all(key in meta and meta[key] == value for key, value in wanted.items()):
+        same_answer = meta.get("answer_template", DEFAULT_ANSWER_TEMPLATE) == want_task.answer_template()
+        if same_model and same_answer and all(key in meta and meta[key] == value for key, value in wanted.items()):
             return table
         return None

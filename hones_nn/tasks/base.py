@@ -40,9 +40,9 @@ def get_task(
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}") from None
     if instructions:
-        from hones_nn.tasks.prompts import check_instruction
+        from hones_nn.tasks.prompts import check_prompt_entry
 
-        task.instructions = {t: check_instruction(t, text) for t, text in instructions.items()}
+        task.instructions = {t: check_prompt_entry(t, text, "--instruction") for t, text in instructions.items()}
     return task
 
 
@@ -58,6 +58,28 @@ class Prompt:
     image_index: int  # index of the row in the split: images load lazily, once per batch
     user_text: str
     answer: str | None  # teacher-forced gold text (None where the task has none)
+    # the task's answer template around the gold text (``prompts.split_answer_template``):
+    # ``prefix`` ends the prompt (after the chat template's generation prompt), ``suffix`` is
+    # teacher-forced after the answer; both empty by default
+    prefix: str = ""
+    suffix: str = ""
+
+    @property
+    def teacher_forced(self) -> str | None:
+        """The text teacher-forced after the prompt: the gold answer and the template's suffix."""
+        return None if self.answer is None else self.answer + self.suffix
+
+    def clean(self, text: str) -> str:
+        """A generated text as the task scores it: the answer template's prefix (if the model
+        repeats it) and suffix stripped, then :func:`clean_generation`."""
+        text = text.strip()
+        prefix, suffix = self.prefix.strip(), self.suffix.strip()
+        if prefix and text.startswith(prefix):
+            text = text[len(prefix) :]
+        text = clean_generation(text)
+        if suffix and text.endswith(suffix):
+            text = text[: -len(suffix)].strip()
+        return text
 
 
 @dataclass
@@ -162,10 +184,16 @@ class Task:
 
         @functools.wraps(own)
         def make_item(self, record: dict, row: int) -> Item:
-            from hones_nn.tasks.prompts import user_instructions
+            from hones_nn.tasks.prompts import DEFAULT_ANSWER_TEMPLATE, split_answer_template, user_instructions
 
             with user_instructions(self.instructions):
-                return own(self, record, row)
+                item = own(self, record, row)
+            template = self.answer_template()
+            if template != DEFAULT_ANSWER_TEMPLATE:
+                prefix, suffix = split_answer_template(template)
+                for prompt in item.prompts:
+                    prompt.prefix, prompt.suffix = prefix, suffix
+            return item
 
         cls.make_item = make_item  # type: ignore[method-assign]
 
@@ -175,6 +203,12 @@ class Task:
 
         user = (self.instructions or {}).get(self.name)
         return user if user is not None else INSTRUCTIONS[self.family][self.name]
+
+    def answer_template(self) -> str:
+        """The answer template of this task's prompts (the user's, else "{answer}")."""
+        from hones_nn.tasks.prompts import DEFAULT_ANSWER_TEMPLATE, answer_key
+
+        return (self.instructions or {}).get(answer_key(self.name), DEFAULT_ANSWER_TEMPLATE)
 
     def __init__(self, family: str = "llava", reference_compat: bool = False):
         """``family``: the model's prompt family ("llava" or "qwen"); ``reference_compat``:

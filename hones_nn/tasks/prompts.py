@@ -117,8 +117,66 @@ def check_instruction(task: str, template: str, source: str = "--instruction") -
     return template
 
 
+# ---------------------------------------------------------------- the answer template
+# What the model's answer looks like around the gold text, e.g. "Answer: {answer}" or
+# "{answer}." for a checkpoint trained to answer that way. Its text before ``{answer}`` (the
+# prefix) ends the prompt: it follows the chat template's generation prompt, so the last
+# prompt position T is where the model predicts the answer's first token (teacher-forced and
+# generated alike, so HONES's targets stay the answer's tokens); its text after ``{answer}``
+# (the suffix) is teacher-forced with the answer, before EOS. Generations have the template
+# stripped before scoring (:meth:`Prompt.clean`). The user's templates travel in the same
+# {task: text} dict as the instructions, under the key "TASK.answer" (:func:`answer_key`).
+
+DEFAULT_ANSWER_TEMPLATE = "{answer}"
+
+
+def answer_key(task: str) -> str:
+    """The key of ``task``'s answer template in a {task: instruction} dict."""
+    return f"{task}.answer"
+
+
+def check_answer_template(task: str, template: str, source: str = "--answer-template") -> str:
+    """``template`` if it is a usable answer template of ``task`` (exactly one ``{answer}``
+    field, nothing else), else a ValueError naming the fix."""
+    if task not in TASK_NAMES:
+        raise ValueError(f"{source}: unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"{source}: the {task} answer template must be a non-empty text, not {template!r}")
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(
+            f"{source}: the {task} answer template {template!r} is not a valid template ({exc}); write a literal "
+            "brace as {{ or }}"
+        ) from None
+    if fields != ["answer"]:
+        raise ValueError(
+            f"{source}: the {task} answer template {template!r} must contain the field {{answer}} exactly once and "
+            "no other field, e.g. 'Answer: {answer}' or '{answer}.' (write a literal brace as {{ or }})"
+        )
+    return template
+
+
+def split_answer_template(template: str) -> tuple[str, str]:
+    """(prefix, suffix): the literal texts before and after ``{answer}`` (braces unescaped)."""
+    prefix, suffix, seen = [], [], False
+    for literal, name, _, _ in string.Formatter().parse(template):
+        (suffix if seen else prefix).append(literal)
+        if name is not None:
+            seen = True
+    return "".join(prefix), "".join(suffix)
+
+
+def check_prompt_entry(key: str, text: str, source: str) -> str:
+    """An entry of a {task: instruction} dict: an instruction, or a "TASK.answer" template."""
+    if key.endswith(".answer"):
+        return check_answer_template(key[: -len(".answer")], text, source)
+    return check_instruction(key, text, source)
+
+
 def read_prompt_file(path: str | Path) -> dict[str, str]:
-    """{task: instruction} from a YAML or JSON file: ``vqa: "..."`` or ``vqa: {instruction: "..."}``."""
+    """{task: instruction} from a YAML or JSON file: ``vqa: "..."`` or ``vqa: {instruction: "...",
+    answer: "Answer: {answer}"}`` (an answer template goes under the key "vqa.answer")."""
     import json
 
     path = Path(path)
@@ -137,23 +195,36 @@ def read_prompt_file(path: str | Path) -> dict[str, str]:
     out = {}
     for task, value in data.items():
         if isinstance(value, dict):
-            extra = sorted(set(value) - {"instruction"})
+            extra = sorted(set(value) - {"instruction", "answer"})
             if extra:
                 raise ValueError(
-                    f"--prompt-file {path}: task {task!r} has unknown key(s) {extra}; the only key is 'instruction'"
+                    f"--prompt-file {path}: task {task!r} has unknown key(s) {extra}; the keys are 'instruction' "
+                    "and 'answer' (the answer template, e.g. 'Answer: {answer}')"
                 )
-            value = value.get("instruction")
+            if "answer" in value:
+                out[answer_key(str(task))] = check_answer_template(str(task), value["answer"], f"--prompt-file {path}")
+            if "instruction" not in value:
+                continue
+            value = value["instruction"]
         out[str(task)] = check_instruction(str(task), value, f"--prompt-file {path}")
     return out
 
 
 def resolve_instructions(
-    task: str | None, instruction_text: str | None, prompt_file: str | Path | None
+    task: str | None,
+    instruction_text: str | None,
+    prompt_file: str | Path | None,
+    answer_template: str | None = None,
 ) -> dict[str, str] | None:
-    """The user's {task: instruction} from ``--prompt-file`` and ``--instruction`` (for ``task``)."""
+    """The user's {task: instruction} from ``--prompt-file``, ``--instruction`` and
+    ``--answer-template`` (both for ``task``; answer templates under "TASK.answer")."""
     out = read_prompt_file(prompt_file) if prompt_file else {}
     if instruction_text is not None:
         if task is None:
             raise ValueError("--instruction needs --task (use --prompt-file for several tasks)")
         out[task] = check_instruction(task, instruction_text)
+    if answer_template is not None:
+        if task is None:
+            raise ValueError("--answer-template needs --task (use --prompt-file for several tasks)")
+        out[answer_key(task)] = check_answer_template(task, answer_template)
     return out or None

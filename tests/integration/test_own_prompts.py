@@ -86,3 +86,27 @@ def test_output_checked_before_any_work(benchmark_dir, tmp_path):
     result = CliRunner().invoke(cli, ["heads", "--task", "vqa", "--limit", "2", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert f"error: --out {tmp_path} is an existing directory; give a file name" in result.output
+
+
+def test_answer_template_ends_the_prompt_and_is_stored(benchmark_dir, tmp_path):
+    """--answer-template: its prefix follows the chat template's 'ASSISTANT:' in the prompt the
+    model receives, and the heads table's metadata records it (the default records '{answer}')."""
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--task", "vqa", "--limit", "1", "--show", "1", "--answer-template", "Answer: {answer}."]
+    )
+    assert result.exit_code == 0, result.output
+    prompt = next(line for line in result.output.splitlines() if line.startswith("  prompt: "))
+    assert prompt.endswith("ASSISTANT: Answer:'"), prompt
+    base = ["heads", "--task", "vqa", "--limit", "2", "--utility", "logprob"]
+    _json([*base, "--out-dir", str(tmp_path / "t"), "--answer-template", "Answer: {answer}."])
+    _json([*base, "--out-dir", str(tmp_path / "p")])
+    from hones_nn.engine.tables import read_table
+
+    templated, plain = (
+        read_table(tmp_path / "t" / "vqa.heads.parquet"),
+        read_table(tmp_path / "p" / "vqa.heads.parquet"),
+    )
+    assert templated.meta["answer_template"] == "Answer: {answer}." and plain.meta["answer_template"] == "{answer}"
+    # the teacher-forced text differs ("red." after "ASSISTANT: Answer:"), so the base log-prob does
+    base_utility = [t.table.column("base_utility")[0].as_py() for t in (templated, plain)]
+    assert base_utility[0] != base_utility[1]

@@ -255,7 +255,9 @@ def test_prompt_file_yaml_and_json(tmp_path):
     assert resolve_instructions("ocr", "OCR it.", yaml_file)["ocr"] == "OCR it."  # --instruction wins
     bad = tmp_path / "bad.yaml"
     bad.write_text("vqa: {prompt: x}\n")
-    with pytest.raises(ValueError, match=r"task 'vqa' has unknown key\(s\) \['prompt'\]; the only key is"):
+    with pytest.raises(
+        ValueError, match=r"task 'vqa' has unknown key\(s\) \['prompt'\]; the keys are 'instruction' and 'answer'"
+    ):
         read_prompt_file(bad)
 
 
