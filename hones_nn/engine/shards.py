@@ -260,7 +260,7 @@ class ShardedRun:
                 f"cannot merge {desc}: {len(missing)} of {n_shards} shard(s) missing in {self.dir} "
                 f"(shard {_ranges(missing)}). Run the command with --shard i/n for every i (shard k belongs to "
                 f"i = k % n + 1), copy every process's {self.dir.name if self.dir else ''} folder into this one, "
-                "then merge again; nothing was computed"
+                "then merge again; nothing was computed",
             )
         todo = [k for k in range(n_shards) if k not in present]
         if options.select is not None and todo:
