@@ -146,6 +146,17 @@ def parse_options(pairs) -> dict:
     return options
 
 
+def _check_output_early(out, out_dir, default_name: str) -> None:
+    """The table's path checked before the model loads (a 7B load takes minutes): an
+    existing directory or a folder that cannot be written is a clear error in seconds.
+    The runner checks again and takes the lock when it writes."""
+    from pathlib import Path
+
+    from hones_nn.utils.io import check_output_path
+
+    check_output_path(Path(out) if out else Path(out_dir) / default_name, "--out" if out else "--out-dir")
+
+
 def _shards_written(result, as_json: bool) -> bool:
     """A --shard run's report (no table): say which shards are done and how to merge."""
     from hones_nn.runner.pipeline import ShardsWritten
@@ -245,6 +256,8 @@ def heads_cmd(
 
     if verify_top is not None and screen != "atp":
         raise ValueError("--verify-top needs --screen atp")
+    default_name = f"{task}.heads-atp.parquet" if screen == "atp" else f"{task}.heads.parquet"
+    _check_output_early(out, out_dir, default_name)
     model = load(model_name, dtype, device, device_map, trust_remote_code)
     table = hn.heads(
         model,
@@ -377,6 +390,7 @@ def rank_cmd(
     """
     import hones_nn as hn
 
+    _check_output_early(out, out_dir, f"{task}.{method}.parquet")
     model = load(model_name, dtype, device, device_map, trust_remote_code)
     table = hn.rank(
         model,
