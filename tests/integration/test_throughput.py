@@ -27,7 +27,7 @@ def _runner(embedded, engine, out, **kw) -> Runner:
 def test_concurrent_remote_heads_and_hones_equal_sequential(embedded, tmp_path):
     tables = {}
     for n in (1, 3):
-        r = _runner(embedded, _rehearsal(embedded, n), tmp_path / f"c{n}")
+        r = _runner(embedded, _rehearsal(embedded, n), tmp_path / f"c{n}", limit=4)  # 2 shards in flight
         heads = r.heads("vqa", utility="logprob")
         tables[n] = (heads, r.rank("vqa", "hones", heads=heads))
     for a, b in zip(tables[1], tables[3]):

@@ -199,9 +199,9 @@ def test_baselines_read_the_reference_compat_prompt(tiny, tmp_path, monkeypatch)
     seen = []
     original = ArchitectureAdapter.prompt
 
-    def recording(self, processor, user_text, reference_compat=False):
+    def recording(self, processor, user_text, reference_compat=False, **kwargs):
         seen.append(reference_compat)
-        return original(self, processor, user_text, reference_compat)
+        return original(self, processor, user_text, reference_compat, **kwargs)
 
     monkeypatch.setattr(ArchitectureAdapter, "prompt", recording)
     for method in ("ap", "ape", "dla", "llm-knowledge", "pan-act"):
