@@ -62,8 +62,10 @@ TINY_LLAVA_SIZES = {
 }
 
 
-def tiny_llava_processor() -> LlavaProcessor:
-    tokenizer = build_tokenizer()
+def tiny_llava_processor(tokenizer=None, chat_template: str = LLAVA_CHAT_TEMPLATE) -> LlavaProcessor:
+    """The tiny LLaVA's processor: CLIP image processing at the synthetic benchmark's size,
+    ``tokenizer`` (default: the shipped word tokenizer) and ``chat_template``."""
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
@@ -76,11 +78,13 @@ def tiny_llava_processor() -> LlavaProcessor:
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=LLAVA_CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
 
 
-def tiny_llava_config(tokenizer, sizes: dict | None = None) -> LlavaConfig:
+def tiny_llava_config(tokenizer, sizes: dict | None = None, text: dict | None = None) -> LlavaConfig:
+    """The tiny LLaVA's config: ``sizes`` override :data:`TINY_LLAVA_SIZES`; ``text`` other
+    language-model config fields (e.g. ``max_position_embeddings``)."""
     s = {**TINY_LLAVA_SIZES, **(sizes or {})}
     vision = CLIPVisionConfig(
         hidden_size=s["vision_hidden"],
@@ -98,12 +102,15 @@ def tiny_llava_config(tokenizer, sizes: dict | None = None) -> LlavaConfig:
         num_hidden_layers=s["text_layers"],
         num_attention_heads=s["text_heads"],
         num_key_value_heads=s["text_kv_heads"],
-        max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        **{
+            "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-5,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "tie_word_embeddings": False,
+            **(text or {}),
+        },
     )
     n_image_tokens = (IMAGE_SIZE // PATCH_SIZE) ** 2
     config = LlavaConfig(
