@@ -21,10 +21,8 @@ per request at 7B shape.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,32 +30,14 @@ from pathlib import Path
 
 from benchmarks._common import base_parser, begin, print_table, write_result
 
-LLAVA_7B_TEXT = {
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "head_dim": 128,
-    "vocab_size": 32064,
-    "max_position_embeddings": 4096,
-}
-
 
 def weightless_folders(root: Path) -> dict[str, Path]:
-    from hones_nn.models.loading import EMBEDDED_MODELS
+    from hones_nn.embedded.tiny_random import LLAVA_15_7B_TEXT, weightless_copy
 
-    shipped = root / "shipped"
-    shipped.mkdir()
-    for f in Path(EMBEDDED_MODELS["tiny-llava"]).iterdir():
-        if f.is_file() and not f.name.endswith(".safetensors"):
-            shutil.copy(f, shipped / f.name)
-    big = root / "llava-7b-shaped"
-    shutil.copytree(shipped, big)
-    config = json.loads((big / "config.json").read_text())
-    config["text_config"].update(LLAVA_7B_TEXT)
-    (big / "config.json").write_text(json.dumps(config, indent=2))
-    return {"shipped": shipped, "llava-7b-shaped": big}
+    return {
+        "shipped": weightless_copy(root / "shipped"),
+        "llava-7b-shaped": weightless_copy(root / "llava-7b-shaped", LLAVA_15_7B_TEXT),
+    }
 
 
 def dry_run(folder: Path, limit: int, scratch: Path) -> dict:

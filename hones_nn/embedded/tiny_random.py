@@ -253,3 +253,39 @@ def _save(loaded: LoadedModel, path) -> Path:
 def save_tiny(architecture: str, path, seed: int = 0) -> Path:
     """Build a tiny random ``architecture`` and save it (model + processor) to ``path``."""
     return _save(build_tiny_random(architecture, seed=seed), path)
+
+
+# The language model of LLaVA-1.5-7B (llava-hf/llava-1.5-7b-hf's text_config): with
+# :func:`weightless_copy`, a 7B-shaped client folder for which no weights exist anywhere.
+LLAVA_15_7B_TEXT = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "head_dim": 128,
+    "vocab_size": 32064,
+    "max_position_embeddings": 4096,
+}
+
+
+def weightless_copy(dest, text_config: dict | None = None, name: str = "tiny-llava") -> Path:
+    """A copy of the embedded model ``name``'s folder without its weight files (config,
+    processor and tokenizer only: what a remote client reads), its language model's config
+    updated with ``text_config`` (e.g. :data:`LLAVA_15_7B_TEXT`). The vision tower stays the
+    embedded one, so the embedded processor's images still fit it."""
+    import json
+    import shutil
+
+    from hones_nn.models.loading import EMBEDDED_MODELS
+
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    for f in Path(EMBEDDED_MODELS[name]).iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors"):
+            shutil.copy(f, dest / f.name)
+    if text_config:
+        config = json.loads((dest / "config.json").read_text())
+        config["text_config"].update(text_config)
+        (dest / "config.json").write_text(json.dumps(config, indent=2))
+    return dest

@@ -6,9 +6,6 @@ hones_nn, so code that is not shipped by value fails here as it would on a serve
 from __future__ import annotations
 
 import builtins
-import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,33 +13,11 @@ import torch
 from click.testing import CliRunner
 
 from hones_nn.cli.main import cli
+from hones_nn.embedded.tiny_random import LLAVA_15_7B_TEXT, weightless_copy
 from hones_nn.engine.core import Engine
 from hones_nn.engine.remote import RemoteSettings
-from hones_nn.models.loading import EMBEDDED_MODELS, load_model
+from hones_nn.models.loading import load_model
 from hones_nn.runner.pipeline import Runner
-
-LLAVA_7B_TEXT = {
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "head_dim": 128,
-    "vocab_size": 32064,
-    "max_position_embeddings": 4096,
-}
-
-
-def _weightless_copy(dest: Path, text_config: dict | None = None) -> Path:
-    dest.mkdir(parents=True)
-    for f in Path(EMBEDDED_MODELS["tiny-llava"]).iterdir():
-        if f.is_file() and not f.name.endswith(".safetensors"):
-            shutil.copy(f, dest / f.name)
-    if text_config:
-        config = json.loads((dest / "config.json").read_text())
-        config["text_config"].update(text_config)
-        (dest / "config.json").write_text(json.dumps(config))
-    return dest
 
 
 @pytest.fixture
@@ -86,7 +61,7 @@ def test_rehearsal_needs_weights():
 
 
 def test_dry_run_hones_on_a_folder_without_weights(tmp_path, benchmark_dir):
-    folder = _weightless_copy(tmp_path / "no-weights")
+    folder = weightless_copy(tmp_path / "no-weights")
     out_dir = tmp_path / "out"
     result = CliRunner().invoke(
         cli,
@@ -100,7 +75,7 @@ def test_dry_run_hones_on_a_folder_without_weights(tmp_path, benchmark_dir):
 
 
 def test_dry_run_refuses_a_method_that_cannot_run_remotely(tmp_path, benchmark_dir):
-    folder = _weightless_copy(tmp_path / "no-weights")
+    folder = weightless_copy(tmp_path / "no-weights")
     result = CliRunner().invoke(
         cli, ["rank", "--task", "vqa", "--method", "grad", "--remote", "--dry-run", "--model", str(folder)]
     )
@@ -122,7 +97,7 @@ def test_hones_request_at_7b_shape_is_small_and_holds_no_weights(tmp_path, bench
     [L, rows, d_ff] projections (about 42 MB per request at this shape before)."""
     from hones_nn.methods.hones import contributions, target_tokens
 
-    folder = _weightless_copy(tmp_path / "llava-7b-shaped", LLAVA_7B_TEXT)
+    folder = weightless_copy(tmp_path / "llava-7b-shaped", LLAVA_15_7B_TEXT)
     loaded = load_model(str(folder), weights=False)
     settings = RemoteSettings(mode="plan", host="http://127.0.0.1:9")
     runner = Runner(loaded=loaded, out_dir=tmp_path / "out", progress=False, limit=2, batch_size=4, remote=settings)
