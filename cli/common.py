@@ -402,6 +402,17 @@ def print_table(rows: list[dict], columns: list[str], floatfmt: str = "{:.4f}") 
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
+lock_wait_option = click.option(
+    "--lock-wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="When another hones-nn process is writing the same output (its lock file OUTPUT.lock exists), "
+    "wait up to this long for it; 0: stop at once with a message.",
+)
+
+
 def guards_output(param: str, option: str, file_in_folder: str | None = None):
     """The command's result file checked before any work (an existing directory, a folder that
     cannot be created or written: a clear error in seconds, before any model loads) and an
@@ -431,14 +442,6 @@ def guards_output(param: str, option: str, file_in_folder: str | None = None):
             with OutputLock(path, wait=lock_wait):
                 return fn(*args, **kwargs)
 
-        return click.option(
-            "--lock-wait",
-            type=click.FloatRange(min=0),
-            default=0.0,
-            show_default=True,
-            metavar="SECONDS",
-            help="When another hones-nn process is writing the same output (its lock file OUTPUT.lock exists), "
-            "wait up to this long for it; 0: stop at once with a message.",
-        )(wrapper)
+        return lock_wait_option(wrapper)
 
     return decorate

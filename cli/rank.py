@@ -12,6 +12,7 @@ from hones_nn.cli.common import (
     emit_json,
     friendly_errors,
     load,
+    lock_wait_option,
     model_options,
     print_table,
     prompt_options,
@@ -115,15 +116,7 @@ def common_run_options(fn):
             help="Run on when the base utility is at its floor (0) or every head scores 0; such tables mean "
             "nothing (the prompt probably does not fit the model: check with `hones-nn evaluate --show 5`).",
         ),
-        click.option(
-            "--lock-wait",
-            type=click.FloatRange(min=0),
-            default=0.0,
-            show_default=True,
-            metavar="SECONDS",
-            help="When another hones-nn process is writing the same table (its lock file TABLE.lock exists), "
-            "wait up to this long for it; 0: stop at once with a message.",
-        ),
+        lock_wait_option,
     ]
     for option in reversed(options):
         fn = option(fn)
