@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hones_nn.engine.readout import final_norm_eps
 from hones_nn.tasks.base import Prompt
 
 META_KEY = "hones_edit"
@@ -337,7 +338,7 @@ def solve_edit(
         raise ValueError("source and target are the same token; give two different words")
     adapter, model = loaded.adapter, loaded.model
     norm = adapter.final_norm(model)
-    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+    eps = final_norm_eps(loaded)
     gamma = norm.weight.detach().double().cpu()
     W_U = adapter.lm_head(model).weight.detach().double().cpu()
     u = gamma * (W_U[target_id] - W_U[source_id])

@@ -5,7 +5,8 @@ logit lens, editing) and the gradient methods (Grad, QRNCA, group patching, AtP,
 share these reads: one nnsight trace per batch of a task's attribution prompts
 (``Task.attribution_prompt``: retrieval's positive candidate, else the one prompt),
 values at T = position -1 (inputs are left-padded), and the weights they are projected
-through (unembedding rows, the final norm, ``W_down`` write-out vectors).
+through (unembedding rows, the final norm, ``W_down`` write-out vectors), read inside the
+traces (below), so a remote client needs none.
 """
 
 from __future__ import annotations
@@ -24,31 +25,9 @@ from hones_nn.tasks.base import Item
 READ_SITES = ("r", "g", "z")
 
 
-def unembedding_rows(loaded, ids: Sequence[int]) -> torch.Tensor:
-    """W_U[ids], float32 on the CPU."""
-    W_U = loaded.adapter.lm_head(loaded.model).weight
-    index = torch.tensor(list(ids), dtype=torch.long, device=W_U.device)
-    return W_U.detach().index_select(0, index).float().cpu()
-
-
-def final_norm_params(loaded) -> tuple[torch.Tensor, float]:
-    """(gamma float32 CPU [hidden], eps) of the final RMSNorm."""
-    norm = loaded.adapter.final_norm(loaded.model)
-    eps = getattr(norm, "variance_epsilon", None)
-    if eps is None:
-        eps = getattr(norm, "eps", 1e-6)
-    return norm.weight.detach().float().cpu(), float(eps if eps is not None else 1e-6)
-
-
 def rms(h: torch.Tensor, eps: float) -> torch.Tensor:
     """sqrt(mean(h^2) + eps) over the last axis (the RMSNorm denominator), float64."""
     return torch.sqrt(h.double().pow(2).mean(-1) + eps)
-
-
-def write_out_projection(loaded, layer: int, vectors: torch.Tensor) -> torch.Tensor:
-    """vectors [B, hidden] . W_down[:, i] for every neuron i of ``layer``: [B, d_ff] float64 CPU."""
-    W = loaded.adapter.down_proj(loaded.model, layer).weight.detach()  # [hidden, d_ff]
-    return (vectors.to(W.device, torch.float32) @ W.float()).double().cpu()
 
 
 # ---------------------------------------------------------------- weight reads inside a trace

@@ -43,6 +43,8 @@ import nnsight
 import numpy as np
 import torch
 
+from hones_nn.engine.readout import final_norm_eps, rms
+
 NORMS = ("final", "frozen", "none")
 
 
@@ -149,7 +151,7 @@ def _lens_logits(
                 z[..., mask_by_layer[layer].to(z.device)] = 0
             outs.append(adapter.mlp(envoy, layer).output[:, -1].float().cpu())
         if norm == "frozen" and sigma is None:
-            sigma = nnsight.save(_rms(adapter.final_norm(envoy).input[:, -1].float().cpu(), eps))
+            sigma = nnsight.save(rms(adapter.final_norm(envoy).input[:, -1].float().cpu(), eps).float())
         logits = nnsight.save(lens_project(envoy, adapter, torch.stack(outs, dim=1), norm, eps, sigma))
     return logits, sigma
 
@@ -183,15 +185,6 @@ def lens_project(envoy, adapter, vectors: torch.Tensor, norm: str, eps: float, s
     elif norm != "none":
         raise ValueError(f"norm={norm!r}; choose one of {', '.join(NORMS)}")
     return torch.nn.functional.linear(v, param, bias).float().cpu()
-
-
-def _rms(h: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.sqrt(h.double().pow(2).mean(-1) + eps).float()
-
-
-def _eps(norm_module) -> float:
-    eps = getattr(norm_module, "variance_epsilon", None)
-    return float(eps if eps is not None else getattr(norm_module, "eps", 1e-6))
 
 
 @torch.no_grad()
@@ -231,7 +224,7 @@ def logit_lens(
         if bad:
             raise ValueError(f"group {name!r} has neurons outside the model ({L} layers x {sizes.d_ff}): {bad[:3]}")
     masks = {name: group_by_layer(neurons) for name, neurons in groups.items()}
-    eps = _eps(loaded.adapter.final_norm(loaded.model))
+    eps = final_norm_eps(loaded)
     base_sum = None
     sums = dict.fromkeys(groups)
     tgt_base = torch.zeros(L, dtype=torch.float64)
