@@ -268,12 +268,14 @@ class Runner:
 
     def _check_base_metric(self, ctx: RunContext) -> None:
         """Before a sweep: the clean task metric on the first items must be above its floor (0)."""
-        if self.allow_degenerate or self.engine.dry_run:  # a dry run's values are stand-ins
+        if self.allow_degenerate:
             return
         td = ctx.td
         n = min(td.n, self.PRECHECK_ITEMS)
         items = td.items[:n]
         outputs = self.engine.run_task(td.task, items, td.images, batch_size=self.batch_size, progress=False)
+        if self.engine.dry_run:  # its requests are counted as a real run makes them; its values are stand-ins
+            return
         base = td.task.corpus_metric(items, outputs)
         if base <= 1e-9:
             raise self._degenerate(f"the base {td.task.metric_name} on the first {n} items is {base:.4f}", ctx)
