@@ -230,9 +230,35 @@ class Engine:
         intervention_for: Callable[[Batch], Intervention] | Intervention | None = None,
         progress: bool = True,
         desc: str | None = None,
+        share_prefix: bool = True,
     ) -> list[list]:
-        """Outputs per item: [text] for generative tasks, [score per candidate] for retrieval."""
+        """Outputs per item: [text] for generative tasks, [score per candidate] for retrieval.
+
+        A retrieval item's candidates share its image-and-instruction prefix: on a local
+        engine, under no intervention or one that ``shares_prefix`` (a neuron mask or
+        scale), the prefix runs once per item and the candidates' suffixes on its
+        key/value cache (:mod:`hones_nn.engine.prefix`; equal to the whole prompts' scores
+        within float rounding, tested). ``share_prefix=False`` forces the plain path."""
         outputs: list[list] = [[] for _ in items]
+        if share_prefix and not task.generative and self.remote is None and _shares_prefix(intervention_for):
+            items = list(items)
+            rest = self._shared_prefix_outputs(
+                task, items, images, batch_size, intervention_for, outputs, progress, desc
+            )
+            if rest:
+                plain = self.run_task(
+                    task,
+                    [items[k] for k in rest],
+                    images,
+                    batch_size,
+                    intervention_for,
+                    progress,
+                    desc,
+                    share_prefix=False,
+                )
+                for k, out in zip(rest, plain):
+                    outputs[k] = out
+            return outputs
         batches = flatten(items, batch_size)
         for batch in tqdm(batches, desc=desc or f"{task.name}", disable=not progress, leave=False):
             intervention: Intervention | None
@@ -248,3 +274,34 @@ class Engine:
                 for owner, score in zip(batch.owners, self.decision_scores(enc.inputs, intervention).tolist()):
                     outputs[owner].append(score)
         return outputs
+
+    def _shared_prefix_outputs(
+        self, task, items, images, batch_size, intervention, outputs, progress, desc
+    ) -> list[int]:
+        """Fill ``outputs[k]`` of the items whose candidates share a prefix holding the
+        image; returns the indices of the others (for the plain path)."""
+        from hones_nn.engine.prefix import SharedPrefix, prefix_decision_scores
+
+        image_token = self.adapter.sizes(self.model).image_token_id
+        rest = []
+        for k, item in enumerate(tqdm(items, desc=desc or f"{task.name}", disable=not progress, leave=False)):
+            prompts = list(item.prompts)
+            if len(prompts) < 2 or len({p.image_index for p in prompts}) != 1:
+                rest.append(k)
+                continue
+            enc = encode_prompts(self.loaded, images, prompts, reference_compat=task.reference_compat)
+            split = SharedPrefix(self.loaded, enc)
+            if not split.usable(image_token):
+                rest.append(k)
+                continue
+            scores = prefix_decision_scores(self, split, [None], batch_size, intervention=intervention)
+            outputs[k] = scores[:, 0].tolist()
+        return rest
+
+
+def _shares_prefix(intervention_for) -> bool:
+    """True for no intervention or one fixed intervention that acts alike on every row and
+    position (a per-batch factory may give each batch its own rows: the plain path)."""
+    if intervention_for is None:
+        return True
+    return isinstance(intervention_for, Intervention) and intervention_for.shares_prefix

@@ -33,7 +33,7 @@ import nnsight
 import torch
 from transformers import DynamicCache
 
-from hones_nn.interventions.base import apply_edits
+from hones_nn.interventions.base import Compose, Intervention, apply_edits
 from hones_nn.interventions.heads import HeadMeanReplacement
 from hones_nn.tasks.retrieval import decision_token_ids
 
@@ -109,18 +109,27 @@ def _repeat(inputs: dict, n: int) -> dict:
     return {key: value.repeat(n, *([1] * (value.dim() - 1))) for key, value in inputs.items()}
 
 
-def _condition_intervention(conditions, num_heads: int):
-    if all(c is None for c in conditions):
-        return None
-    return HeadMeanReplacement(list(conditions), num_heads)
+def _condition_intervention(conditions, num_heads: int, extra: Intervention | None = None):
+    heads = None if all(c is None for c in conditions) else HeadMeanReplacement(list(conditions), num_heads)
+    if extra is None:
+        return heads
+    return extra if heads is None else Compose(heads, extra)
 
 
 @torch.no_grad()
 def prefix_decision_scores(
-    engine, split: SharedPrefix, conditions: Sequence, batch_size: int = 64, skip_clean_layers: bool = True
+    engine,
+    split: SharedPrefix,
+    conditions: Sequence,
+    batch_size: int = 64,
+    skip_clean_layers: bool = True,
+    intervention: Intervention | None = None,
 ) -> torch.Tensor:
     """logit(" Yes") - logit(" No") at T, [n_prompts, n_conditions], each condition
     (None or a (layer, head) mean-replaced) applied to the prefix and the suffix runs.
+
+    ``intervention`` (one whose ``shares_prefix`` is true: a neuron mask or scale) is
+    applied under every condition, to the prefix and to the suffixes alike.
 
     With ``skip_clean_layers`` and a clean condition among ``conditions``, a head in layer
     l runs only layers l and up: the decoder layers below l are skipped (nnsight's
@@ -128,6 +137,10 @@ def prefix_decision_scores(
     are the clean prefix's, since nothing below l differs from the clean run."""
     if engine.remote is not None:
         raise ValueError("shared-prefix scoring runs on a local engine only; remote runs use the plain path")
+    if intervention is not None and not intervention.shares_prefix:
+        raise ValueError(
+            f"{type(intervention).__name__} acts row by row or over a row's length: it cannot share a prefix"
+        )
     model = engine.model
     num_heads = engine.adapter.sizes(model).num_heads
     yes, no = decision_token_ids(engine.tokenizer)
@@ -141,7 +154,7 @@ def prefix_decision_scores(
     # the clean condition first: its layer outputs (prefix, and suffix batch by batch) stand
     # in for the layers below a replaced head's layer, which are the clean run's
     order = sorted(range(n_cond), key=lambda c: conditions[c] is not None)
-    reuse = skip_clean_layers and conditions[order[0]] is None
+    reuse = skip_clean_layers and n_cond > 1 and conditions[order[0]] is None
     clean_prefix: list = []
     clean_kv: list = []
     clean_suffix: dict[int, list] = {}
@@ -150,12 +163,12 @@ def prefix_decision_scores(
         condition = conditions[c]
         below = int(condition[0]) if (reuse and condition is not None and clean_prefix) else 0
         record = reuse and condition is None
-        intervention = _condition_intervention([condition], num_heads)
+        prefix_intervention = _condition_intervention([condition], num_heads, intervention)
         with envoy.trace(**prefix, use_cache=True):
             for layer in range(below):
                 adapter.layer(envoy, layer).skip(clean_prefix[layer])
-            if intervention is not None:
-                apply_edits(envoy, adapter, intervention.edits(1))
+            if prefix_intervention is not None:
+                apply_edits(envoy, adapter, prefix_intervention.edits(1))
             if record:
                 outputs = nnsight.save([adapter.layer(envoy, layer).output for layer in range(num_layers)])
             cache = nnsight.save(envoy.output.past_key_values)
@@ -179,7 +192,7 @@ def prefix_decision_scores(
             for li, (k, v) in enumerate(kv):
                 past.update(k.expand(len(part), *k.shape[1:]), v.expand(len(part), *v.shape[1:]), li)
             last = torch.tensor(lengths, device=device) - 1
-            part_intervention = _condition_intervention([condition] * len(part), num_heads)
+            part_intervention = _condition_intervention([condition] * len(part), num_heads, intervention)
             with envoy.trace(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),

@@ -74,7 +74,15 @@ def apply_edits(model, adapter, edits: Iterable[SiteEdit]) -> list:
 
 
 class Intervention:
-    """Something done to every forward of a run (every generation step included)."""
+    """Something done to every forward of a run (every generation step included).
+
+    ``shares_prefix``: the edits act alike on every row of a batch and at each position
+    on that position's value alone (no row-specific part, no draw over a row's length).
+    Prompts that share a prefix may then run it once under the intervention and their
+    suffixes on its key/value cache (:mod:`hones_nn.engine.prefix`) with the same result.
+    """
+
+    shares_prefix: bool = False
 
     def edits(self, batch_size: int) -> list[SiteEdit]:
         raise NotImplementedError
@@ -84,6 +92,8 @@ class Intervention:
 
 
 class NoIntervention(Intervention):
+    shares_prefix = True
+
     def edits(self, batch_size: int) -> list[SiteEdit]:
         return []
 
@@ -91,6 +101,7 @@ class NoIntervention(Intervention):
 class Compose(Intervention):
     def __init__(self, *parts: Intervention):
         self.parts = [p for p in parts if p is not None]
+        self.shares_prefix = all(p.shares_prefix for p in self.parts)
 
     def edits(self, batch_size: int) -> list[SiteEdit]:
         return [e for p in self.parts for e in p.edits(batch_size)]

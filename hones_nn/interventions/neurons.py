@@ -24,6 +24,8 @@ def group_by_layer(neurons) -> dict[int, torch.Tensor]:
 class NeuronMask(Intervention):
     """z_i <- 0 for the given (layer, neuron) pairs, at every position."""
 
+    shares_prefix = True
+
     def __init__(self, neurons):
         self.neurons = [(int(layer), int(i)) for layer, i in neurons]
         self.by_layer = group_by_layer(self.neurons)
@@ -44,6 +46,8 @@ class NeuronMask(Intervention):
 
 class NeuronScale(Intervention):
     """z_i <- s_i * z_i for the given neurons (``scales`` aligned with ``neurons``)."""
+
+    shares_prefix = True
 
     def __init__(self, neurons, scales: torch.Tensor):
         self.neurons = [(int(layer), int(i)) for layer, i in neurons]

@@ -163,3 +163,71 @@ def test_heads_skip_the_clean_layers_below_them(embedded, benchmark_dir):
     assert runs["calls-False"] == len(conditions) * (1 + batches)
     torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(runs[True][:, 0], runs[True][:, 1])
+
+
+def _masked_hand_scores(loaded, td, item, neurons) -> list[float]:
+    """Candidates' decision scores with z_i = 0 at the given neurons: one HF forward each."""
+    model, adapter = loaded.model, loaded.adapter
+    yes, no = decision_token_ids(loaded.processor.tokenizer)
+    out = []
+
+    def zero(idx):
+        def hook(module, args):
+            z = args[0].clone()
+            z[..., idx] = 0
+            return (z,)
+
+        return hook
+
+    with torch_hooks() as handles, torch.no_grad():
+        for layer, neuron in neurons:
+            down = text_layers(model)[layer].mlp.down_proj
+            handles.append(down.register_forward_pre_hook(zero(neuron)))
+        for prompt in item.prompts:
+            enc = adapter.encode(loaded.processor, [td.images[prompt.image_index]], [prompt.user_text])
+            logits = model(**enc.inputs).logits[0, -1]
+            out.append(float(logits[yes] - logits[no]))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "qwen2.5-vl"])
+def test_evaluation_shares_each_querys_prefix_with_the_same_scores(arch, embedded, tiny_model, benchmark_dir):
+    """run_task (evaluate, masking, steering reports) scores a query's candidates on one
+    prefix: equal to one whole-prompt HF forward per candidate, clean and masked; a
+    per-batch intervention factory keeps the plain path."""
+    from hones_nn.interventions.neurons import NeuronMask
+    from hones_nn.interventions.rows import RowNeuronFactor
+
+    loaded = embedded if arch == "tiny-llava" else tiny_model(arch)
+    engine = Engine(loaded)
+    td = prepare_task(loaded, "retrieval", limit=2)
+    L, d_ff = loaded.sizes.num_layers, loaded.sizes.d_ff
+    neurons = [(0, 3), (L - 1, d_ff - 1), (L // 2, 7)]
+    traces = {"n": 0}
+
+    def count(module, args, output):
+        traces["n"] += 1
+
+    with torch_hooks() as handles:
+        handles.append(text_layers(loaded.model)[0].register_forward_hook(count))
+        clean = engine.run_task(td.task, td.items, td.images, batch_size=32, progress=False)
+    assert traces["n"] == 2 * (1 + 2)  # per query: its prefix + 2 suffix batches of <= 32 candidates
+    masked = engine.run_task(
+        td.task, td.items, td.images, batch_size=32, intervention_for=NeuronMask(neurons), progress=False
+    )
+    for k, item in enumerate(td.items):
+        np.testing.assert_allclose(clean[k], _masked_hand_scores(loaded, td, item, []), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(masked[k], _masked_hand_scores(loaded, td, item, neurons), rtol=1e-4, atol=1e-4)
+    assert max(abs(a - b) for ra, rb in zip(clean, masked) for a, b in zip(ra, rb)) > 1e-3  # the mask acts
+
+    # per-row factors (one row per prompt of the batch) cannot share a prefix: whole prompts
+    def ones(batch):
+        return RowNeuronFactor(torch.ones(len(batch.prompts), L, d_ff))
+
+    traces["n"] = 0
+    with torch_hooks() as handles:
+        handles.append(text_layers(loaded.model)[0].register_forward_hook(count))
+        plain = engine.run_task(td.task, td.items, td.images, batch_size=32, intervention_for=ones, progress=False)
+    n_prompts = sum(len(item.prompts) for item in td.items)
+    assert traces["n"] == -(-n_prompts // 32)
+    np.testing.assert_allclose(np.array(plain), np.array(clean), rtol=1e-4, atol=1e-4)
