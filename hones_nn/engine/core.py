@@ -33,6 +33,30 @@ warnings.filterwarnings("ignore", message=r".*was never reached: the loop asked 
 
 
 @dataclass
+class PrefillSkip:
+    """The prefill of a generation starts at decoder layer ``below``: the layers under it
+    do not run, handing on ``output`` (the clean run's output of layer ``below - 1``, one
+    row per batch row), and their keys/values are the clean run's (``keys[i]``,
+    ``values[i]`` for layer i, [B, kv heads, S, d_head]). Valid when nothing below
+    ``below`` differs from that clean run (a head intervention in layer ``below`` or up)."""
+
+    below: int
+    output: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
+@dataclass
+class PrefillRecord:
+    """What a clean generation's prefill left: ``outputs[i]`` of the recorded layers,
+    ``keys``/``values`` of every layer up to the highest recorded one."""
+
+    outputs: dict[int, torch.Tensor]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
+@dataclass
 class Batch:
     prompts: list[Prompt]
     owners: list[int]  # index of each prompt's item
@@ -135,8 +159,21 @@ class Engine:
 
     # ------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, inputs: dict, intervention: Intervention | None = None) -> list[list[int]]:
-        """Greedy token ids of each row (up to and excluding EOS)."""
+    def generate(
+        self,
+        inputs: dict,
+        intervention: Intervention | None = None,
+        skip: PrefillSkip | None = None,
+        record: Sequence[int] = (),
+    ):
+        """Greedy token ids of each row (up to and excluding EOS).
+
+        Local engines only: ``skip`` starts the prefill at a decoder layer with the clean
+        run's state below it; ``record`` (layers; a clean run) also returns the prefill's
+        :class:`PrefillRecord`, as ``(ids, record)``. The head sweep uses them to run a
+        head in layer l from layer l up (:mod:`hones_nn.engine.sweep`)."""
+        if (skip is not None or record) and self.remote is not None:
+            raise ValueError("prefill skipping and recording run on a local engine only")
         intervention = intervention or NoIntervention()
         inputs = to_device(inputs, self.device)
         batch_size = inputs["input_ids"].shape[0]
@@ -182,11 +219,26 @@ class Engine:
                             logits[:, eos] = float("-inf")
                         steps.append(logits.argmax(-1).cpu())
             else:
+                kv_layers = max(record) + 1 if record else 0
                 with envoy.trace(**inputs, fn=self.model.generate, generation_config=greedy) as tracer:
                     steps = nnsight.save([])
                     for _ in tracer.iter[:]:
+                        prefill = not steps
+                        if prefill and (skip is not None or record):
+                            # the generation's own cache, as the first layer receives it
+                            cache = adapter.layer(envoy, 0).inputs[1]["past_key_values"]
+                        if prefill and skip is not None:
+                            for layer in range(skip.below):
+                                cache.update(skip.keys[layer], skip.values[layer], layer)
+                                adapter.layer(envoy, layer).skip(skip.output)
+                        if prefill and record:
+                            outputs = nnsight.save([adapter.layer(envoy, layer).output for layer in record])
                         apply_edits(envoy, adapter, intervention.edits(batch_size))
                         logits = adapter.lm_head(envoy).output[:, -1]
+                        if prefill and record:  # the prefill's keys/values (a later step concatenates anew)
+                            kv = nnsight.save(
+                                [(cache.layers[i].keys, cache.layers[i].values) for i in range(kv_layers)]
+                            )
                         if len(steps) < min_new:  # what transformers' MinNewTokens processor does
                             logits = logits.clone()
                             logits[:, eos] = float("-inf")
@@ -199,6 +251,8 @@ class Engine:
             if eos in row:
                 row = row[: row.index(eos)]
             out.append(row)
+        if record:
+            return out, PrefillRecord(dict(zip(record, outputs)), [k for k, _ in kv], [v for _, v in kv])
         return out
 
     def decode(self, ids: list[int], prompt: Prompt | None = None) -> str:

@@ -231,3 +231,73 @@ def test_evaluation_shares_each_querys_prefix_with_the_same_scores(arch, embedde
     n_prompts = sum(len(item.prompts) for item in td.items)
     assert traces["n"] == -(-n_prompts // 32)
     np.testing.assert_allclose(np.array(plain), np.array(clean), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "qwen2.5-vl"])
+def test_teacher_forced_heads_skip_the_clean_layers_below_them(arch, embedded, tiny_model, benchmark_dir):
+    """A teacher-forced head row in layer l runs layers l and up only (the layers below take
+    the clean run's output): the utilities equal the plain sweep's, and the lowest layer
+    sees only the clean rows and layer 0's heads."""
+    loaded = embedded if arch == "tiny-llava" else tiny_model(arch)
+    engine = Engine(loaded)
+    td = prepare_task(loaded, "vqa", split="discovery", limit=2)
+    L, H = loaded.sizes.num_layers, loaded.sizes.num_heads
+    conditions = [None, (0, 1), (1, H - 1), (L - 1, 0), (L - 1, H - 1)]
+    seen: dict[int, int] = {}
+
+    def rows_seen(layer):
+        def hook(module, args, output):
+            seen[layer] = seen.get(layer, 0) + args[0].shape[0]
+
+        return hook
+
+    runs = {}
+    for skip in (True, False):
+        seen.clear()
+        with torch_hooks() as handles:
+            for layer in (0, L - 1):
+                handles.append(text_layers(loaded.model)[layer].mlp.register_forward_hook(rows_seen(layer)))
+            for utility in ("logprob", "prob"):
+                runs[skip, utility] = sweep(
+                    engine, td, [0, 1], conditions, utility=utility, batch_size=8, skip_clean_layers=skip
+                )
+        runs[skip, "seen"] = dict(seen)
+    for utility in ("logprob", "prob"):
+        np.testing.assert_allclose(runs[True, utility], runs[False, utility], rtol=1e-6, atol=1e-7)
+        assert not np.allclose(runs[True, utility][:, 0], runs[True, utility][:, 3])  # the heads act
+    n_rows = 2 * len(conditions)
+    assert runs[False, "seen"] == {0: 2 * n_rows, L - 1: 2 * n_rows}  # two utilities, every layer
+    assert runs[True, "seen"] == {0: 2 * (2 + 2), L - 1: 2 * n_rows}  # layer 0: clean + its own head
+
+
+@pytest.mark.parametrize("arch", ["tiny-llava", "qwen2.5-vl"])
+def test_generation_heads_start_their_prefill_at_their_layer(arch, embedded, tiny_model, benchmark_dir):
+    """The paper's metric utility: a head row in layer l runs its prefill from layer l (the
+    clean prefill's output and keys/values below it), every layer while decoding. Forced
+    24-token generations equal the plain path's token for token; the lowest layer's
+    prefill sees only the clean rows and layer 0's heads."""
+    from hones_nn.engine.sweep import generated_texts
+
+    loaded = embedded if arch == "tiny-llava" else tiny_model(arch)
+    engine = Engine(loaded, min_new_tokens=24)  # long outputs: a wrong cache would show
+    td = prepare_task(loaded, "vqa", split="discovery", limit=2)
+    L, H = loaded.sizes.num_layers, loaded.sizes.num_heads
+    conditions = [None, (0, 1), (1, H - 1), (L - 1, 0), (L - 1, H - 1)]
+    prefill_rows = {"n": 0}
+
+    def count(module, args, output):
+        if args[0].shape[1] > 1:  # a prefill (decoding steps see one position)
+            prefill_rows["n"] += args[0].shape[0]
+
+    runs = {}
+    for skip in (True, False):
+        prefill_rows["n"] = 0
+        with torch_hooks() as handles:
+            handles.append(text_layers(loaded.model)[0].mlp.register_forward_hook(count))
+            runs[skip] = generated_texts(engine, td, [0, 1], conditions, batch_size=8, skip_clean_layers=skip)
+        runs[skip, "rows"] = prefill_rows["n"]
+    assert runs[True] == runs[False]
+    assert all(len(text.split()) >= 3 for texts in runs[True] for text in texts)
+    assert any(texts[0] != texts[c] for texts in runs[True] for c in range(1, len(conditions)))  # heads act
+    assert runs[False, "rows"] == 2 * len(conditions)
+    assert runs[True, "rows"] == 2 + 2  # the clean prefills and layer 0's head
