@@ -66,6 +66,7 @@ def parse_args():
     p.add_argument(
         "--plain-candidates", type=int, default=None, help="retrieval candidates run plainly (default 50 cuda, 2 cpu)"
     )
+    p.add_argument("--retrieval-batch", type=int, default=50, help="candidate suffixes per forward (retrieval)")
     args = p.parse_args()
     import torch
 
@@ -312,7 +313,7 @@ def main() -> int:
             rtd = ret.td
             item = rtd.items[0]
             n_cand = len(item.prompts)
-            b = max(args.batch_sizes)
+            b = args.retrieval_batch
             t_shared, peak, _ = measure(lambda: sweep(ret.engine, rtd, [0], [(0, 0)], utility="metric", batch_size=b))
             plain_prompts = item.prompts[: args.plain_candidates]
 
@@ -346,6 +347,7 @@ def main() -> int:
             "dtype": args.dtype,
             "batch_sizes": args.batch_sizes,
             "plain_candidates": args.plain_candidates,
+            "retrieval_batch": args.retrieval_batch,
         },
         results,
         [
