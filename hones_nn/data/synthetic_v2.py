@@ -153,7 +153,7 @@ def _listing(shapes) -> str:
 
 
 def captions_for(scene: Scene) -> list[str]:
-    """Five references in structures chosen per scene (deterministic from the scene)."""
+    """Five distinct references in structures chosen per scene (deterministic from the scene)."""
     rng = random.Random(f"{GENERATOR_VERSION}:captions:{scene.signature!r}")
     shuffled = list(scene.shapes)
     rng.shuffle(shuffled)
@@ -167,8 +167,9 @@ def captions_for(scene: Scene) -> list[str]:
         "noun": "shape" if n == 1 else "shapes",
         "background": scene.background,
     }
-    templates = rng.sample(CAPTION_TEMPLATES, CAPTIONS_PER_IMAGE)
-    return [t.format(**fields) for t in templates]
+    # the shuffled listing may come out in the row-major order: keep each text once
+    distinct = list(dict.fromkeys(t.format(**fields) for t in CAPTION_TEMPLATES))
+    return rng.sample(distinct, CAPTIONS_PER_IMAGE)
 
 
 # ---------------------------------------------------------------- sampling scenes
