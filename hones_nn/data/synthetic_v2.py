@@ -4,8 +4,8 @@ format as :mod:`hones_nn.data.synthetic` (v1, still the default), more to get wr
 What makes it harder than v1:
 
 * 8 colours x 6 shapes x 2 sizes ("a small pink diamond"); 1-6 shapes per image, colours
-  and kinds may repeat (a scene's (colour, kind) pairs are distinct, so "the pink diamond"
-  always names one shape);
+  (2-4 per scene) and kinds repeat (a scene's (colour, kind) pairs are distinct, so "the
+  pink diamond" always names one shape);
 * backgrounds that are not black: plain, noisy, striped or checkered dark textures;
 * a word of 3-6 letters in the blue box, and (7 images in 10) a distractor word of 2-5
   letters in the same white font outside the box, so OCR must find the box;
@@ -58,6 +58,7 @@ WORD_LENGTHS = (3, 4, 5, 6)
 DISTRACTOR_LENGTHS = (2, 3, 4, 5)
 DISTRACTOR_PROBABILITY = 0.7
 MAX_SHAPES = 6
+PALETTE_SIZES = (2, 4)  # a scene's shapes take their colours from 2-4 of the 8
 KINDS = ("circle", "square", "triangle", "cross", "diamond", "ring")
 SIZES = ("small", "large")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -189,11 +190,13 @@ def _sorted_shapes(shapes) -> tuple[Shape, ...]:
 def sample_scene(rng: random.Random) -> Scene:
     n_shapes = rng.randint(1, MAX_SHAPES)
     cells = rng.sample(range(GRID_COLUMNS * GRID_ROWS), n_shapes)
+    # a scene draws its colours from a few (so "how many red shapes" is not almost always 1)
+    palette = rng.sample(sorted(COLORS), rng.randint(*PALETTE_SIZES))
     pairs: set[tuple[str, str]] = set()
     shapes = []
     for cell in cells:
         while True:
-            color, kind = rng.choice(sorted(COLORS)), rng.choice(KINDS)
+            color, kind = rng.choice(palette), rng.choice(KINDS)
             if (color, kind) not in pairs:
                 break
         pairs.add((color, kind))
@@ -394,7 +397,7 @@ def _question(scene: Scene, rng: random.Random, qtype: str):
         if qtype == "count":
             question, n = "How many shapes are there?", len(shapes)
         else:
-            color = rng.choice(sorted({s.color for s in shapes}))
+            color = rng.choice(shapes).color  # a colour by its number of shapes: fewer answers of 1
             question, n = f"How many {color} shapes are there?", sum(s.color == color for s in shapes)
         others = [str(k) for k in NUMBER_WORDS if k != n]
         return question, str(n), others, [NUMBER_WORDS[n]], "number"
@@ -428,11 +431,12 @@ def _question(scene: Scene, rng: random.Random, qtype: str):
 def vqa_for(scene: Scene, rng: random.Random, question_type: str | None = None) -> dict:
     """One VQA question with 10 simulated human answers (VQAv2 style). A type with no
     unambiguous question about the scene (e.g. "left of" with every shape in one
-    column) falls back to counting the shapes."""
+    column) falls back to a size question (always answerable, and not skewing the counts
+    towards one shape)."""
     qtype = question_type or rng.choice(VQA_QUESTION_TYPES)
     asked = _question(scene, rng, qtype)
     if asked is None:
-        qtype = "count"
+        qtype = "size"
         asked = _question(scene, rng, qtype)
         assert asked is not None
     question, answer, alternatives, synonyms, answer_type = asked

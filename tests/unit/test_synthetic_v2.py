@@ -149,7 +149,7 @@ def test_relations_match_the_positions_in_the_image():
         for qtype in n_checked:
             qa = v2.vqa_for(scene, rng, question_type=qtype)
             if qa["question_type"] != qtype:
-                continue  # no two shapes differ along this axis: it fell back to counting
+                continue  # no two shapes differ along this axis: it fell back to a size question
             words = qa["question"].rstrip("?").split()  # Is the C K left of the C K / Is the C K above the C K
             a_color, b_color = words[2], words[-2]
             if colors.count(a_color) != 1 or colors.count(b_color) != 1:
@@ -215,3 +215,18 @@ def test_images_are_64_pixels_and_open_with_pil(bench):
     ds = load_split(bench, "dev").cast_column("image", __import__("datasets").Image(decode=False))
     image = Image.open(io.BytesIO(ds[0]["image"]["bytes"]))
     assert image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_no_question_type_is_answered_by_its_prior():
+    """Guessing each type's most common answer stays far from the 0.6 a model must reach."""
+    import collections
+
+    rng = random.Random(6)
+    answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for scene in _scenes(1200, seed=8):
+        qa = v2.vqa_for(scene, rng)
+        answers[qa["question_type"]][qa["answer"]] += 1
+    shares = {t: c.most_common(1)[0][1] / sum(c.values()) for t, c in answers.items()}
+    assert max(shares.values()) < 0.6, shares
+    majority = sum(c.most_common(1)[0][1] for c in answers.values()) / 1200
+    assert majority < 0.45, majority
