@@ -52,3 +52,16 @@ def test_the_recipes_of_the_new_models_chain_their_phases(tmp_path):
         assert phases[0].init_from == ""
         for before, after in itertools.pairwise(phases):
             assert after.init_from == str(Path(before.out) / "checkpoint" / "model.safetensors")
+
+
+def test_the_cli_refuses_a_benchmark_the_architecture_was_not_built_for(tmp_path):
+    from click.testing import CliRunner
+
+    from hones_nn.cli.main import cli
+
+    out = tmp_path / "run"
+    args = ["train-embedded", "--architecture", "llava-16k", "--generator", "synthetic-v1", "--out-dir", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--generator synthetic-v1" in result.output and "synthetic-v2" in result.output
+    assert not out.exists()
