@@ -30,13 +30,20 @@ def data_group() -> None:
 @click.option(
     "--n-train", type=int, default=2000, show_default=True, help="Images of the train split (model training only)."
 )
+@click.option(
+    "--generator",
+    default="synthetic-v1",
+    show_default=True,
+    help="synthetic-v1 (the shipped tiny models' data) or synthetic-v2 (harder: more colours, shapes "
+    "and sizes, textured backgrounds, distractor text, relations, counts to six; 64 x 64 images).",
+)
 @friendly_errors
 @guards_output("out", "--out-dir", ".benchmark")
-def build_synthetic(out, seed, n_images, n_train):
+def build_synthetic(out, seed, n_images, n_train, generator):
     """Generate the synthetic four-task benchmark (deterministic for a seed)."""
     from hones_nn.data.synthetic import build_synthetic_benchmark
 
-    path = build_synthetic_benchmark(out, seed=seed, n_images=n_images, n_train=n_train)
+    path = build_synthetic_benchmark(out, seed=seed, n_images=n_images, n_train=n_train, generator=generator)
     _print_info(path)
 
 

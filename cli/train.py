@@ -14,9 +14,18 @@ def train_embedded(args):
     Without --recipe, one training run with the options of
     `python -m hones_nn.embedded.train --help`. Resumable: rerun the same command.
     """
+    import sys
+
+    from hones_nn.cli.common import debug_enabled
     from hones_nn.embedded.train import main
 
-    main(list(args))
+    try:
+        main(list(args))
+    except ValueError as exc:  # a bad option (architecture, generator, task weights): one line, no traceback
+        if debug_enabled():
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 def register(cli: click.Group) -> None:

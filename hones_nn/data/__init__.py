@@ -14,12 +14,17 @@ def cache_dir() -> Path:
 
 
 def resolve_benchmark(data: str | os.PathLike | None) -> Path:
-    """A benchmark folder for ``--data``: a path, or the default synthetic benchmark
-    (seed 0, 1,200 images), generated deterministically on first use and cached."""
+    """A benchmark folder for ``--data``: a path, the default synthetic benchmark
+    (``synthetic``: seed 0, 1,200 images of ``synthetic-v1``) or a named generator's
+    (``synthetic-v1``, ``synthetic-v2``: seed 0, 1,200 images), generated deterministically
+    on first use and cached."""
     from hones_nn.data.dataset import MANIFEST
-    from hones_nn.data.synthetic import DEFAULT_N_IMAGES, GENERATOR_VERSION, build_synthetic_benchmark
+    from hones_nn.data.generators import DEFAULT_GENERATOR, GENERATORS
+    from hones_nn.data.synthetic import DEFAULT_N_IMAGES, build_synthetic_benchmark
 
-    if data not in (None, "", DEFAULT_BENCHMARK):
+    generator = DEFAULT_GENERATOR if data in (None, "", DEFAULT_BENCHMARK) else str(data)
+    if generator not in GENERATORS:
+        assert data is not None
         path = Path(data)
         if not (path / MANIFEST).exists():
             raise FileNotFoundError(
@@ -27,7 +32,7 @@ def resolve_benchmark(data: str | os.PathLike | None) -> Path:
                 "`hones-nn data build-synthetic --out-dir DIR` or import one with `hones-nn data import-hones`"
             )
         return path
-    path = cache_dir() / "benchmarks" / f"{GENERATOR_VERSION}-seed0-n{DEFAULT_N_IMAGES}"
+    path = cache_dir() / "benchmarks" / f"{generator}-seed0-n{DEFAULT_N_IMAGES}"
     if not (path / MANIFEST).exists():
-        build_synthetic_benchmark(path, seed=0, n_images=DEFAULT_N_IMAGES, n_train=0)
+        build_synthetic_benchmark(path, seed=0, n_images=DEFAULT_N_IMAGES, n_train=0, generator=generator)
     return path

@@ -29,6 +29,7 @@ from PIL import Image
 from hones_nn.data.font import GLYPH_HEIGHT, GLYPH_WIDTH, LETTERS, glyph
 
 GENERATOR_VERSION = "synthetic-v1"
+IMAGE_ID_PREFIX = "syn"
 IMAGE_SIZE = 48
 PATCH_SIZE = 8
 CELL_SIZE = 16
@@ -412,6 +413,9 @@ class SyntheticWorld:
         return out
 
 
+World = SyntheticWorld  # what hones_nn.data.generators looks up in every generator module
+
+
 # ---------------------------------------------------------------- building a benchmark
 
 DEFAULT_N_IMAGES = 1200  # discovery 700, dev 200, test 300
@@ -419,19 +423,31 @@ DEFAULT_N_TRAIN = 2000
 
 
 def build_synthetic_benchmark(
-    out, seed: int = 0, n_images: int = DEFAULT_N_IMAGES, n_train: int = DEFAULT_N_TRAIN, progress: bool = True
+    out,
+    seed: int = 0,
+    n_images: int = DEFAULT_N_IMAGES,
+    n_train: int = DEFAULT_N_TRAIN,
+    progress: bool = True,
+    generator: str = GENERATOR_VERSION,
 ):
-    """Generate the benchmark and write it in the shared layout (see ``hones_nn.data.dataset``)."""
+    """Generate the benchmark and write it in the shared layout (see ``hones_nn.data.dataset``).
+
+    ``generator``: ``synthetic-v1`` (this module, the default) or ``synthetic-v2`` (the
+    harder :mod:`hones_nn.data.synthetic_v2`); both write the same record format."""
     from tqdm.auto import tqdm
 
     from hones_nn.data.dataset import mine_retrieval_candidates, write_benchmark
+    from hones_nn.data.generators import generator_module
 
-    sizes = {**SyntheticWorld.split_sizes(n_images), "train": n_train}
-    scenes = SyntheticWorld(seed).scenes(sizes)
+    module = generator_module(generator)
+    sizes = {**module.World.split_sizes(n_images), "train": n_train}
+    scenes = module.World(seed).scenes(sizes)
     rows_by_split = {}
     for split in ("train", "discovery", "dev", "test"):
         rows = [
-            scene_record(scene, random.Random(label_seed), f"syn{seed}-{split}-{i:06d}", split)
+            module.scene_record(
+                scene, random.Random(label_seed), f"{module.IMAGE_ID_PREFIX}{seed}-{split}-{i:06d}", split
+            )
             for i, (scene, label_seed) in enumerate(
                 tqdm(scenes[split], desc=f"drawing {split}", disable=not progress, leave=False)
             )
@@ -445,11 +461,11 @@ def build_synthetic_benchmark(
         rows_by_split[split] = rows
     manifest = {
         "source": "synthetic",
-        "generator": GENERATOR_VERSION,
+        "generator": module.GENERATOR_VERSION,
         "seed": seed,
         "n_images": n_images,
         "n_train": n_train,
-        "image_size": IMAGE_SIZE,
+        "image_size": module.IMAGE_SIZE,
     }
     return write_benchmark(out, rows_by_split, manifest)
 

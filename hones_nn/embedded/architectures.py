@@ -62,37 +62,50 @@ TINY_LLAVA_SIZES = {
 }
 
 
-def tiny_llava_processor(tokenizer=None, chat_template: str = LLAVA_CHAT_TEMPLATE) -> LlavaProcessor:
-    """The tiny LLaVA's processor: CLIP image processing at the synthetic benchmark's size,
-    ``tokenizer`` (default: the shipped word tokenizer) and ``chat_template``."""
+def tiny_llava_processor(
+    tokenizer=None,
+    chat_template: str = LLAVA_CHAT_TEMPLATE,
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+) -> LlavaProcessor:
+    """The tiny LLaVA's processor: CLIP image processing at the synthetic benchmark's size
+    (``image_size``, v1's by default), ``tokenizer`` (default: the shipped word tokenizer)
+    and ``chat_template``."""
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         do_center_crop=True,
         do_convert_rgb=True,
     )
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
         chat_template=chat_template,
     )
 
 
-def tiny_llava_config(tokenizer, sizes: dict | None = None, text: dict | None = None) -> LlavaConfig:
+def tiny_llava_config(
+    tokenizer,
+    sizes: dict | None = None,
+    text: dict | None = None,
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+) -> LlavaConfig:
     """The tiny LLaVA's config: ``sizes`` override :data:`TINY_LLAVA_SIZES`; ``text`` other
-    language-model config fields (e.g. ``max_position_embeddings``)."""
+    language-model config fields (e.g. ``max_position_embeddings``); ``image_size`` and
+    ``patch_size`` the vision tower's (v1's by default)."""
     s = {**TINY_LLAVA_SIZES, **(sizes or {})}
     vision = CLIPVisionConfig(
         hidden_size=s["vision_hidden"],
         intermediate_size=s["vision_mlp"],
         num_hidden_layers=s["vision_layers"],
         num_attention_heads=s["vision_heads"],
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
+        image_size=image_size,
+        patch_size=patch_size,
         num_channels=3,
     )
     text = LlamaConfig(
@@ -112,7 +125,7 @@ def tiny_llava_config(tokenizer, sizes: dict | None = None, text: dict | None = 
             **(text or {}),
         },
     )
-    n_image_tokens = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    n_image_tokens = (image_size // patch_size) ** 2
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -169,38 +182,43 @@ def build_untrained_tiny_llava(seed: int = 0, sizes: dict | None = None):
 TINY_QWEN_VISION = {"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 4}
 
 
-def tiny_qwen_processor():
-    """Our WordPiece vocabulary + Qwen's special tokens, with ``Qwen2VLImageProcessorPil``
-    fixed to 48 x 48 pixels (6 x 6 patches of 8 pixels, merged 2 x 2: 9 image tokens)."""
+def tiny_qwen_processor(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE, generator: str = "synthetic-v1"):
+    """Our WordPiece vocabulary (``generator``'s) + Qwen's special tokens, with
+    ``Qwen2VLImageProcessorPil`` fixed to ``image_size`` squared pixels (v1: 48 x 48, 6 x 6
+    patches of 8 pixels, merged 2 x 2: 9 image tokens)."""
     from transformers import Qwen2VLImageProcessorPil
 
     from hones_nn.embedded.tokenizer import qwen_tokenizer
     from hones_nn.models.qwen_inputs import QWEN_CHAT_TEMPLATE, QwenVLInputs
 
-    pixels = IMAGE_SIZE * IMAGE_SIZE
+    pixels = image_size * image_size
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": pixels, "longest_edge": pixels},
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         temporal_patch_size=2,
         merge_size=2,
     )
-    return QwenVLInputs(image_processor, qwen_tokenizer(), chat_template=QWEN_CHAT_TEMPLATE)
+    return QwenVLInputs(image_processor, qwen_tokenizer(generator), chat_template=QWEN_CHAT_TEMPLATE)
 
 
-def tiny_qwen_config(tokenizer):
+def tiny_qwen_config(
+    tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE, vision_sizes: dict | None = None
+):
+    """The tiny Qwen2.5-VL's config (v1's image and patch size and vision tower by default)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
 
     from hones_nn.embedded.tokenizer import QWEN_SPECIAL_TOKENS
 
     s = TINY_LLAVA_SIZES
+    v = {**TINY_QWEN_VISION, **(vision_sizes or {})}
     vision = Qwen2_5_VLVisionConfig(
-        **TINY_QWEN_VISION,
+        **v,
         out_hidden_size=s["text_hidden"],
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         spatial_merge_size=2,
         temporal_patch_size=2,
-        window_size=IMAGE_SIZE,
-        fullatt_block_indexes=[TINY_QWEN_VISION["depth"] - 1],
+        window_size=image_size,
+        fullatt_block_indexes=[v["depth"] - 1],
     )
     head_dim = s["text_hidden"] // s["text_heads"]
     # the rotary half-dimension split over (temporal, height, width), as Qwen's [16, 24, 24] of 64
@@ -248,4 +266,71 @@ def build_untrained_tiny_qwen(seed: int = 0):
     return model, processor
 
 
-BUILDERS = {"llava": build_untrained_tiny_llava, "qwen2.5-vl": build_untrained_tiny_qwen}
+# ---------------------------------------------------------------------- issue 17's models (synthetic-v2)
+
+V2_GENERATOR = "synthetic-v2"
+# 8 layers x 2,048 MLP neurons = 16,384 neurons (top 1% = 164); width 256 with 8 heads of 32;
+# a 3-layer vision tower over v2's 64 x 64 images in 8-pixel patches (64 image tokens, one
+# letter per token). 15,304,832 parameters: 30.6 MB in bf16 (the issue's bound: 40 MB), 61.2 MB in float32.
+LLAVA_16K_SIZES = {
+    **TINY_LLAVA_SIZES,
+    "vision_layers": 3,
+    "text_hidden": 256,
+    "text_layers": 8,
+    "text_heads": 8,
+    "text_kv_heads": 8,
+    "text_mlp": 2048,
+}
+# tiny-qwen2.5-vl's language model over 4-pixel patches merged 2 x 2: 256 patches, 64 image
+# tokens of 8 x 8 pixels on a 64 x 64 v2 image (v1's merged tokens held 2 x 2 letters).
+QWEN_READER_PATCH_SIZE = 4
+QWEN_READER_VISION = {**TINY_QWEN_VISION, "depth": 3}
+
+
+def build_untrained_llava_16k(seed: int = 0):
+    """The larger LLaVA of issue 17, untrained, with its processor (v2 images and vocabulary)."""
+    from hones_nn.data import synthetic_v2 as v2
+
+    processor = tiny_llava_processor(build_tokenizer(V2_GENERATOR), image_size=v2.IMAGE_SIZE, patch_size=v2.PATCH_SIZE)
+    config = tiny_llava_config(
+        processor.tokenizer,
+        LLAVA_16K_SIZES,
+        text={"max_position_embeddings": 384},
+        image_size=v2.IMAGE_SIZE,
+        patch_size=v2.PATCH_SIZE,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    reinitialise(model, seed)
+    model.eval()
+    return model, processor
+
+
+def build_untrained_qwen_reader(seed: int = 0):
+    """The tiny Qwen2.5-VL of issue 17 that can read: 64 image tokens per v2 image, untrained."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from hones_nn.data import synthetic_v2 as v2
+
+    processor = tiny_qwen_processor(v2.IMAGE_SIZE, QWEN_READER_PATCH_SIZE, generator=V2_GENERATOR)
+    config = tiny_qwen_config(processor.tokenizer, v2.IMAGE_SIZE, QWEN_READER_PATCH_SIZE, QWEN_READER_VISION)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    _lecun_init([model.model.language_model, model.model.visual.merger, model.lm_head], seed)
+    model.eval()
+    return model, processor
+
+
+BUILDERS = {
+    "llava": build_untrained_tiny_llava,
+    "qwen2.5-vl": build_untrained_tiny_qwen,
+    "llava-16k": build_untrained_llava_16k,
+    "qwen2.5-vl-reader": build_untrained_qwen_reader,
+}
+# the benchmark generator each architecture's images and vocabulary are made for
+ARCHITECTURE_GENERATOR = {
+    "llava": "synthetic-v1",
+    "qwen2.5-vl": "synthetic-v1",
+    "llava-16k": V2_GENERATOR,
+    "qwen2.5-vl-reader": V2_GENERATOR,
+}

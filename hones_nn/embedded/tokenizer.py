@@ -35,8 +35,12 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text)
 
 
-def vocabulary() -> list[str]:
-    """Every token, special ones first, in a fixed order (the ids are part of the model)."""
+def vocabulary(generator: str = "synthetic-v1") -> list[str]:
+    """Every token, special ones first, in a fixed order (the ids are part of the model).
+
+    ``synthetic-v1``: the shipped models' vocabulary. Another generator's (``synthetic-v2``)
+    appends the words of its questions, answers and captions that v1 lacks, so every v1
+    token keeps its id."""
     words: list[str] = []
     sources = [CHAT_WORDS, TASK_WORDS, YES_WORD, NO_WORD, " ".join(COLORS), " ".join(KINDS)]
     sources += [t.replace("{objects}", "") for t in CAPTION_TEMPLATES]
@@ -52,11 +56,23 @@ def vocabulary() -> list[str]:
     for punct in ",.?!:;'\"()-/":
         if punct not in words:
             words.append(punct)
+    if generator != "synthetic-v1":
+        from hones_nn.data.generators import generator_module
+
+        module = generator_module(generator)
+        extra = [module.VOCABULARY_TEXT, " ".join(module.COLORS), " ".join(module.KINDS)]
+        extra += [" ".join(getattr(module, name, ())) for name in ("SIZES", "BACKGROUNDS")]
+        extra += [t.replace("{", " ").replace("}", " ") for t in module.CAPTION_TEMPLATES]
+        for source in extra:
+            for w in _words(source):
+                if w not in words:
+                    words.append(w)
     return list(SPECIAL_TOKENS) + words
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {token: i for i, token in enumerate(vocabulary())}
+def build_tokenizer(generator: str = "synthetic-v1") -> PreTrainedTokenizerFast:
+    """The word tokenizer of the models trained on ``generator``'s benchmark."""
+    vocab = {token: i for i, token in enumerate(vocabulary(generator))}
     core = Tokenizer(
         models.WordPiece(vocab=vocab, unk_token=UNK, continuing_subword_prefix="##", max_input_chars_per_word=64)
     )
@@ -90,9 +106,10 @@ QWEN_SPECIAL_TOKENS = (
 )
 
 
-def qwen_tokenizer() -> PreTrainedTokenizerFast:
-    """Our WordPiece vocabulary + Qwen's special tokens; no BOS, EOS <|im_end|>, Qwen chat template."""
-    tokens = vocabulary() + list(QWEN_SPECIAL_TOKENS)
+def qwen_tokenizer(generator: str = "synthetic-v1") -> PreTrainedTokenizerFast:
+    """Our WordPiece vocabulary (of ``generator``'s benchmark, see :func:`vocabulary`) + Qwen's
+    special tokens; no BOS, EOS <|im_end|>, Qwen chat template."""
+    tokens = vocabulary(generator) + list(QWEN_SPECIAL_TOKENS)
     vocab = {t: i for i, t in enumerate(tokens)}
     core = Tokenizer(
         models.WordPiece(vocab=vocab, unk_token=UNK, continuing_subword_prefix="##", max_input_chars_per_word=64)

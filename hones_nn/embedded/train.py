@@ -3,6 +3,8 @@
     python -m hones_nn.embedded.train --out-dir runs/tiny-llava --steps 6000       (one run)
     hones-nn train-embedded --recipe --out-dir runs/tiny-llava                  (the shipped recipe)
     hones-nn train-embedded --recipe --architecture qwen2.5-vl --out-dir runs/tiny-qwen
+    hones-nn train-embedded --recipe --architecture llava-16k --out-dir runs/llava-16k   (issue 17, synthetic-v2)
+    hones-nn train-embedded --recipe --architecture qwen2.5-vl-reader --out-dir runs/qwen-reader
 
 Each step draws 32 examples, the four tasks in equal numbers, from the train half of the
 scene space (never an evaluation image, see ``in_train_space``). Labels are drawn per
@@ -21,7 +23,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -29,15 +31,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from hones_nn.data.synthetic import (
-    SyntheticWorld,
-    captions_for,
-    perturb_scene,
-    render,
-    sample_scene,
-    vqa_for,
-)
-from hones_nn.embedded.architectures import BUILDERS
+from hones_nn.data.generators import GENERATORS, generator_module
+from hones_nn.embedded.architectures import ARCHITECTURE_GENERATOR, BUILDERS
 from hones_nn.models.adapters import adapter_for
 from hones_nn.tasks.prompts import NO_WORD, TASK_NAMES, YES_WORD, instruction
 from hones_nn.utils.io import atomic_write_json, atomic_write_with
@@ -58,11 +53,24 @@ class TrainConfig:
     stop_at: int = 0  # stop (and export) at this step of the `steps` schedule; 0: run it all
     init_from: str = ""  # start from a training checkpoint's model.safetensors instead of a fresh init
     task_weights: str = "1,1,1,1"  # relative share of vqa,ocr,caption,retrieval examples per batch
-    architecture: str = "llava"  # llava (tiny-llava) or qwen2.5-vl (tiny-qwen2.5-vl)
+    # llava (tiny-llava), qwen2.5-vl (tiny-qwen2.5-vl), or issue 17's llava-16k, qwen2.5-vl-reader
+    architecture: str = "llava"
+    generator: str = ""  # the synthetic benchmark's generator; "": the architecture's own
 
     def __post_init__(self) -> None:
         if self.architecture not in BUILDERS:
             raise ValueError(f"--architecture {self.architecture!r}: choose one of {', '.join(BUILDERS)}")
+        own = ARCHITECTURE_GENERATOR[self.architecture]
+        if not self.generator:
+            self.generator = own
+        if self.generator not in GENERATORS:
+            raise ValueError(f"--generator {self.generator!r}: choose one of {', '.join(GENERATORS)}")
+        if self.generator != own:
+            raise ValueError(
+                f"--generator {self.generator}: --architecture {self.architecture} is built for {own}'s "
+                f"image size and vocabulary; drop --generator or choose an architecture made for it "
+                f"({', '.join(a for a, g in ARCHITECTURE_GENERATOR.items() if g == self.generator)})"
+            )
 
     @property
     def family(self) -> str:
@@ -74,8 +82,17 @@ def _user_prompt(processor, text: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
-def training_example(task: str, scene, rng: random.Random, scenes, family: str = "llava") -> tuple[str, str]:
-    """(instruction, answer) of one training example of ``task`` for ``scene``."""
+def training_example(
+    task: str, scene, rng: random.Random, scenes, family: str = "llava", generator: str = "synthetic-v1"
+) -> tuple[str, str]:
+    """(instruction, answer) of one training example of ``task`` for ``scene`` (of ``generator``)."""
+    gen = generator_module(generator)
+    vqa_for, captions_for, perturb_scene, sample_scene = (
+        gen.vqa_for,
+        gen.captions_for,
+        gen.perturb_scene,
+        gen.sample_scene,
+    )
     if task == "vqa":
         qa = vqa_for(scene, rng)
         return instruction(family, "vqa", question=qa["question"]), qa["answer"]
@@ -117,9 +134,10 @@ def make_batch(processor, scenes, step: int, config: TrainConfig, adapter=None):
     tokenizer = processor.tokenizer
     images, prompts, answers = [], [], []
     texts = []
+    render = generator_module(config.generator).render
     for task in batch_tasks(config):
         scene = rng.choice(scenes)[0]
-        text, answer = training_example(task, scene, rng, scenes, config.family)
+        text, answer = training_example(task, scene, rng, scenes, config.family, config.generator)
         images.append(Image.fromarray(render(scene).pixels))
         texts.append(text)
         answers.append(answer)
@@ -196,7 +214,7 @@ def train(config: TrainConfig) -> Path:
     adapter = adapter_for(model.config)
     if config.init_from:
         model.load_state_dict(load_file(config.init_from))
-    world = SyntheticWorld(config.seed)
+    world = generator_module(config.generator).World(config.seed)
     scenes = world.scenes({"train": config.n_train_scenes})["train"]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
@@ -206,6 +224,7 @@ def train(config: TrainConfig) -> Path:
         # what does not change the numbers may differ between a run and its resumption
         free = ("out", "threads", "checkpoint_every", "stop_at")
         saved = {"architecture": "llava", **progress["config"]}  # written before the option existed
+        saved.setdefault("generator", ARCHITECTURE_GENERATOR[saved["architecture"]])  # likewise
         if {k: v for k, v in saved.items() if k not in free} != {
             k: v for k, v in asdict(config).items() if k not in free
         }:
@@ -273,6 +292,22 @@ def train(config: TrainConfig) -> Path:
     return final
 
 
+# Issue 17's models on synthetic-v2: recipes written before any training run (not yet
+# calibrated; the session that trains them adjusts steps and mixes and records the result
+# in training_info.json). Phase 1 all four tasks equally, phase 2 from phase 1's weights
+# with retrieval half of every batch, as tiny-llava's recipe found retrieval the slowest.
+PROVISIONAL_RECIPES: dict[str, list[dict]] = {
+    "llava-16k": [
+        {"steps": 8000, "lr": 1e-3, "warmup": 300, "task_weights": "1,1,1,1"},
+        {"steps": 3000, "lr": 5e-4, "warmup": 100, "task_weights": "1,1,1,3"},
+    ],
+    "qwen2.5-vl-reader": [
+        {"steps": 6000, "lr": 2e-3, "warmup": 300, "task_weights": "1,1,1,1"},
+        {"steps": 2000, "lr": 1e-3, "warmup": 100, "task_weights": "1,1,1,3"},
+    ],
+}
+
+
 def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> list[TrainConfig]:
     """The shipped models' recipes: phases run one after the other, each from the last's weights.
 
@@ -289,8 +324,25 @@ def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> li
     tiny-qwen2.5-vl (``architecture="qwen2.5-vl"``): the same phase 1, then phase 2's
     1:1:1:3 mix on a 2,000-step schedule stopped at step 1,000, as far as the CPU budget
     of the session that trained it went.
+
+    llava-16k, qwen2.5-vl-reader (issue 17, synthetic-v2): :data:`PROVISIONAL_RECIPES`.
     """
     root = Path(out)
+    if architecture in PROVISIONAL_RECIPES:
+        phases = []
+        for i, phase in enumerate(PROVISIONAL_RECIPES[architecture]):
+            init = str(root / f"phase{i}" / "checkpoint" / "model.safetensors") if i else ""
+            phases.append(
+                TrainConfig(
+                    out=str(root / f"phase{i + 1}"),
+                    seed=i,
+                    threads=threads,
+                    architecture=architecture,
+                    init_from=init,
+                    **phase,
+                )
+            )
+        return phases
     if architecture == "qwen2.5-vl":
         phase1 = TrainConfig(
             out=str(root / "phase1"),
@@ -317,7 +369,9 @@ def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> li
         )
         return [phase1, phase2]
     if architecture != "llava":
-        raise ValueError(f"no training recipe for {architecture!r}; choose llava or qwen2.5-vl")
+        raise ValueError(
+            f"no training recipe for {architecture!r}; choose llava, qwen2.5-vl, {', '.join(PROVISIONAL_RECIPES)}"
+        )
     phase1 = TrainConfig(
         out=str(root / "phase1"),
         seed=0,
@@ -377,13 +431,14 @@ def main(argv=None) -> None:
         "--recipe",
         action="store_true",
         help="Run the shipped model's recipe into OUT (tiny-llava, or tiny-qwen2.5-vl with "
-        "--architecture qwen2.5-vl; other options but --threads are ignored).",
+        "--architecture qwen2.5-vl; issue 17's provisional recipes with --architecture llava-16k or "
+        "qwen2.5-vl-reader, on synthetic-v2; other options but --threads are ignored).",
     )
-    for field, default in asdict(TrainConfig(out="")).items():
-        if field == "out":
+    for spec in fields(TrainConfig):
+        if spec.name == "out":
             parser.add_argument("--out-dir", dest="out", required=True)
         else:
-            parser.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
+            parser.add_argument("--" + spec.name.replace("_", "-"), type=type(spec.default), default=spec.default)
     args = vars(parser.parse_args(argv))
     if args.pop("recipe"):
         final = train_recipe(args["out"], threads=args["threads"], architecture=args["architecture"])

@@ -1,0 +1,67 @@
+"""Issue 17's models train on synthetic-v2 through the same resumable script (a smoke run:
+CI never trains them): a run stopped and resumed ends with the weights of a straight run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hones_nn.embedded.architectures import BUILDERS
+from hones_nn.embedded.train import TrainConfig, recipe_phases, train
+
+
+def _config(out, architecture, **kw):
+    return TrainConfig(
+        out=str(out),
+        architecture=architecture,
+        steps=2,
+        batch_size=4,
+        warmup=1,
+        checkpoint_every=2,
+        n_train_scenes=12,
+        threads=1,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("architecture", ["llava-16k", "qwen2.5-vl-reader"])
+def test_stopped_and_resumed_equals_straight(tmp_path, architecture):
+    train(_config(tmp_path / "a", architecture))
+    train(_config(tmp_path / "b", architecture, stop_at=1))
+    resumed = train(_config(tmp_path / "b", architecture))
+    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    untrained = BUILDERS[architecture](seed=0)[0].state_dict()
+    assert any(not torch.equal(untrained[k], a[k]) for k in a)  # the steps did train
+    info = json.loads((resumed / "training_info.json").read_text())
+    assert info["config"]["generator"] == "synthetic-v2" and info["config"]["architecture"] == architecture
+
+
+def test_the_recipes_of_the_new_models_chain_their_phases(tmp_path):
+    for architecture in ("llava-16k", "qwen2.5-vl-reader"):
+        phases = recipe_phases(str(tmp_path), threads=1, architecture=architecture)
+        assert [p.generator for p in phases] == ["synthetic-v2"] * len(phases)
+        assert phases[0].init_from == ""
+        for before, after in itertools.pairwise(phases):
+            assert after.init_from == str(Path(before.out) / "checkpoint" / "model.safetensors")
+
+
+def test_the_cli_refuses_a_benchmark_the_architecture_was_not_built_for(tmp_path):
+    from click.testing import CliRunner
+
+    from hones_nn.cli.main import cli
+
+    out = tmp_path / "run"
+    args = ["train-embedded", "--architecture", "llava-16k", "--generator", "synthetic-v1", "--out-dir", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--generator synthetic-v1" in result.output and "synthetic-v2" in result.output
+    assert not out.exists()

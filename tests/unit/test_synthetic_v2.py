@@ -1,0 +1,232 @@
+"""The harder synthetic benchmark (synthetic-v2): determinism, v1 untouched, disjoint splits,
+records every task accepts, and answers checked against the rendered pixels."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hones_nn.data import synthetic_v2 as v2
+from hones_nn.data.dataset import SPLITS, load_split, read_manifest
+from hones_nn.data.font import LETTERS, glyph
+from hones_nn.data.synthetic import BOX_BLUE, TEXT_WHITE, build_synthetic_benchmark, in_train_space
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn2")
+    return build_synthetic_benchmark(
+        out / "a", seed=3, n_images=120, n_train=20, progress=False, generator="synthetic-v2"
+    )
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_and_the_manifest_names_v2(bench, tmp_path):
+    again = build_synthetic_benchmark(
+        tmp_path / "b", seed=3, n_images=120, n_train=20, progress=False, generator="synthetic-v2"
+    )
+    assert _files(bench) == _files(again)
+    manifest = read_manifest(bench)
+    assert manifest["generator"] == "synthetic-v2" and manifest["image_size"] == 64
+    assert manifest["splits"] == {"train": 20, "discovery": 70, "dev": 20, "test": 30}
+
+
+def test_v1_stays_the_default_and_differs_from_v2(tmp_path):
+    default = build_synthetic_benchmark(tmp_path / "d", seed=3, n_images=120, n_train=0, progress=False)
+    named = build_synthetic_benchmark(
+        tmp_path / "n", seed=3, n_images=120, n_train=0, progress=False, generator="synthetic-v1"
+    )
+    assert _files(default) == _files(named)
+    assert read_manifest(default)["generator"] == "synthetic-v1" and read_manifest(default)["image_size"] == 48
+    with pytest.raises(ValueError, match="--generator 'synthetic-v9'.*synthetic-v2"):
+        build_synthetic_benchmark(tmp_path / "x", n_images=120, progress=False, generator="synthetic-v9")
+
+
+def test_splits_are_image_disjoint_and_train_is_train_space(bench):
+    import datasets
+
+    seen: dict[bytes, str] = {}
+    for split in SPLITS:
+        ds = load_split(bench, split).cast_column("image", datasets.Image(decode=False))
+        for image_id, image in zip(ds["image_id"], ds["image"]):
+            assert image["bytes"] not in seen, f"{image_id} repeats {seen.get(image['bytes'])}"
+            seen[image["bytes"]] = image_id
+    scenes = v2.SyntheticWorldV2(0).scenes({"test": 40, "dev": 10, "discovery": 40, "train": 60})
+    assert all(not in_train_space(s.signature) for split in ("test", "dev", "discovery") for s, _ in scenes[split])
+    assert all(in_train_space(s.signature) for s, _ in scenes["train"])
+    signatures = [s.signature for split in scenes.values() for s, _ in split]
+    assert len(signatures) == len(set(signatures))
+
+
+@pytest.mark.parametrize("task_name", ["vqa", "ocr", "caption", "retrieval"])
+def test_every_record_makes_a_valid_item_of_every_task(bench, task_name):
+    from hones_nn.tasks.base import ImageSource, get_task
+
+    for family in ("llava", "qwen"):
+        ds = load_split(bench, "test")
+        items, skipped = get_task(task_name, family=family).items(ds, images=ImageSource(ds))
+        assert len(items) == len(ds) and not skipped
+
+
+def test_the_v2_tokenizer_spells_every_label_and_keeps_v1_ids():
+    from hones_nn.embedded.tokenizer import build_tokenizer, vocabulary
+
+    v1_vocab, v2_vocab = vocabulary(), vocabulary("synthetic-v2")
+    assert v2_vocab[: len(v1_vocab)] == v1_vocab and len(v2_vocab) > len(v1_vocab)
+    tokenizer = build_tokenizer("synthetic-v2")
+    unk = tokenizer.unk_token_id
+    rng = random.Random(0)
+    for _ in range(60):
+        scene = v2.sample_scene(rng)
+        qa = v2.vqa_for(scene, rng)
+        for text in [qa["question"], *qa["all_answers"], *v2.captions_for(scene), scene.word]:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert unk not in ids, text
+        assert tokenizer.decode(tokenizer(scene.word, add_special_tokens=False)["input_ids"]) == scene.word
+
+
+# ---------------------------------------------------------------- answers against the pixels
+
+
+def _color_cells(pixels: np.ndarray) -> dict[tuple[int, int], set[str]]:
+    """(column, row) -> the palette colours seen in that shape cell (>= 4 pixels within the
+    jitter of a palette colour; the background never comes near one)."""
+    out: dict[tuple[int, int], set[str]] = {}
+    for row in range(v2.GRID_ROWS):
+        for col in range(v2.GRID_COLUMNS):
+            cell = pixels[row * 16 : row * 16 + 16, col * 16 : col * 16 + 16].astype(int)
+            for name, rgb in v2.COLORS.items():
+                close = (np.abs(cell - np.array(rgb)) <= v2.COLOR_JITTER).all(axis=-1)
+                if close.sum() >= 4:
+                    out.setdefault((col, row), set()).add(name)
+    return out
+
+
+def _centre(pixels: np.ndarray, color: str) -> tuple[float, float]:
+    close = (np.abs(pixels[:48].astype(int) - np.array(v2.COLORS[color])) <= v2.COLOR_JITTER).all(axis=-1)
+    ys, xs = np.nonzero(close)
+    return float(xs.mean()), float(ys.mean())
+
+
+def _scenes(n: int, seed: int = 7):
+    rng = random.Random(seed)
+    return [v2.sample_scene(rng) for _ in range(n)]
+
+
+def test_counts_match_the_coloured_cells_of_the_image():
+    rng = random.Random(1)
+    checked = {"count": 0, "count_color": 0}
+    answers = set()
+    for scene in _scenes(150):
+        cells = _color_cells(v2.render(scene).pixels)
+        assert all(len(colors) == 1 for colors in cells.values())
+        for qtype in checked:
+            qa = v2.vqa_for(scene, rng, question_type=qtype)
+            if qtype == "count":
+                expected = len(cells)
+            else:
+                color = qa["question"].split()[2]
+                expected = sum(color in colors for colors in cells.values())
+            assert qa["answer"] == str(expected), (qa, cells)
+            checked[qtype] += 1
+            answers.add(expected)
+    assert max(answers) >= 5  # counting goes beyond v1's three
+
+
+def test_relations_match_the_positions_in_the_image():
+    rng = random.Random(2)
+    n_checked = {"left_of": 0, "above": 0}
+    for scene in _scenes(300):
+        pixels = v2.render(scene).pixels
+        colors = [s.color for s in scene.shapes]
+        for qtype in n_checked:
+            qa = v2.vqa_for(scene, rng, question_type=qtype)
+            if qa["question_type"] != qtype:
+                continue  # no two shapes differ along this axis: it fell back to a size question
+            words = qa["question"].rstrip("?").split()  # Is the C K left of the C K / Is the C K above the C K
+            a_color, b_color = words[2], words[-2]
+            if colors.count(a_color) != 1 or colors.count(b_color) != 1:
+                continue  # a colour names two shapes: its pixels do not locate one of them
+            (ax, ay), (bx, by) = _centre(pixels, a_color), _centre(pixels, b_color)
+            truth = ax < bx if qtype == "left_of" else ay < by
+            assert qa["answer"] == ("yes" if truth else "no"), qa
+            n_checked[qtype] += 1
+    assert min(n_checked.values()) >= 20, n_checked
+
+
+def _read_box(pixels: np.ndarray) -> str:
+    """The letters inside the blue outline, read back by matching the font's bitmaps."""
+    blue = (pixels == np.array(BOX_BLUE)).all(axis=-1)
+    ys, xs = np.nonzero(blue)
+    x0, x1, y0 = xs.min() + 1, xs.max(), ys.min() + 1  # the inside of the outline
+    white = (pixels == np.array(TEXT_WHITE)).all(axis=-1)
+    letters = []
+    for left in range(x0, x1, 8):
+        patch = white[y0 : y0 + 8, left : left + 8]
+        matches = [c for c in LETTERS if any((patch[:7, dx : dx + 5] == glyph(c)).all() for dx in range(4))]
+        assert len(matches) == 1, matches
+        letters.append(matches[0])
+    return "".join(letters)
+
+
+def test_the_boxed_word_reads_back_and_the_distractor_lies_outside_the_box():
+    n_distractors = 0
+    for scene in _scenes(60, seed=3):
+        rendered = v2.render(scene)
+        assert _read_box(rendered.pixels) == scene.word
+        white = (rendered.pixels == np.array(TEXT_WHITE)).all(axis=-1)
+        outside = white & ~rendered.text_mask
+        assert outside.any() == bool(scene.distractor)
+        n_distractors += bool(scene.distractor)
+        x, y, w, h = rendered.text_box
+        assert x >= 0 and x + w <= v2.IMAGE_SIZE and y + h <= v2.IMAGE_SIZE
+    assert 0 < n_distractors < 60
+
+
+def test_question_types_captions_and_negatives_vary():
+    rng = random.Random(4)
+    scenes = _scenes(300, seed=5)
+    types = {v2.vqa_for(s, rng)["question_type"] for s in scenes}
+    assert types == set(v2.VQA_QUESTION_TYPES)
+    structures = set()
+    for scene in scenes[:50]:
+        captions = v2.captions_for(scene)
+        assert len(captions) == len(set(captions)) == v2.CAPTIONS_PER_IMAGE
+        for shape in scene.shapes:
+            assert all(shape.phrase in c for c in captions)  # every caption names every shape
+        markers = ("there ", " background.", "an image of", "from left to right.", "box with text.", " image with")
+        structures.update(m for c in captions for m in markers if m in c)
+        other = v2.perturb_scene(scene, rng)
+        assert other.content_key != scene.content_key
+    assert len(structures) == 6
+    assert {s.size for sc in scenes for s in sc.shapes} == set(v2.SIZES)
+    assert {sc.background for sc in scenes} == set(v2.BACKGROUNDS)
+    assert max(len(sc.word) for sc in scenes) == max(v2.WORD_LENGTHS)
+
+
+def test_images_are_64_pixels_and_open_with_pil(bench):
+    ds = load_split(bench, "dev").cast_column("image", __import__("datasets").Image(decode=False))
+    image = Image.open(io.BytesIO(ds[0]["image"]["bytes"]))
+    assert image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_no_question_type_is_answered_by_its_prior():
+    """Guessing each type's most common answer stays far from the 0.6 a model must reach."""
+    import collections
+
+    rng = random.Random(6)
+    answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for scene in _scenes(1200, seed=8):
+        qa = v2.vqa_for(scene, rng)
+        answers[qa["question_type"]][qa["answer"]] += 1
+    shares = {t: c.most_common(1)[0][1] / sum(c.values()) for t, c in answers.items()}
+    assert max(shares.values()) < 0.6, shares
+    majority = sum(c.most_common(1)[0][1] for c in answers.values()) / 1200
+    assert majority < 0.45, majority
