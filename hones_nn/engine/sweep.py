@@ -29,16 +29,11 @@ import torch
 from hones_nn.engine.core import Engine, PrefillSkip
 from hones_nn.engine.encoding import encode_prompts, encode_rows, expand_encoding
 from hones_nn.engine.prefix import SharedPrefix, prefix_decision_scores
+from hones_nn.engine.skipping import layer_rows, recorded_layers, skip_plan, skips_by_default
 from hones_nn.interventions.base import apply_edits
 from hones_nn.interventions.heads import HeadGaussianNoise, HeadMeanReplacement
 
 UTILITIES = ("metric", "logprob", "prob")
-
-# Starting a head's rows at its layer costs a clean run per group of prompts and a batch
-# per layer; with fewer layers than this the layers skipped (at most half on average) do
-# not pay for that (measured: 2-layer models ran 0.3-0.6x as fast, the 4-layer embedded
-# model 1.2-1.4x faster, a 32-layer 7B skips about half its compute).
-SKIP_MIN_LAYERS = 4
 
 
 @dataclass(frozen=True)
@@ -121,121 +116,85 @@ def teacher_forced_scores(
     return score
 
 
-def _layer_rows(value, index: torch.Tensor):
-    """Rows ``index`` of a decoder layer's output (a tensor, or a tuple led by one)."""
-    if torch.is_tensor(value):
-        return value.index_select(0, index.to(value.device))
-    return (value[0].index_select(0, index.to(value[0].device)), *value[1:])
-
-
 @torch.no_grad()
 def _teacher_forced_skipping(engine: Engine, td, items, conditions, rows: Sequence[Row], utility: str, batch_size: int):
-    """Teacher-forced scores of ``rows`` where a head in layer l runs layers l and up only.
-
-    Nothing below a replaced head's layer differs from the clean run: the rows' prompts
-    run clean once (a group of prompts at a time, one padded width), recording the
-    layers' outputs; then each layer's heads run as rows of that encoding with the layers
-    below skipped (nnsight's ``Envoy.skip``), the clean output of layer l - 1 in their
-    place. Batches hold the heads of one layer; equal to the plain path within float
-    rounding (tested)."""
+    """Teacher-forced scores of ``rows``, a head in layer l running layers l and up only
+    (:mod:`hones_nn.engine.skipping`): each group of prompts runs clean once, recording
+    the layer outputs the heads start from. Equal to the plain path within float rounding
+    (the groups pad differently; tested)."""
     task = td.task
     num_heads = engine.adapter.sizes(engine.model).num_heads
     units = list(dict.fromkeys((r.item, r.prompt) for r in rows))
-    by_layer = _heads_by_layer(conditions)
     clean = [c for c, condition in enumerate(conditions) if condition is None]
-    widest = max((len(v) for v in by_layer.values()), default=1)
-    per_group = max(1, batch_size // widest)  # a batch holds one layer's heads for this many prompts
-    record = sorted({layer - 1 for layer in by_layer if layer > 0})
+    record = recorded_layers(conditions)
     scores: dict[tuple[int, int, int], float] = {}
-    for g0 in range(0, len(units), per_group):
-        group = units[g0 : g0 + per_group]
-        prompts = [items[i].prompts[p] for i, p in group]
+    for group, chunks in skip_plan(len(units), conditions, batch_size):
+        keys = [units[u] for u in group]
+        prompts = [items[i].prompts[p] for i, p in keys]
         enc = encode_prompts(
             engine.loaded, td.images, prompts, with_answers=True, reference_compat=task.reference_compat
         )
         if record:
-            clean_scores, outputs = teacher_forced_scores(engine, enc, None, utility, record=tuple(record))
+            clean_scores, outputs = teacher_forced_scores(engine, enc, None, utility, record=record)
         else:  # every head is in layer 0: nothing to skip
             clean_scores, outputs = teacher_forced_scores(engine, enc, None, utility), {}
-        for (i, p), v in zip(group, clean_scores.tolist()):
+        for (i, p), v in zip(keys, clean_scores.tolist()):
             for c in clean:
                 scores[(i, p, c)] = v
-        for layer, conds in sorted(by_layer.items()):
-            pairs = [(k, c) for k in range(len(group)) for c in conds]
-            for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start : start + batch_size]
-                index = torch.tensor([k for k, _ in chunk], dtype=torch.long)
-                chunk_rows = [Row(group[k][0], group[k][1], c) for k, c in chunk]
-                intervention = make_intervention(conditions, chunk_rows, num_heads, "mean")
-                values = teacher_forced_scores(
-                    engine,
-                    expand_encoding(enc, index.tolist()),
-                    intervention,
-                    utility,
-                    skip_below=layer,
-                    skip_value=_layer_rows(outputs[layer - 1], index) if layer > 0 else None,
-                )
-                for r, v in zip(chunk_rows, values.tolist()):
-                    scores[(r.item, r.prompt, r.condition)] = v
+        for chunk in chunks:
+            chunk_rows = [Row(keys[k][0], keys[k][1], c) for k, c in zip(chunk.index, chunk.conditions)]
+            values = teacher_forced_scores(
+                engine,
+                expand_encoding(enc, chunk.index),
+                make_intervention(conditions, chunk_rows, num_heads, "mean"),
+                utility,
+                skip_below=chunk.layer,
+                skip_value=layer_rows(outputs[chunk.layer - 1], chunk.index) if chunk.layer > 0 else None,
+            )
+            for r, v in zip(chunk_rows, values.tolist()):
+                scores[(r.item, r.prompt, r.condition)] = v
     return scores
-
-
-def _heads_by_layer(conditions) -> dict[int, list[int]]:
-    """{layer: indices of the conditions that replace a head in it}."""
-    by_layer: dict[int, list[int]] = {}
-    for c, condition in enumerate(conditions):
-        if condition is not None:
-            by_layer.setdefault(int(condition[0]), []).append(c)
-    return by_layer
 
 
 @torch.no_grad()
 def _generation_skipping(engine: Engine, td, items, conditions, rows: Sequence[Row], batch_size: int):
-    """Greedy texts of ``rows`` where a head in layer l starts the prefill at layer l.
-
-    As :func:`_teacher_forced_skipping`, for generations: a group of prompts is generated
-    clean once, recording its prefill's layer outputs and keys/values; each layer's heads
-    then generate from rows of that encoding whose prefill skips the layers below (their
-    keys/values written into the generation's cache from the clean run); the decoding
-    steps run every layer. Equal to the plain path (tested)."""
+    """Greedy texts of ``rows``, a head in layer l starting its prefill at layer l
+    (:mod:`hones_nn.engine.skipping`): each group of prompts is generated clean once,
+    recording its prefill's layer outputs and keys/values; a head row's prefill skips the
+    layers below its own (their keys/values written into the generation's cache from the
+    clean prefill) and its decoding steps run every layer. Equal to the plain path (tested)."""
     task = td.task
     num_heads = engine.adapter.sizes(engine.model).num_heads
     units = list(dict.fromkeys((r.item, r.prompt) for r in rows))
-    by_layer = _heads_by_layer(conditions)
     clean = [c for c, condition in enumerate(conditions) if condition is None]
-    widest = max((len(v) for v in by_layer.values()), default=1)
-    per_group = max(1, batch_size // widest)
-    record = tuple(sorted({layer - 1 for layer in by_layer if layer > 0}))
+    record = recorded_layers(conditions)
     texts: dict[tuple[int, int], str] = {}
-    for g0 in range(0, len(units), per_group):
-        group = units[g0 : g0 + per_group]
-        prompts = [items[i].prompts[p] for i, p in group]
+    for group, chunks in skip_plan(len(units), conditions, batch_size):
+        keys = [units[u] for u in group]
+        prompts = [items[i].prompts[p] for i, p in keys]
         enc = encode_prompts(engine.loaded, td.images, prompts, reference_compat=task.reference_compat)
         if record:
             ids, state = engine.generate(enc.inputs, record=record)
         else:  # every head is in layer 0: nothing to skip
             ids, state = engine.generate(enc.inputs), None
-        for (i, _), prompt, row in zip(group, prompts, ids):
+        for (i, _), prompt, row in zip(keys, prompts, ids):
             for c in clean:
                 texts[(i, c)] = engine.decode(row, prompt)
-        for layer, conds in sorted(by_layer.items()):
-            pairs = [(k, c) for k in range(len(group)) for c in conds]
-            for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start : start + batch_size]
-                index = torch.tensor([k for k, _ in chunk], dtype=torch.long)
-                chunk_rows = [Row(group[k][0], group[k][1], c) for k, c in chunk]
-                skip = None
-                if layer > 0 and state is not None:
-                    skip = PrefillSkip(
-                        layer,
-                        _layer_rows(state.outputs[layer - 1], index),
-                        [k.index_select(0, index.to(k.device)) for k in state.keys[:layer]],
-                        [v.index_select(0, index.to(v.device)) for v in state.values[:layer]],
-                    )
-                rows_enc = expand_encoding(enc, index.tolist())
-                intervention = make_intervention(conditions, chunk_rows, num_heads, "mean")
-                for r, (k, _), row in zip(chunk_rows, chunk, engine.generate(rows_enc.inputs, intervention, skip=skip)):
-                    texts[(r.item, r.condition)] = engine.decode(row, prompts[k])
+        for chunk in chunks:
+            chunk_rows = [Row(keys[k][0], keys[k][1], c) for k, c in zip(chunk.index, chunk.conditions)]
+            skip = None
+            if chunk.layer > 0 and state is not None:
+                index = torch.as_tensor(chunk.index)
+                skip = PrefillSkip(
+                    chunk.layer,
+                    layer_rows(state.outputs[chunk.layer - 1], chunk.index),
+                    [k.index_select(0, index.to(k.device)) for k in state.keys[: chunk.layer]],
+                    [v.index_select(0, index.to(v.device)) for v in state.values[: chunk.layer]],
+                )
+            intervention = make_intervention(conditions, chunk_rows, num_heads, "mean")
+            generated = engine.generate(expand_encoding(enc, chunk.index).inputs, intervention, skip=skip)
+            for r, k, row in zip(chunk_rows, chunk.index, generated):
+                texts[(r.item, r.condition)] = engine.decode(row, prompts[k])
     return texts
 
 
@@ -278,7 +237,7 @@ def _run_rows(
 ):
     task = td.task
     if skip_clean_layers is None:
-        skip_clean_layers = engine.adapter.sizes(engine.model).num_layers >= SKIP_MIN_LAYERS
+        skip_clean_layers = skips_by_default(engine)
     num_heads = engine.adapter.sizes(engine.model).num_heads
     rows = _rows_for(task, items, len(conditions), utility)
     texts: dict[tuple[int, int], str] = {}
@@ -355,7 +314,8 @@ def sweep(
 
     Local runs of mean replacement skip work that equals the clean run's: retrieval
     candidates share their query's prefix (``share_prefix``), and a head in layer l runs
-    from layer l up (``skip_clean_layers``: None decides by depth, :data:`SKIP_MIN_LAYERS`).
+    from layer l up (``skip_clean_layers``; None decides by depth,
+    :func:`hones_nn.engine.skipping.skips_by_default`).
     ``share_prefix=False`` runs every candidate as a whole prompt and
     ``skip_clean_layers=False`` every layer of every row: the plain paths the optimized
     ones are tested against."""

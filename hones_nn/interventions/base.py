@@ -10,7 +10,9 @@ Sites (of decoder layer l of the language model):
 
 * ``o_proj_input``: the concatenated head outputs, [B, S, H * d_head] (heads, V-SEAM);
 * ``act_output``: g = act_fn(gate_proj(x)), [B, S, d_ff] (AP / MA / APE / Pan et al.);
-* ``down_proj_input``: z = g * up_proj(x), [B, S, d_ff], "the neuron" of HONES.
+* ``down_proj_input``: z = g * up_proj(x), [B, S, d_ff], "the neuron" of HONES;
+* ``layer_output``: the decoder layer's output, the residual stream after it (read by
+  the recipes that start a head's rows at its layer, :mod:`hones_nn.engine.skipping`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-SITE_ORDER = {"o_proj_input": 0, "act_output": 1, "down_proj_input": 2}
+SITE_ORDER = {"o_proj_input": 0, "act_output": 1, "down_proj_input": 2, "layer_output": 3}
 
 
 @dataclass(init=False)
@@ -51,6 +53,8 @@ def site_value(model, adapter, layer: int, site: str):
         return adapter.act_fn(model, layer).output
     if site == "down_proj_input":
         return adapter.down_proj(model, layer).input
+    if site == "layer_output":
+        return adapter.layer(model, layer).output
     raise ValueError(f"unknown site {site!r}")
 
 

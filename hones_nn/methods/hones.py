@@ -44,8 +44,9 @@ import nnsight
 import numpy as np
 import torch
 
-from hones_nn.engine.encoding import encode_rows
+from hones_nn.engine.encoding import encode_prompts, encode_rows, expand_encoding
 from hones_nn.engine.readout import contribution_read, direction_rows, projected_write_outs, target_token_rows
+from hones_nn.engine.skipping import layer_rows, recorded_layers, skip_plan, skips_by_default
 from hones_nn.engine.sweep import make_intervention
 from hones_nn.engine.tables import ScoreTable
 from hones_nn.interventions.base import SiteEdit, apply_edits
@@ -95,6 +96,13 @@ def target_directions(ctx: RunContext, items, context=None, mode: str = "idf") -
 
 
 @torch.no_grad()
+class _Row:
+    """The condition of a batch row, as :func:`make_intervention` reads it."""
+
+    def __init__(self, condition: int):
+        self.condition = condition
+
+
 def contributions(
     ctx: RunContext,
     item_ids: list[int],
@@ -115,6 +123,8 @@ def contributions(
     if targets is None:
         raise ValueError("the items' target tokens are required")
     out = torch.zeros(len(items), len(conditions), sizes.num_layers, sizes.d_ff, dtype=torch.float64)
+    if mode == "mean" and skips_by_default(engine):
+        return _contributions_skipping(ctx, items, conditions, targets, out)
     rows = [(i, c) for i in range(len(items)) for c in range(len(conditions))]
     num_heads, num_layers = sizes.num_heads, sizes.num_layers
     encodings: dict = {}  # the previous batch's encoding, reused when it holds the same prompts
@@ -126,13 +136,9 @@ def contributions(
         )
         inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
 
-        class _Rows:  # the condition of each row, for make_intervention
-            def __init__(self, c):
-                self.condition = c
-
         intervention = make_intervention(
             conditions,
-            [_Rows(c) for _, c in chunk],
+            [_Row(c) for _, c in chunk],
             num_heads,
             mode,
             seed=ctx.seed,
@@ -152,6 +158,66 @@ def contributions(
         c = torch.stack(list(saved[-num_layers:]), dim=1)  # [rows, L, d_ff]
         for (i, cond), value in zip(chunk, c):
             out[i, cond] = value.double()
+    return out
+
+
+@torch.no_grad()
+def _contributions_trace(
+    ctx: RunContext, enc, row_targets, intervention=None, below: int = 0, skip_value=None, record=()
+):
+    """One batch's contributions at layers ``below`` and up, [rows, L - below, d_ff] float32
+    CPU; the layers under ``below`` skipped with ``skip_value`` in their place; with
+    ``record`` (a clean run) also the outputs of those layers."""
+    engine, adapter = ctx.engine, ctx.loaded.adapter
+    envoy, num_layers = engine.envoy, ctx.sizes.num_layers
+    inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
+    edits = intervention.edits(len(row_targets)) if intervention is not None else []
+    with envoy.trace(**inputs):
+        for layer in range(below):
+            adapter.layer(envoy, layer).skip(skip_value)
+        u = direction_rows(adapter.lm_head(envoy).weight, row_targets)
+        proj = projected_write_outs(envoy, adapter, u, num_layers)
+        reads = [
+            SiteEdit(layer, "down_proj_input", functools.partial(contribution_read, proj=proj[layer]))
+            for layer in range(below, num_layers)
+        ]
+        kept = [SiteEdit(layer, "layer_output", lambda value: value) for layer in record]
+        saved = nnsight.save(apply_edits(envoy, adapter, edits + reads + kept))
+    n_reads = num_layers - below
+    c = torch.stack(list(saved[len(edits) : len(edits) + n_reads]), dim=1)
+    return c, dict(zip(record, saved[len(edits) + n_reads :]))
+
+
+def _contributions_skipping(ctx: RunContext, items, conditions, targets, out: torch.Tensor) -> torch.Tensor:
+    """:func:`contributions` with a head in layer l run from layer l up
+    (:mod:`hones_nn.engine.skipping`): its contributions below l are the clean run's
+    (the combination ignores them: a head cannot change what comes before it)."""
+    num_heads = ctx.sizes.num_heads
+    clean = [c for c, condition in enumerate(conditions) if condition is None]
+    record = recorded_layers(conditions)
+    for group, chunks in skip_plan(len(items), conditions, ctx.batch_size):
+        prompts = [ctx.td.task.attribution_prompt(items[i]) for i in group]
+        enc = encode_prompts(ctx.loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat)
+        group_targets = [targets[i] for i in group]
+        c_clean, outputs = _contributions_trace(ctx, enc, group_targets, record=record)
+        for k, i in enumerate(group):
+            for c in clean:
+                out[i, c] = c_clean[k].double()
+        for chunk in chunks:
+            layer = chunk.layer
+            intervention = make_intervention(conditions, [_Row(c) for c in chunk.conditions], num_heads, "mean")
+            c_heads, _ = _contributions_trace(
+                ctx,
+                expand_encoding(enc, chunk.index),
+                [group_targets[k] for k in chunk.index],
+                intervention,
+                below=layer,
+                skip_value=layer_rows(outputs[layer - 1], chunk.index) if layer > 0 else None,
+            )
+            for k, c, value in zip(chunk.index, chunk.conditions, c_heads):
+                i = group[k]
+                out[i, c, :layer] = c_clean[k, :layer].double()
+                out[i, c, layer:] = value.double()
     return out
 
 
