@@ -10,21 +10,24 @@ forward; a generation runs its full 24 new tokens (no early EOS) on both sides.
 
 ``--layers N`` keeps the first N decoder layers of the language model and of the vision
 tower (a slice of the same shape: same widths, heads, vocabulary, image tokens): the
-machine without an accelerator runs 2 (float32: this CPU's bfloat16 matmuls are several
-times slower than its float32 ones). On a GPU, run the whole model in bfloat16.
+machine without an accelerator runs 4 (the fewest at which a head's rows start at its
+layer, :mod:`hones_nn.engine.skipping`), in float32 (this CPU's bfloat16 matmuls are
+several times slower than its float32 ones). On a GPU, run the whole model in bfloat16.
 
 Stages, at each batch size B (rows per forward), each timed against the plain Hugging
 Face calls the method needs on the same rows (ratio = hones-nn / plain, 1.00 = no
 overhead), and per discovery instance:
 
   plain        ``model(**inputs)`` on B rows (the limit every stage is compared with)
-  vseam-prob   V-SEAM rows with the teacher-forced utility: one (item, head) per row
-  vseam-gen    V-SEAM rows with the paper's metric (greedy generation, 24 new tokens)
-               against plain ``model.generate`` of the same rows
-  hones        HONES's neuron stage: z(T) of every layer, projected, per (item, head) row
-  retrieval    one query's 50 candidates under one condition: hones-nn's shared prefix
-               against one plain forward per candidate (measured on a few, scaled to 50
-               on a CPU; all 50 on a GPU)
+  vseam-prob   V-SEAM rows with the teacher-forced utility: B items, each under the
+               clean run and one head per layer (a sweep's heads are spread evenly over
+               the layers, so the time per row scales to an instance)
+  vseam-gen    the same rows with the paper's metric (greedy generation, 24 new tokens)
+               against plain ``model.generate`` of every row
+  hones        HONES's neuron stage on the same rows: z(T) of every layer, projected
+  retrieval    one query's 50 candidates, clean and under a head of the last layer:
+               hones-nn's shared prefix against one plain forward per candidate
+               (measured on a few, scaled to 50 on a CPU; all 50 on a GPU)
 
 V-SEAM's seconds per instance are (L*H + 1) rows; HONES's (1 + K_h) rows; retrieval's
 (L*H + 1) query conditions. Peak memory: the CUDA allocator's peak on a GPU; on a CPU the
@@ -58,10 +61,10 @@ LLAVA_15_7B_VISION = {
 
 def parse_args():
     p = C.base_parser(__doc__.split("\n", 1)[0])
-    p.add_argument("--layers", type=int, default=None, help="decoder layers kept (default: all on cuda, 2 on cpu)")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers kept (default: all on cuda, 4 on cpu)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="bfloat16 (default on cuda) or float32 (default on cpu)")
-    p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,2,4,8,16,32,64 on cuda; 1,2 on cpu)")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,2,4,8,16,32,64 on cuda; 1 on cpu)")
     p.add_argument("--stages", default="plain,vseam-prob,vseam-gen,hones,retrieval", help="comma-separated stages")
     p.add_argument(
         "--plain-candidates", type=int, default=None, help="retrieval candidates run plainly (default 50 cuda, 2 cpu)"
@@ -72,9 +75,9 @@ def parse_args():
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.device.startswith("cuda")
-    args.layers = args.layers or (32 if gpu else 2)
+    args.layers = args.layers or (32 if gpu else 4)
     args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
-    args.batch_sizes = [int(b) for b in (args.batch_sizes or ("1,2,4,8,16,32,64" if gpu else "1,2")).split(",")]
+    args.batch_sizes = [int(b) for b in (args.batch_sizes or ("1,2,4,8,16,32,64" if gpu else "1")).split(",")]
     args.plain_candidates = args.plain_candidates or (50 if gpu else 2)
     if args.quick:
         args.batch_sizes, args.plain_candidates = [1], 1
@@ -188,7 +191,7 @@ def main() -> int:
     import torch
 
     from hones_nn.engine.encoding import encode_prompts
-    from hones_nn.engine.sweep import all_heads, sweep
+    from hones_nn.engine.sweep import sweep
     from hones_nn.methods.base import default_top_heads
     from hones_nn.methods.hones import contributions, target_tokens
     from hones_nn.runner.pipeline import Runner
@@ -199,7 +202,6 @@ def main() -> int:
     build_s = time.perf_counter() - t0
     model, sizes = loaded.model, loaded.sizes
     L, H = sizes.num_layers, sizes.num_heads
-    heads = all_heads(L, H)
     k_h = default_top_heads(L, H)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     gpu = args.device.startswith("cuda")
@@ -280,13 +282,16 @@ def main() -> int:
             t_plain, peak, _ = measure(lambda inputs=inputs: model(**inputs))
             if "plain" in stages:
                 add("plain", b, "model(**inputs), B rows", t_plain, peak, t_plain)
-            # one item under B conditions: clean + B-1 heads spread over the layers
-            conds = [None, *[heads[(j * len(heads)) // max(1, b - 1)] for j in range(b - 1)]] if b > 1 else [None]
+            # B items under the clean run and one head per layer (head rows are spread evenly
+            # over the layers in a real sweep, so s/row scales to an instance's L*H + 1 rows)
+            conds = [None, *[(layer, (7 * layer) % H) for layer in range(L)]]
+            n_rows = b * len(conds)
             if "vseam-prob" in stages:
                 t, peak, _ = measure(
-                    lambda conds=conds, b=b: sweep(engine, td, [0], conds, utility="prob", batch_size=b)
+                    lambda conds=conds, b=b: sweep(engine, td, list(range(b)), conds, utility="prob", batch_size=b)
                 )
-                add("vseam-prob", b, "teacher-forced, 1 item x B conditions", t, peak, t_plain, b, L * H + 1)
+                what = "teacher-forced, B items x (clean + 1 head per layer)"
+                add("vseam-prob", b, what, t, peak, t_plain * len(conds), n_rows, L * H + 1)
             if "vseam-gen" in stages:
                 eos, pad = tok.eos_token_id, tok.pad_token_id
 
@@ -297,24 +302,26 @@ def main() -> int:
 
                 t_gen, _, _ = measure(plain_gen)
                 t, peak, _ = measure(
-                    lambda conds=conds, b=b: sweep(engine, td, [0], conds, utility="metric", batch_size=b)
+                    lambda conds=conds, b=b: sweep(engine, td, list(range(b)), conds, utility="metric", batch_size=b)
                 )
-                add("vseam-gen", b, "greedy 24 tokens vs model.generate", t, peak, t_gen, b, L * H + 1)
+                what = "greedy 24 tokens, B items x (clean + 1 head per layer), vs model.generate"
+                add("vseam-gen", b, what, t, peak, t_gen * len(conds), n_rows, L * H + 1)
             if "hones" in stages:
                 vqa.batch_size = b
-                targets = target_tokens(vqa, [td.items[0]])
-                hconds = [None, *heads[: b - 1]]
+                targets = target_tokens(vqa, td.items[:b])
                 t, peak, _ = measure(
-                    lambda hconds=hconds, targets=targets: contributions(vqa, [0], hconds, targets=targets)
+                    lambda conds=conds, b=b, targets=targets: contributions(vqa, list(range(b)), conds, targets=targets)
                 )
-                add("hones", b, "z(T) x W_down^T u_y, 1 item x B conditions", t, peak, t_plain, b, 1 + k_h)
+                what = "z(T) x W_down^T u_y, B items x (clean + 1 head per layer)"
+                add("hones", b, what, t, peak, t_plain * len(conds), n_rows, 1 + k_h)
         if "retrieval" in stages:
             ret = context("retrieval", max(args.batch_sizes), 1)
             rtd = ret.td
             item = rtd.items[0]
             n_cand = len(item.prompts)
             b = args.retrieval_batch
-            t_shared, peak, _ = measure(lambda: sweep(ret.engine, rtd, [0], [(0, 0)], utility="metric", batch_size=b))
+            rconds = [None, (L - 1, 0)]  # the clean run and a head of the last layer
+            t_shared, peak, _ = measure(lambda: sweep(ret.engine, rtd, [0], rconds, utility="metric", batch_size=b))
             plain_prompts = item.prompts[: args.plain_candidates]
 
             def plain_candidates():
@@ -323,16 +330,16 @@ def main() -> int:
                     model(**{k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()})
 
             t_plain_some, _, _ = measure(plain_candidates)
-            t_plain_all = t_plain_some / len(plain_prompts) * n_cand
+            t_plain_all = t_plain_some / len(plain_prompts) * n_cand * len(rconds)
             note = "" if len(plain_prompts) == n_cand else f"plain: {len(plain_prompts)} candidates timed, x{n_cand}"
             add(
                 "retrieval",
                 b,
-                f"{n_cand} candidates, 1 condition: shared prefix vs a forward each",
+                f"{n_cand} candidates x (clean + a last-layer head): shared prefix vs a forward each",
                 t_shared,
                 peak,
                 t_plain_all,
-                1,
+                len(rconds),
                 L * H + 1,
                 note,
             )

@@ -87,17 +87,20 @@ def teacher_forced_scores(
     envoy, adapter = engine.envoy, engine.adapter
     if record and intervention is not None:
         raise ValueError("layer outputs are recorded on the clean run only")
-    with envoy.trace(**inputs):
+    # only the answer span is scored: position t predicts token t + 1, for the tokens from
+    # the earliest answer start on (rows are left-padded, answers end them); the model
+    # computes logits for those positions only (at 7B and batch 64, all positions' logits
+    # would take gigabytes)
+    keep = ids.shape[1] - start + 1
+    with envoy.trace(**inputs, logits_to_keep=keep):
         for layer in range(skip_below):
             adapter.layer(envoy, layer).skip(skip_value)
         if record:
             outputs = nnsight.save([adapter.layer(envoy, layer).output for layer in record])
         if intervention is not None:
             apply_edits(envoy, adapter, intervention.edits(batch))
-        logits = adapter.lm_head(envoy).output
-        # only the answer span is scored: position t predicts token t + 1, for the tokens
-        # from the earliest answer start on (rows are left-padded, answers end them)
-        logprobs = torch.log_softmax(logits[:, start - 1 : -1].float(), dim=-1)
+        logits = adapter.lm_head(envoy).output  # [B, keep, V]: positions start - 1 .. S - 1
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         # the ids and the mask travel with the request: on the logits' device (a server's GPU)
         span_lp = logprobs.gather(-1, ids[:, start:, None].to(logprobs.device))[..., 0]
         token_lp = torch.zeros(batch, ids.shape[1] - 1, dtype=span_lp.dtype, device=span_lp.device)

@@ -95,7 +95,6 @@ def target_directions(ctx: RunContext, items, context=None, mode: str = "idf") -
 # ---------------------------------------------------------------- contributions
 
 
-@torch.no_grad()
 class _Row:
     """The condition of a batch row, as :func:`make_intervention` reads it."""
 
@@ -103,6 +102,7 @@ class _Row:
         self.condition = condition
 
 
+@torch.no_grad()
 def contributions(
     ctx: RunContext,
     item_ids: list[int],

@@ -310,30 +310,26 @@ def test_hones_contributions_start_each_head_at_its_layer(embedded, benchmark_di
     import hones_nn.methods.hones as hones_module
     from hones_nn.runner.pipeline import Runner
 
-    torch.set_grad_enabled(False)
-    try:
-        runner = Runner(embedded, out_dir=tmp_path, batch_size=16, progress=False, split="discovery", limit=3)
-        ctx = runner.context("vqa", {})
-        ctx.checkpoint_dir = None
-        items = ctx.td.items
-        targets = hones_module.target_tokens(ctx, items, ctx.td.task.direction_context(ctx.engine.tokenizer, items))
-        L, H = embedded.sizes.num_layers, embedded.sizes.num_heads
-        conditions = [None, (0, 2), (1, 5), (L - 1, 0), (L - 1, H - 1)]
-        rows = {"n": 0}
+    runner = Runner(embedded, out_dir=tmp_path, batch_size=16, progress=False, split="discovery", limit=3)
+    ctx = runner.context("vqa", {})
+    ctx.checkpoint_dir = None
+    items = ctx.td.items
+    targets = hones_module.target_tokens(ctx, items, ctx.td.task.direction_context(ctx.engine.tokenizer, items))
+    L, H = embedded.sizes.num_layers, embedded.sizes.num_heads
+    conditions = [None, (0, 2), (1, 5), (L - 1, 0), (L - 1, H - 1)]
+    rows = {"n": 0}
 
-        def count(module, args, output):
-            rows["n"] += args[0].shape[0]
+    def count(module, args, output):
+        rows["n"] += args[0].shape[0]
 
-        runs = {}
-        for skip in (True, False):
-            monkeypatch.setattr(hones_module, "skips_by_default", lambda engine, skip=skip: skip)
-            rows["n"] = 0
-            with torch_hooks() as handles:
-                handles.append(text_layers(embedded.model)[0].mlp.register_forward_hook(count))
-                runs[skip] = hones_module.contributions(ctx, [0, 1, 2], conditions, targets=targets)
-            runs[skip, "rows"] = rows["n"]
-    finally:
-        torch.set_grad_enabled(True)
+    runs = {}
+    for skip in (True, False):
+        monkeypatch.setattr(hones_module, "skips_by_default", lambda engine, skip=skip: skip)
+        rows["n"] = 0
+        with torch_hooks() as handles:
+            handles.append(text_layers(embedded.model)[0].mlp.register_forward_hook(count))
+            runs[skip] = hones_module.contributions(ctx, [0, 1, 2], conditions, targets=targets)
+        runs[skip, "rows"] = rows["n"]
     torch.testing.assert_close(runs[True], runs[False], rtol=1e-6, atol=1e-6)
     assert not torch.allclose(runs[True][:, 0, L - 1], runs[True][:, 3, L - 1])  # the heads act
     assert runs[False, "rows"] == 3 * len(conditions)
