@@ -41,6 +41,10 @@ def _run(out_dir: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _columns(path: Path):
     """The table's data, its metadata (which holds the run time) left out."""
     return pq.read_table(path).replace_schema_metadata(None)
@@ -50,7 +54,15 @@ def _columns(path: Path):
 def test_ctrl_c_keeps_shards_and_the_same_command_resumes(benchmark_dir, tmp_path):
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
-        _command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO), env=dict(os.environ)
+        _command(out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+        env=dict(os.environ),
+        # a test session started in the background (nohup ... &) ignores SIGINT, and its
+        # children would inherit that: the run under test gets Ctrl-C's default handling
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 600
