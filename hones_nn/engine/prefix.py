@@ -32,6 +32,7 @@ from typing import Any
 import nnsight
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from hones_nn.interventions.base import Compose, Intervention, apply_edits
 from hones_nn.interventions.heads import HeadMeanReplacement
@@ -102,6 +103,29 @@ class SharedPrefix:
             )
             return int(positions.max()) + 1
         return self.length
+
+
+class _SharedPrefixLayer(DynamicLayer):
+    """A cache layer holding the shared prefix's keys/values as views expanded over the
+    batch (no copy). A suffix forward's keys/values are concatenated for its attention and
+    not kept, so the batch's copies of the prefix live one layer at a time: at LLaVA-1.5-7B
+    shape, 50 candidates hold about 0.5 GB at once instead of 16 GB for all 32 layers."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.keys, self.values = keys, values
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+def _shared_prefix_cache(text_config, kv, rows: int) -> DynamicCache:
+    """The prefix's keys/values (one [1, kv heads, P, d] pair per layer) for a batch of ``rows``."""
+    past = DynamicCache(config=text_config)
+    past.layers = [_SharedPrefixLayer(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])) for k, v in kv]
+    return past
 
 
 def _repeat(inputs: dict, n: int) -> dict:
@@ -188,9 +212,7 @@ def prefix_decision_scores(
                 suffix_mask[k, : lengths[k]] = 1
             mask = torch.cat([torch.ones(len(part), split.length, dtype=torch.long), suffix_mask], dim=1)
             positions = (split.next_position + torch.arange(width))[None].repeat(len(part), 1)
-            past = DynamicCache(config=text_config)
-            for li, (k, v) in enumerate(kv):
-                past.update(k.expand(len(part), *k.shape[1:]), v.expand(len(part), *v.shape[1:]), li)
+            past = _shared_prefix_cache(text_config, kv, len(part))
             last = torch.tensor(lengths, device=device) - 1
             part_intervention = _condition_intervention([condition] * len(part), num_heads, intervention)
             with envoy.trace(
