@@ -6,7 +6,8 @@ to the smallest size's. A flat line (ratio about 1, or below as batches fill) me
 cost grows linearly with the work, with no per-run overhead that a large run repeats.
 
   items       V-SEAM over every head (the paper's metric utility, VQA) on n discovery
-              items; HONES's neuron stage on the same items (1 + K_h conditions)
+              items, per item; HONES's neuron stage on the same items, per (item, pass)
+              row (its passes, 1 + the heads with S_h > 0, depend on the items)
   candidates  retrieval evaluation (shared prefix) of one query with its first c
               candidates, against the plain path (a whole prompt per candidate)
   heads       V-SEAM's teacher-forced sweep of 4 VQA items under the clean run and the
@@ -89,10 +90,20 @@ def main() -> int:
         method = Hones()
         plan = method.plan(ctx)
         t_n, _ = C.timed(lambda ctx=ctx, ids=ids, plan=plan: method.reduce(ctx, [method.shard(ctx, ids, plan)], plan))
+        # HONES runs a pass per head with S_h > 0, a number that depends on the items: per (item, pass) row
+        rows_n = n * len(plan.state["passes"])
         base_h = base_h or t_h / n
-        base_n = base_n or t_n / n
+        base_n = base_n or t_n / rows_n
         record("items", n, "item (V-SEAM, all heads)", t_h, t_h / n, base_h)
-        record("items", n, "item (HONES neurons)", t_n, t_n / n, base_n, {"stage": "hones"})
+        record(
+            "items",
+            n,
+            "(item, pass) row (HONES neurons)",
+            t_n,
+            t_n / rows_n,
+            base_n,
+            {"stage": "hones", "passes_per_item": len(plan.state["passes"])},
+        )
 
     # ---- candidates: retrieval evaluation of one query, shared prefix vs plain
     td = prepare_task(loaded, "retrieval", split="discovery", limit=1)

@@ -274,7 +274,7 @@ def real_size_rows(d: dict) -> list[list]:
 
 
 def render_real_size(d: dict) -> list[str]:
-    c = d.get("config", {})
+    c = d.get("settings", {})
     r = d["results"]
     lines = [
         f"{c.get('layers')} decoder layers, {c.get('dtype')} on {c.get('device')}; {r.get('image_tokens')} image "
@@ -501,12 +501,16 @@ def readme_block(results_dir: Path) -> str:
     rs = data.get("real_size")
     if rs:
         m = rs.get("machine", {})
-        c = rs.get("config", {})
+        c = rs.get("settings", {})
+        gpu = str(c.get("device", "")).startswith("cuda")
+        peak_kind = "the CUDA allocator's" if gpu else "the CPU resident set above the loaded model's"
         lines += [
             f"At LLaVA-1.5-7B shape (`{rs.get('command')}`, {m.get('date_utc')}, {m.get('cpu_model')}"
             f"{', quick mode' if rs.get('quick') else ''}): random weights from the config, {c.get('layers')} decoder "
             f"layers, {c.get('dtype')} on {c.get('device')}, 576 image tokens at 336 px; hn / plain = this library's "
-            "time / the plain Hugging Face calls on the same rows.",
+            "time / the plain Hugging Face calls on the same rows (V-SEAM and HONES rows: the clean run and one head "
+            "per layer; retrieval: 50 candidates, clean and under a last-layer head); s/instance = s/row x the rows "
+            f"of one discovery instance; peak: {peak_kind}.",
             "",
         ]
         lines += _table(REAL_SIZE_HEADER, real_size_rows(rs))
