@@ -171,16 +171,24 @@ def perturb_scene(scene: Scene, rng: random.Random) -> Scene:
 # ---------------------------------------------------------------- drawing
 
 
-def _shape_mask(kind: str, x0: int, y0: int, size: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+def shape_mask(kind: str, x0: int, y0: int, size: int, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """The pixels of one shape whose bounding square is (x0, y0) .. (x0 + size) exclusive, on
+    an ``image_size`` square image (v1 draws circles, squares, triangles and crosses; v2 adds
+    diamonds and rings)."""
+    yy, xx = np.mgrid[0:image_size, 0:image_size]
     cx = x0 + (size - 1) / 2.0
     cy = y0 + (size - 1) / 2.0
     inside_box = (xx >= x0) & (xx < x0 + size) & (yy >= y0) & (yy < y0 + size)
+    r = size / 2.0
     if kind == "square":
         return inside_box
     if kind == "circle":
-        r = size / 2.0
         return ((xx - cx) ** 2 + (yy - cy) ** 2) <= r * r
+    if kind == "ring":
+        d2 = (xx - cx) ** 2 + (yy - cy) ** 2
+        return (d2 <= r * r) & (d2 > (r * 0.55) ** 2)
+    if kind == "diamond":
+        return inside_box & ((np.abs(xx - cx) + np.abs(yy - cy)) <= r)
     if kind == "triangle":
         # apex at the top centre, base along the bottom row
         rel_y = (yy - y0 + 0.5) / size
@@ -192,7 +200,7 @@ def _shape_mask(kind: str, x0: int, y0: int, size: int) -> np.ndarray:
         horizontal = inside_box & (yy >= y0 + lo) & (yy < y0 + lo + bar)
         vertical = inside_box & (xx >= x0 + lo) & (xx < x0 + lo + bar)
         return horizontal | vertical
-    raise ValueError(f"unknown shape kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    raise ValueError(f"unknown shape kind {kind!r}; known kinds: circle, square, triangle, cross, diamond, ring")
 
 
 @dataclass
@@ -214,7 +222,7 @@ def render(scene: Scene) -> RenderedImage:
         size = CELL_SIZE - 2 * margin
         x0 = shape.column * CELL_SIZE + margin
         y0 = shape.row * CELL_SIZE + margin
-        mask = _shape_mask(shape.kind, x0, y0, size)
+        mask = shape_mask(shape.kind, x0, y0, size)
         color = np.array(COLORS[shape.color], dtype=np.int16) + np.array(
             [jr.randint(-12, 12) for _ in range(3)], dtype=np.int16
         )
@@ -223,28 +231,39 @@ def render(scene: Scene) -> RenderedImage:
         boxes.append((x0, y0, x0 + size, y0 + size))
 
     # the word: one letter per patch of patch row TEXT_PATCH_ROW, blue outline around it
-    top = TEXT_PATCH_ROW * PATCH_SIZE
-    left = scene.box_column * PATCH_SIZE
-    right = left + len(scene.word) * PATCH_SIZE  # exclusive
-    bx0, by0, bx1, by1 = left - 1, top - 1, right, top + PATCH_SIZE  # outline coordinates, inclusive
-    text_mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-    text_mask[by0 : by1 + 1, bx0 : bx1 + 1] = True
-    outline = text_mask.copy()
-    outline[by0 + 1 : by1, bx0 + 1 : bx1] = False
-    pixels[outline] = BOX_BLUE
-    for k, letter in enumerate(scene.word):
-        g = glyph(letter)
-        gx = left + k * PATCH_SIZE + (PATCH_SIZE - GLYPH_WIDTH) // 2
-        gy = top + (PATCH_SIZE - GLYPH_HEIGHT) // 2
-        region = pixels[gy : gy + GLYPH_HEIGHT, gx : gx + GLYPH_WIDTH]
-        region[g] = TEXT_WHITE
+    text_mask, text_box = draw_boxed_word(pixels, scene.word, scene.box_column, TEXT_PATCH_ROW)
     return RenderedImage(
         pixels=np.clip(pixels, 0, 255).astype(np.uint8),
         shape_masks=masks,
         shape_boxes=boxes,
         text_mask=text_mask,
-        text_box=(bx0, by0, bx1 - bx0 + 1, by1 - by0 + 1),
+        text_box=text_box,
     )
+
+
+def draw_word(pixels: np.ndarray, word: str, left: int, top: int) -> None:
+    """White glyphs, one per PATCH_SIZE-wide cell from pixel column ``left``, their top at ``top``."""
+    for k, letter in enumerate(word):
+        gx = left + k * PATCH_SIZE + (PATCH_SIZE - GLYPH_WIDTH) // 2
+        region = pixels[top : top + GLYPH_HEIGHT, gx : gx + GLYPH_WIDTH]
+        region[glyph(letter)] = TEXT_WHITE
+
+
+def draw_boxed_word(pixels: np.ndarray, word: str, column: int, patch_row: int):
+    """The OCR visual prompt: ``word`` one letter per patch from patch ``column`` of
+    ``patch_row``, in a blue outline around those patches. Returns the box's mask (outline
+    and inside) and its COCO-style (x, y, width, height)."""
+    top = patch_row * PATCH_SIZE
+    left = column * PATCH_SIZE
+    right = left + len(word) * PATCH_SIZE  # exclusive
+    bx0, by0, bx1, by1 = left - 1, top - 1, right, top + PATCH_SIZE  # outline coordinates, inclusive
+    text_mask = np.zeros(pixels.shape[:2], dtype=bool)
+    text_mask[by0 : by1 + 1, bx0 : bx1 + 1] = True
+    outline = text_mask.copy()
+    outline[by0 + 1 : by1, bx0 + 1 : bx1] = False
+    pixels[outline] = BOX_BLUE
+    draw_word(pixels, word, left, top + (PATCH_SIZE - GLYPH_HEIGHT) // 2)
+    return text_mask, (bx0, by0, bx1 - bx0 + 1, by1 - by0 + 1)
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -302,10 +321,14 @@ def vqa_for(scene: Scene, rng: random.Random, question_type: str | None = None) 
         answer_type = "yes/no"
     else:
         raise ValueError(f"unknown VQA question type {qtype!r}; known: {', '.join(VQA_QUESTION_TYPES)}")
+    return vqa_record(rng, qtype, question, answer, alternatives, synonyms, answer_type)
+
+
+def vqa_record(rng: random.Random, qtype: str, question: str, answer: str, alternatives, synonyms, answer_type: str):
+    """A VQA label with 10 simulated human answers (VQAv2 style): 6-10 give the answer (30%
+    of them a synonym, when there is one), the rest one of the ``alternatives``."""
     n_gold = rng.choice((10, 9, 8, 8, 7, 6))
-    gold = []
-    for _ in range(n_gold):
-        gold.append(rng.choice(synonyms) if synonyms and rng.random() < 0.3 else answer)
+    gold = [rng.choice(synonyms) if synonyms and rng.random() < 0.3 else answer for _ in range(n_gold)]
     noise = [rng.choice(alternatives) for _ in range(10 - n_gold)]
     all_answers = gold + noise
     rng.shuffle(all_answers)
@@ -320,7 +343,13 @@ def vqa_for(scene: Scene, rng: random.Random, question_type: str | None = None) 
 
 def scene_record(scene: Scene, rng: random.Random, image_id: str, split: str) -> dict:
     """Everything but retrieval candidates (those need the whole split)."""
-    rendered = render(scene)
+    content_key = "|".join(f"{c} {k}" for c, k in scene.content_key)
+    return record(image_id, split, scene, render(scene), vqa_for(scene, rng), captions_for(scene), content_key)
+
+
+def record(image_id: str, split: str, scene, rendered: RenderedImage, vqa: dict, captions: list[str], content_key: str):
+    """A benchmark record (every generator's format): the image, its shapes' and text box's
+    masks and boxes, the OCR word, the VQA label, the captions."""
     objects = [
         {
             "kind": s.kind,
@@ -342,9 +371,9 @@ def scene_record(scene: Scene, rng: random.Random, image_id: str, split: str) ->
             "bbox": [float(v) for v in rendered.text_box],
             "mask": png_bytes(rendered.text_mask),
         },
-        "vqa": vqa_for(scene, rng),
-        "captions": captions_for(scene),
-        "content_key": "|".join(f"{c} {k}" for c, k in scene.content_key),
+        "vqa": vqa,
+        "captions": captions,
+        "content_key": content_key,
     }
 
 
@@ -383,11 +412,15 @@ class SyntheticWorld:
         test = round(n_images * 3 / 12)
         return {"discovery": n_images - dev - test, "dev": dev, "test": test}
 
-    def _stream(self, name: str, count: int, train: bool, seen: set) -> list[tuple[Scene, int]]:
-        rng = random.Random(f"{GENERATOR_VERSION}:{self.seed}:{name}")
-        items: list[tuple[Scene, int]] = []
+    # what a generator's world draws from (a subclass for another generator sets both)
+    version = GENERATOR_VERSION
+    sample_scene = staticmethod(sample_scene)
+
+    def _stream(self, name: str, count: int, train: bool, seen: set) -> list:
+        rng = random.Random(f"{self.version}:{self.seed}:{name}")
+        items: list = []
         while len(items) < count:
-            scene = sample_scene(rng)
+            scene = self.sample_scene(rng)
             label_seed = rng.randrange(1 << 62)
             if scene.signature in seen or in_train_space(scene.signature) != train:
                 continue

@@ -42,8 +42,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hones_nn.data.font import GLYPH_HEIGHT, GLYPH_WIDTH, LETTERS, glyph
-from hones_nn.data.synthetic import BOX_BLUE, TEXT_WHITE, SyntheticWorld, in_train_space, png_bytes
+from hones_nn.data.font import LETTERS
+from hones_nn.data.synthetic import (
+    RenderedImage,
+    SyntheticWorld,
+    draw_boxed_word,
+    draw_word,
+    record,
+    shape_mask,
+    vqa_record,
+)
 
 GENERATOR_VERSION = "synthetic-v2"
 IMAGE_ID_PREFIX = "syn2-"
@@ -257,34 +265,6 @@ def perturb_scene(scene: Scene, rng: random.Random) -> Scene:
 # ---------------------------------------------------------------- drawing
 
 
-def shape_mask(kind: str, x0: int, y0: int, size: int) -> np.ndarray:
-    """The pixels of one shape whose bounding square is (x0, y0) .. (x0 + size) exclusive."""
-    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
-    cx = x0 + (size - 1) / 2.0
-    cy = y0 + (size - 1) / 2.0
-    inside_box = (xx >= x0) & (xx < x0 + size) & (yy >= y0) & (yy < y0 + size)
-    r = size / 2.0
-    if kind == "square":
-        return inside_box
-    if kind == "circle":
-        return ((xx - cx) ** 2 + (yy - cy) ** 2) <= r * r
-    if kind == "ring":
-        d2 = (xx - cx) ** 2 + (yy - cy) ** 2
-        return (d2 <= r * r) & (d2 > (r * 0.55) ** 2)
-    if kind == "diamond":
-        return inside_box & ((np.abs(xx - cx) + np.abs(yy - cy)) <= r)
-    if kind == "triangle":
-        rel_y = (yy - y0 + 0.5) / size
-        return inside_box & (np.abs(xx - cx) <= rel_y * size / 2.0)
-    if kind == "cross":
-        bar = max(2, size // 3)
-        lo = (size - bar) // 2
-        horizontal = inside_box & (yy >= y0 + lo) & (yy < y0 + lo + bar)
-        vertical = inside_box & (xx >= x0 + lo) & (xx < x0 + lo + bar)
-        return horizontal | vertical
-    raise ValueError(f"unknown shape kind {kind!r}; known kinds: {', '.join(KINDS)}")
-
-
 def _background(kind: str, rng: random.Random) -> np.ndarray:
     base = np.array([rng.randint(8, 40) for _ in range(3)], dtype=np.int16)
     pixels = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.int16)
@@ -305,22 +285,6 @@ def _background(kind: str, rng: random.Random) -> np.ndarray:
     return pixels
 
 
-@dataclass
-class RenderedImage:
-    pixels: np.ndarray  # uint8 (H, W, 3)
-    shape_masks: list[np.ndarray]  # bool (H, W), one per shape, same order as scene.shapes
-    shape_boxes: list[tuple[int, int, int, int]]  # x0, y0, x1, y1 (exclusive)
-    text_mask: np.ndarray  # bool (H, W): the blue box and everything inside it
-    text_box: tuple[int, int, int, int]  # x, y, width, height (COCO style)
-
-
-def _draw_word(pixels: np.ndarray, word: str, left: int, top: int) -> None:
-    for k, letter in enumerate(word):
-        gx = left + k * PATCH_SIZE + (PATCH_SIZE - GLYPH_WIDTH) // 2
-        region = pixels[top : top + GLYPH_HEIGHT, gx : gx + GLYPH_WIDTH]
-        region[glyph(letter)] = TEXT_WHITE
-
-
 def render(scene: Scene) -> RenderedImage:
     seeds = scene.jitter or (0,) * (len(scene.shapes) + 1)
     pixels = _background(scene.background, random.Random(seeds[0]))
@@ -330,7 +294,7 @@ def render(scene: Scene) -> RenderedImage:
         size = jr.choice((12, 13, 14)) if shape.size == "large" else jr.choice((7, 8, 9))
         x0 = shape.column * CELL_SIZE + jr.randint(1, CELL_SIZE - 1 - size)
         y0 = shape.row * CELL_SIZE + jr.randint(1, CELL_SIZE - 1 - size)
-        mask = shape_mask(shape.kind, x0, y0, size)
+        mask = shape_mask(shape.kind, x0, y0, size, IMAGE_SIZE)
         color = np.array(COLORS[shape.color], dtype=np.int16) + np.array(
             [jr.randint(-COLOR_JITTER, COLOR_JITTER) for _ in range(3)], dtype=np.int16
         )
@@ -338,27 +302,16 @@ def render(scene: Scene) -> RenderedImage:
         masks.append(mask)
         boxes.append((x0, y0, x0 + size, y0 + size))
 
-    top = TEXT_PATCH_ROW * PATCH_SIZE
-    left = scene.box_column * PATCH_SIZE
-    right = left + len(scene.word) * PATCH_SIZE  # exclusive
-    bx0, by0, bx1, by1 = left - 1, top - 1, right, top + PATCH_SIZE  # outline coordinates, inclusive
-    text_mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-    text_mask[by0 : by1 + 1, bx0 : bx1 + 1] = True
-    outline = text_mask.copy()
-    outline[by0 + 1 : by1, bx0 + 1 : bx1] = False
-    pixels[outline] = BOX_BLUE
-    _draw_word(pixels, scene.word, left, top + (PATCH_SIZE - GLYPH_HEIGHT) // 2)
+    text_mask, text_box = draw_boxed_word(pixels, scene.word, scene.box_column, TEXT_PATCH_ROW)
     if scene.distractor:
         # one row lower than in the box: the box's bottom outline is the patch row's first line
-        _draw_word(
-            pixels, scene.distractor, scene.distractor_column * PATCH_SIZE, DISTRACTOR_PATCH_ROW * PATCH_SIZE + 1
-        )
+        draw_word(pixels, scene.distractor, scene.distractor_column * PATCH_SIZE, DISTRACTOR_PATCH_ROW * PATCH_SIZE + 1)
     return RenderedImage(
         pixels=np.clip(pixels, 0, 255).astype(np.uint8),
         shape_masks=masks,
         shape_boxes=boxes,
         text_mask=text_mask,
-        text_box=(bx0, by0, bx1 - bx0 + 1, by1 - by0 + 1),
+        text_box=text_box,
     )
 
 
@@ -440,64 +393,20 @@ def vqa_for(scene: Scene, rng: random.Random, question_type: str | None = None) 
         asked = _question(scene, rng, qtype)
         assert asked is not None
     question, answer, alternatives, synonyms, answer_type = asked
-    n_gold = rng.choice((10, 9, 8, 8, 7, 6))
-    gold = [rng.choice(synonyms) if synonyms and rng.random() < 0.3 else answer for _ in range(n_gold)]
-    noise = [rng.choice(alternatives) for _ in range(10 - n_gold)]
-    all_answers = gold + noise
-    rng.shuffle(all_answers)
-    return {
-        "question": question,
-        "answer": answer,
-        "all_answers": all_answers,
-        "question_type": qtype,
-        "answer_type": answer_type,
-    }
+    return vqa_record(rng, qtype, question, answer, alternatives, synonyms, answer_type)
 
 
 def scene_record(scene: Scene, rng: random.Random, image_id: str, split: str) -> dict:
     """Everything but retrieval candidates (those need the whole split); v1's record format."""
-    rendered = render(scene)
-    objects = [
-        {
-            "kind": s.kind,
-            "color": s.color,
-            "column": s.column,
-            "row": s.row,
-            "bbox": list(box),
-            "mask": png_bytes(mask),
-        }
-        for s, box, mask in zip(scene.shapes, rendered.shape_boxes, rendered.shape_masks)
-    ]
-    return {
-        "image_id": image_id,
-        "split": split,
-        "image": {"bytes": png_bytes(rendered.pixels), "path": None},
-        "objects": objects,
-        "ocr": {
-            "text": scene.word,
-            "bbox": [float(v) for v in rendered.text_box],
-            "mask": png_bytes(rendered.text_mask),
-        },
-        "vqa": vqa_for(scene, rng),
-        "captions": captions_for(scene),
-        "content_key": "|".join(f"{z} {c} {k}" for z, c, k in scene.content_key),
-    }
+    content_key = "|".join(f"{z} {c} {k}" for z, c, k in scene.content_key)
+    return record(image_id, split, scene, render(scene), vqa_for(scene, rng), captions_for(scene), content_key)
 
 
 class SyntheticWorldV2(SyntheticWorld):
     """v1's seeded, image-disjoint split streams over v2 scenes."""
 
-    def _stream(self, name: str, count: int, train: bool, seen: set) -> list[tuple[Scene, int]]:  # type: ignore[override]
-        rng = random.Random(f"{GENERATOR_VERSION}:{self.seed}:{name}")
-        items: list[tuple[Scene, int]] = []
-        while len(items) < count:
-            scene = sample_scene(rng)
-            label_seed = rng.randrange(1 << 62)
-            if scene.signature in seen or in_train_space(scene.signature) != train:
-                continue
-            seen.add(scene.signature)
-            items.append((scene, label_seed))
-        return items
+    version = GENERATOR_VERSION
+    sample_scene = staticmethod(sample_scene)
 
 
 World = SyntheticWorldV2
