@@ -91,10 +91,8 @@ def build(layers: int, device: str, dtype):
     from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     from hones_nn.embedded.architectures import LLAVA_CHAT_TEMPLATE, tiny_llava_config
-    from hones_nn.embedded.tiny_random import LLAVA_15_7B_TEXT
+    from hones_nn.embedded.tiny_random import LLAVA_15_7B_TEXT, in_memory
     from hones_nn.embedded.tokenizer import build_tokenizer
-    from hones_nn.models.adapters import adapter_for
-    from hones_nn.models.loading import LoadedModel
 
     tokenizer = build_tokenizer()
     vision = CLIPVisionConfig(**{**LLAVA_15_7B_VISION, "num_hidden_layers": min(layers, 24)})
@@ -125,17 +123,7 @@ def build(layers: int, device: str, dtype):
     torch.manual_seed(0)
     with torch.device(device):
         model = LlavaForConditionalGeneration(config).to(dtype)
-    model.eval()
-    adapter = adapter_for(config)
-    return LoadedModel(
-        model=model,
-        processor=processor,
-        adapter=adapter,
-        model_id=f"llava-1.5-7b-shaped-{layers}-layers-random",
-        revision=None,
-        weights_hash=None,
-        family=adapter.family,
-    )
+    return in_memory(model, processor, f"llava-1.5-7b-shaped-{layers}-layers-random")
 
 
 class PeakMemory:

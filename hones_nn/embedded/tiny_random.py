@@ -219,6 +219,22 @@ def _reinitialise(model: torch.nn.Module, seed: int) -> None:
             module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
 
 
+def in_memory(model, processor, model_id: str) -> LoadedModel:
+    """A model built in memory (no checkpoint: no revision, no weights hash) as
+    ``load_model`` hands one over: in eval mode, with its architecture's adapter."""
+    model.eval()
+    adapter = adapter_for(model.config)
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        adapter=adapter,
+        model_id=model_id,
+        revision=None,
+        weights_hash=None,
+        family=adapter.family,
+    )
+
+
 def build_tiny_random(architecture: str, seed: int = 0, save_dir=None) -> LoadedModel:
     """A tiny random model of ``architecture`` ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl")."""
     key = _normalise(architecture)
@@ -227,16 +243,7 @@ def build_tiny_random(architecture: str, seed: int = 0, save_dir=None) -> Loaded
     torch.manual_seed(seed)
     model = adapter.model_class()(config)
     _reinitialise(model, seed)
-    model.eval()
-    loaded = LoadedModel(
-        model=model,
-        processor=processor,
-        adapter=adapter,
-        model_id=f"tiny-random-{key}",
-        revision=None,
-        weights_hash=None,
-        family=adapter.family,
-    )
+    loaded = in_memory(model, processor, f"tiny-random-{key}")
     if save_dir is not None:
         _save(loaded, save_dir)
     return loaded
