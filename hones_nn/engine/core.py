@@ -55,6 +55,23 @@ class PrefillRecord:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
 
+    def skip_for(self, below: int, rows: Sequence[int]) -> PrefillSkip | None:
+        """The :class:`PrefillSkip` of a batch of these rows starting at layer ``below``
+        (None at layer 0: nothing to skip)."""
+        if below == 0:
+            return None
+        index = torch.as_tensor(list(rows))
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, index.to(t.device))
+
+        return PrefillSkip(
+            below,
+            pick(self.outputs[below - 1]),
+            [pick(k) for k in self.keys[:below]],
+            [pick(v) for v in self.values[:below]],
+        )
+
 
 @dataclass
 class Batch:
@@ -164,15 +181,15 @@ class Engine:
         inputs: dict,
         intervention: Intervention | None = None,
         skip: PrefillSkip | None = None,
-        record: Sequence[int] = (),
+        record: Sequence[int] | None = None,
     ):
         """Greedy token ids of each row (up to and excluding EOS).
 
         Local engines only: ``skip`` starts the prefill at a decoder layer with the clean
-        run's state below it; ``record`` (layers; a clean run) also returns the prefill's
-        :class:`PrefillRecord`, as ``(ids, record)``. The head sweep uses them to run a
+        run's state below it; ``record`` (layers, possibly none; a clean run) also returns
+        the prefill's :class:`PrefillRecord`, as ``(ids, record)``. The head sweep uses them to run a
         head in layer l from layer l up (:mod:`hones_nn.engine.sweep`)."""
-        if (skip is not None or record) and self.remote is not None:
+        if (skip is not None or record is not None) and self.remote is not None:
             raise ValueError("prefill skipping and recording run on a local engine only")
         intervention = intervention or NoIntervention()
         inputs = to_device(inputs, self.device)
@@ -251,7 +268,9 @@ class Engine:
             if eos in row:
                 row = row[: row.index(eos)]
             out.append(row)
-        if record:
+        if record is not None:
+            if not record:
+                return out, PrefillRecord({}, [], [])
             return out, PrefillRecord(dict(zip(record, outputs)), [k for k, _ in kv], [v for _, v in kv])
         return out
 

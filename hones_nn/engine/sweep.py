@@ -26,7 +26,7 @@ import nnsight
 import numpy as np
 import torch
 
-from hones_nn.engine.core import Engine, PrefillSkip
+from hones_nn.engine.core import Engine
 from hones_nn.engine.encoding import encode_prompts, encode_rows, expand_encoding
 from hones_nn.engine.prefix import SharedPrefix, prefix_decision_scores
 from hones_nn.engine.skipping import layer_rows, recorded_layers, skip_plan, skips_by_default
@@ -71,21 +71,21 @@ def make_intervention(
 
 @torch.no_grad()
 def teacher_forced_scores(
-    engine: Engine, enc, intervention, utility: str, skip_below: int = 0, skip_value=None, record=()
+    engine: Engine, enc, intervention, utility: str, skip_below: int = 0, skip_value=None, record=None
 ):
     """Per row: sum log p(answer tokens) ('logprob') or p(first answer token) ('prob').
 
     ``skip_below`` > 0: decoder layers below it do not run; they hand on ``skip_value``
     (the clean run's output of layer ``skip_below - 1``, the input of the first layer
-    that runs). ``record`` (layers, a run without ``intervention`` only): their outputs
-    are returned too, as ``(scores, outputs)``."""
+    that runs). ``record`` (layers, possibly none; a run without ``intervention`` only):
+    their outputs are returned too, as ``(scores, outputs)``."""
     inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
     mask = enc.answer_mask.to(engine.device)
     batch = mask.shape[0]
     ids = inputs["input_ids"]
     start = max(1, int(enc.answer_mask.float().argmax(1).min()))  # the earliest answer token
     envoy, adapter = engine.envoy, engine.adapter
-    if record and intervention is not None:
+    if record is not None and intervention is not None:
         raise ValueError("layer outputs are recorded on the clean run only")
     # only the answer span is scored: position t predicts token t + 1, for the tokens from
     # the earliest answer start on (rows are left-padded, answers end them); the model
@@ -114,8 +114,8 @@ def teacher_forced_scores(
         else:
             first = answer.float().argmax(1)
             score = nnsight.save(token_lp[torch.arange(batch, device=answer.device), first].exp().cpu())
-    if record:
-        return score, dict(zip(record, outputs))
+    if record is not None:
+        return score, dict(zip(record, outputs)) if record else {}
     return score
 
 
@@ -137,10 +137,7 @@ def _teacher_forced_skipping(engine: Engine, td, items, conditions, rows: Sequen
         enc = encode_prompts(
             engine.loaded, td.images, prompts, with_answers=True, reference_compat=task.reference_compat
         )
-        if record:
-            clean_scores, outputs = teacher_forced_scores(engine, enc, None, utility, record=record)
-        else:  # every head is in layer 0: nothing to skip
-            clean_scores, outputs = teacher_forced_scores(engine, enc, None, utility), {}
+        clean_scores, outputs = teacher_forced_scores(engine, enc, None, utility, record=record)
         for (i, p), v in zip(keys, clean_scores.tolist()):
             for c in clean:
                 scores[(i, p, c)] = v
@@ -176,25 +173,14 @@ def _generation_skipping(engine: Engine, td, items, conditions, rows: Sequence[R
         keys = [units[u] for u in group]
         prompts = [items[i].prompts[p] for i, p in keys]
         enc = encode_prompts(engine.loaded, td.images, prompts, reference_compat=task.reference_compat)
-        if record:
-            ids, state = engine.generate(enc.inputs, record=record)
-        else:  # every head is in layer 0: nothing to skip
-            ids, state = engine.generate(enc.inputs), None
+        ids, state = engine.generate(enc.inputs, record=record)
         for (i, _), prompt, row in zip(keys, prompts, ids):
             for c in clean:
                 texts[(i, c)] = engine.decode(row, prompt)
         for chunk in chunks:
             chunk_rows = [Row(keys[k][0], keys[k][1], c) for k, c in zip(chunk.index, chunk.conditions)]
-            skip = None
-            if chunk.layer > 0 and state is not None:
-                index = torch.as_tensor(chunk.index)
-                skip = PrefillSkip(
-                    chunk.layer,
-                    layer_rows(state.outputs[chunk.layer - 1], chunk.index),
-                    [k.index_select(0, index.to(k.device)) for k in state.keys[: chunk.layer]],
-                    [v.index_select(0, index.to(v.device)) for v in state.values[: chunk.layer]],
-                )
             intervention = make_intervention(conditions, chunk_rows, num_heads, "mean")
+            skip = state.skip_for(chunk.layer, chunk.index)
             generated = engine.generate(expand_encoding(enc, chunk.index).inputs, intervention, skip=skip)
             for r, k, row in zip(chunk_rows, chunk.index, generated):
                 texts[(r.item, r.condition)] = engine.decode(row, prompts[k])
