@@ -117,8 +117,7 @@ def contributions(
     W_down^T u_y for every layer, reads z(T) of every layer, and saves only the
     [rows, L, d_ff] contributions: nothing the size of a weight matrix travels.
     """
-    engine, adapter = ctx.engine, ctx.loaded.adapter
-    sizes = ctx.sizes
+    engine, sizes = ctx.engine, ctx.sizes
     items = [ctx.td.items[i] for i in item_ids]
     if targets is None:
         raise ValueError("the items' target tokens are required")
@@ -126,7 +125,6 @@ def contributions(
     if mode == "mean" and skips_by_default(engine):
         return _contributions_skipping(ctx, items, conditions, targets, out)
     rows = [(i, c) for i in range(len(items)) for c in range(len(conditions))]
-    num_heads, num_layers = sizes.num_heads, sizes.num_layers
     encodings: dict = {}  # the previous batch's encoding, reused when it holds the same prompts
     for start in range(0, len(rows), ctx.batch_size):
         chunk = rows[start : start + ctx.batch_size]
@@ -134,28 +132,16 @@ def contributions(
         enc = encode_rows(
             ctx.loaded, ctx.td.images, prompts, reference_compat=ctx.td.task.reference_compat, cache=encodings
         )
-        inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
-
         intervention = make_intervention(
             conditions,
             [_Row(c) for _, c in chunk],
-            num_heads,
+            sizes.num_heads,
             mode,
             seed=ctx.seed,
             row_keys=[items[i].item_id for i, _ in chunk],
             valid_lengths=enc.inputs["attention_mask"].sum(1).tolist(),
         )
-        row_targets = [targets[i] for i, _ in chunk]
-        edits = intervention.edits(len(chunk)) if intervention is not None else []
-        with engine.envoy.trace(**inputs):
-            u = direction_rows(adapter.lm_head(engine.envoy).weight, row_targets)
-            proj = projected_write_outs(engine.envoy, adapter, u, num_layers)
-            reads = [
-                SiteEdit(layer, "down_proj_input", functools.partial(contribution_read, proj=proj[layer]))
-                for layer in range(num_layers)
-            ]
-            saved = nnsight.save(apply_edits(engine.envoy, adapter, edits + reads))
-        c = torch.stack(list(saved[-num_layers:]), dim=1)  # [rows, L, d_ff]
+        c, _ = _contributions_trace(ctx, enc, [targets[i] for i, _ in chunk], intervention)  # [rows, L, d_ff]
         for (i, cond), value in zip(chunk, c):
             out[i, cond] = value.double()
     return out
@@ -166,12 +152,14 @@ def _contributions_trace(
     ctx: RunContext, enc, row_targets, intervention=None, below: int = 0, skip_value=None, record=()
 ):
     """One batch's contributions at layers ``below`` and up, [rows, L - below, d_ff] float32
-    CPU; the layers under ``below`` skipped with ``skip_value`` in their place; with
-    ``record`` (a clean run) also the outputs of those layers."""
+    CPU, and the outputs of the ``record`` layers (a clean run). One trace computes, where
+    the weights are, each row's u_y from its target tokens and W_down^T u_y, and reads z(T);
+    the layers under ``below`` are skipped with ``skip_value`` in their place."""
     engine, adapter = ctx.engine, ctx.loaded.adapter
     envoy, num_layers = engine.envoy, ctx.sizes.num_layers
     inputs = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in enc.inputs.items()}
     edits = intervention.edits(len(row_targets)) if intervention is not None else []
+    kept = [SiteEdit(layer, "layer_output", lambda value: value) for layer in record]
     with envoy.trace(**inputs):
         for layer in range(below):
             adapter.layer(envoy, layer).skip(skip_value)
@@ -181,7 +169,6 @@ def _contributions_trace(
             SiteEdit(layer, "down_proj_input", functools.partial(contribution_read, proj=proj[layer]))
             for layer in range(below, num_layers)
         ]
-        kept = [SiteEdit(layer, "layer_output", lambda value: value) for layer in record]
         saved = nnsight.save(apply_edits(envoy, adapter, edits + reads + kept))
     n_reads = num_layers - below
     c = torch.stack(list(saved[len(edits) : len(edits) + n_reads]), dim=1)
