@@ -353,18 +353,12 @@ class Engine:
     ) -> list[int]:
         """Fill ``outputs[k]`` of the items whose candidates share a prefix holding the
         image; returns the indices of the others (for the plain path)."""
-        from hones_nn.engine.prefix import SharedPrefix, prefix_decision_scores
+        from hones_nn.engine.prefix import prefix_decision_scores, query_prefix
 
-        image_token = self.adapter.sizes(self.model).image_token_id
         rest = []
         for k, item in enumerate(tqdm(items, desc=desc or f"{task.name}", disable=not progress, leave=False)):
-            prompts = list(item.prompts)
-            if len(prompts) < 2 or len({p.image_index for p in prompts}) != 1:
-                rest.append(k)
-                continue
-            enc = encode_prompts(self.loaded, images, prompts, reference_compat=task.reference_compat)
-            split = SharedPrefix(self.loaded, enc)
-            if not split.usable(image_token):
+            split = query_prefix(self, images, item.prompts, reference_compat=task.reference_compat)
+            if split is None:
                 rest.append(k)
                 continue
             scores = prefix_decision_scores(self, split, [None], batch_size, intervention=intervention)

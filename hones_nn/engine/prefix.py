@@ -34,6 +34,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from hones_nn.engine.encoding import encode_prompts
 from hones_nn.interventions.base import Compose, Intervention, apply_edits
 from hones_nn.interventions.heads import HeadMeanReplacement
 from hones_nn.tasks.retrieval import decision_token_ids
@@ -127,6 +128,18 @@ def _shared_prefix_cache(text_config, kv, rows: int) -> DynamicCache:
     past = DynamicCache(config=text_config)
     past.layers = [_SharedPrefixLayer(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])) for k, v in kv]
     return past
+
+
+def query_prefix(engine, images, prompts: Sequence, reference_compat: bool = False) -> SharedPrefix | None:
+    """The split of one query's prompts (a retrieval item's candidates) into the shared
+    prefix and the suffixes, or None when they cannot share one: fewer than two prompts,
+    more than one image, or an image token after the common prefix."""
+    if len(prompts) < 2 or len({p.image_index for p in prompts}) != 1:
+        return None
+    split = SharedPrefix(
+        engine.loaded, encode_prompts(engine.loaded, images, prompts, reference_compat=reference_compat)
+    )
+    return split if split.usable(engine.adapter.sizes(engine.model).image_token_id) else None
 
 
 def _repeat(inputs: dict, n: int) -> dict:

@@ -28,7 +28,7 @@ import torch
 
 from hones_nn.engine.core import Engine
 from hones_nn.engine.encoding import encode_prompts, encode_rows, expand_encoding
-from hones_nn.engine.prefix import SharedPrefix, prefix_decision_scores
+from hones_nn.engine.prefix import prefix_decision_scores, query_prefix
 from hones_nn.engine.skipping import layer_rows, recorded_layers, skip_plan, skips_by_default
 from hones_nn.interventions.base import apply_edits
 from hones_nn.interventions.heads import HeadGaussianNoise, HeadMeanReplacement
@@ -192,16 +192,12 @@ def _shared_prefix_scores(engine: Engine, td, items, conditions, utility: str, b
     computed once per (item, condition) with the suffixes on its key/value cache
     (:mod:`hones_nn.engine.prefix`); items it cannot split are left to the plain path."""
     task = td.task
-    image_token = engine.adapter.sizes(engine.model).image_token_id
     scores: dict[tuple[int, int, int], float] = {}
     for i, item in enumerate(items):
         prompt_ids = task.utility_prompts(item, utility)
         prompts = [item.prompts[p] for p in prompt_ids]
-        if len(prompts) < 2 or len({p.image_index for p in prompts}) != 1:
-            continue
-        enc = encode_prompts(engine.loaded, td.images, prompts, reference_compat=task.reference_compat)
-        split = SharedPrefix(engine.loaded, enc)
-        if not split.usable(image_token):
+        split = query_prefix(engine, td.images, prompts, reference_compat=task.reference_compat)
+        if split is None:
             continue
         decision = prefix_decision_scores(engine, split, conditions, batch_size)
         if utility == "prob":
