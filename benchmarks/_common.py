@@ -56,6 +56,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="torch intra-op threads (torch.set_num_threads); 0 keeps torch's default"
     )
     p.add_argument("--model", default="tiny-llava", help="model name or folder for hones_nn.models.load_model")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--data", default=None, help="benchmark folder (default: the cached synthetic benchmark)")
     p.add_argument("--task", default="vqa", help="task whose discovery split feeds the benchmark")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median reported)")
@@ -82,11 +83,14 @@ def begin(args) -> tuple[float, dict]:
     return started, machine_info()
 
 
-def load(model_name: str):
-    """(LoadedModel, HF model, architecture adapter, model sizes) of the benchmarked model."""
+def load(model_name: str, device: str | None = None):
+    """(LoadedModel, HF model, architecture adapter, model sizes) of the benchmarked model,
+    on ``device`` (None: cuda when available, else cpu)."""
+    import torch
+
     from hones_nn.models.loading import load_model
 
-    loaded = load_model(model_name)
+    loaded = load_model(model_name, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return loaded, loaded.model, loaded.adapter, loaded.adapter.sizes(loaded.model)
 
 
@@ -97,13 +101,23 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def _synchronize() -> None:
+    """Wait for queued GPU work, so that a timing covers it (nothing to wait for on a CPU)."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     """Wall time of one call, with the garbage collector paused (as ``timeit`` does)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
+        _synchronize()
         start = time.perf_counter()
         value = fn()
+        _synchronize()
         seconds = time.perf_counter() - start
     finally:
         if enabled:

@@ -65,7 +65,7 @@ def main() -> int:
     from hones_nn.engine.sweep import all_heads, sweep
     from hones_nn.tasks.task_data import prepare_task
 
-    loaded, model, adapter, sizes = C.load(args.model)
+    loaded, model, adapter, sizes = C.load(args.model, args.device)
     n_needed = max(
         args.logprob_examples if "logprob" in args.utilities else 0,
         args.metric_examples if "metric" in args.utilities else 0,

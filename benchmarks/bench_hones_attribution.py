@@ -63,7 +63,7 @@ def main() -> int:
     from hones_nn.runner.pipeline import Runner
     from hones_nn.tasks.targets import caption_idf
 
-    loaded, model, adapter, sizes = C.load(args.model)
+    loaded, model, adapter, sizes = C.load(args.model, args.device)
     k = args.top_heads or default_top_heads(sizes.num_layers, sizes.num_heads)
     tmp = tempfile.TemporaryDirectory(prefix="hones-bench-")
     tmpdir = Path(tmp.name)

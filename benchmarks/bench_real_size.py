@@ -62,7 +62,6 @@ LLAVA_15_7B_VISION = {
 def parse_args():
     p = C.base_parser(__doc__.split("\n", 1)[0])
     p.add_argument("--layers", type=int, default=None, help="decoder layers kept (default: all on cuda, 4 on cpu)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="bfloat16 (default on cuda) or float32 (default on cpu)")
     p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,2,4,8,16,32,64 on cuda; 1 on cpu)")
     p.add_argument("--stages", default="plain,vseam-prob,vseam-gen,hones,retrieval", help="comma-separated stages")

@@ -49,6 +49,7 @@ def main() -> int:
     import torch
 
     from benchmarks._hooks import one_head_hook, read_down_proj_inputs
+    from hones_nn.engine.encoding import to_device
     from hones_nn.engine.sweep import all_heads, sweep
     from hones_nn.engine.tables import read_table, write_head_table
     from hones_nn.methods.base import default_top_heads
@@ -57,7 +58,7 @@ def main() -> int:
     from hones_nn.tasks.base import clean_generation
     from hones_nn.tasks.retrieval import decision_token_ids
 
-    loaded, model, adapter, sizes = C.load(args.model)
+    loaded, model, adapter, sizes = C.load(args.model, args.device)
     tokenizer = loaded.processor.tokenizer
     L, H = sizes.num_layers, sizes.num_heads
     k = default_top_heads(L, H)
@@ -73,22 +74,23 @@ def main() -> int:
             enc = adapter.encode(
                 loaded.processor, [td.images[prompt.image_index]], [prompt.user_text], reference_compat=compat
             )
+            inputs = to_device(enc.inputs, model.device)
             if task.generative:
                 out = model.generate(
-                    **enc.inputs,
+                    **inputs,
                     max_new_tokens=24,
                     do_sample=False,
                     num_beams=1,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                 )
-                ids = out[0, enc.inputs["input_ids"].shape[1] :].tolist()
+                ids = out[0, inputs["input_ids"].shape[1] :].tolist()
                 if tokenizer.eos_token_id in ids:
                     ids = ids[: ids.index(tokenizer.eos_token_id)]
                 outputs.append(clean_generation(tokenizer.decode(ids, skip_special_tokens=True)))
             else:
                 yes, no = decision_token_ids(tokenizer)
-                logits = model(**enc.inputs).logits[0, -1]
+                logits = model(**inputs).logits[0, -1]
                 outputs.append(float(logits[yes] - logits[no]))
         return task.utility(item, outputs)
 
@@ -114,15 +116,16 @@ def main() -> int:
                 enc = adapter.encode(
                     loaded.processor, [td.images[prompt.image_index]], [prompt.user_text], reference_compat=compat
                 )
+                inputs = to_device(enc.inputs, model.device)
                 store: dict = {}
                 with read_down_proj_inputs(model, adapter, L, store):
                     if cond is None:
-                        model(**enc.inputs)
+                        model(**inputs)
                     else:
                         with one_head_hook(model, adapter, cond[0], cond[1], H):
-                            model(**enc.inputs)
+                            model(**inputs)
                 for layer in range(L):
-                    c[i, h, layer] = (store[layer][0].float() * proj[layer, i]).double()
+                    c[i, h, layer] = (store[layer][0].float() * proj[layer, i]).double().cpu()
         w = np.asarray(weights)
         keep = w > 0
         if not keep.any():

@@ -55,7 +55,7 @@ def main() -> int:
     from hones_nn.runner.pipeline import Runner
     from hones_nn.tasks.task_data import prepare_task
 
-    loaded, model, adapter, sizes = C.load(args.model)
+    loaded, model, adapter, sizes = C.load(args.model, args.device)
     L, H = sizes.num_layers, sizes.num_heads
     heads_all = all_heads(L, H)
     k = default_top_heads(L, H)

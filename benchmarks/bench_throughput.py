@@ -72,7 +72,7 @@ def main() -> int:
     from hones_nn.runner.estimates import activation_bytes, measure_peak_bytes, model_shape
     from hones_nn.runner.pipeline import Runner
 
-    loaded, model, adapter, sizes = C.load(args.model)
+    loaded, model, adapter, sizes = C.load(args.model, args.device)
     k = default_top_heads(sizes.num_layers, sizes.num_heads)
     n_items = max(args.head_examples, args.hones_examples, args.gen_examples)
     runner = Runner(loaded, out_dir="/tmp/hones-bench-throughput", progress=False, data=args.data, limit=n_items)
