@@ -22,10 +22,10 @@ from transformers import GenerationConfig
 
 from hones_nn.engine.encoding import encode_prompts, to_device
 from hones_nn.interventions.base import Intervention, NoIntervention, apply_edits
-from hones_nn.tasks.base import ImageSource, Item, Prompt, Task, clean_generation
+from hones_nn.tasks.base import GENERATION_CAP, ImageSource, Item, Prompt, Task, clean_generation
 from hones_nn.tasks.retrieval import decision_token_ids
 
-MAX_NEW_TOKENS = 24
+MAX_NEW_TOKENS = GENERATION_CAP
 
 # nnsight ends an open `tracer.iter[:]` loop by warning that the step after the last was
 # never reached; that is how an unbounded generation loop ends, not a problem.
@@ -182,8 +182,10 @@ class Engine:
         intervention: Intervention | None = None,
         skip: PrefillSkip | None = None,
         record: Sequence[int] | None = None,
+        max_new_tokens: int | None = None,
     ):
-        """Greedy token ids of each row (up to and excluding EOS).
+        """Greedy token ids of each row (up to and excluding EOS), at most ``max_new_tokens``
+        (None: the engine's; a task passes its own, ``Task.max_new_tokens``).
 
         Local engines only: ``skip`` starts the prefill at a decoder layer with the clean
         run's state below it; ``record`` (layers, possibly none; a clean run) also returns
@@ -201,8 +203,9 @@ class Engine:
         # (repetition penalty, suppressed tokens, min length ...): the generated tokens are
         # read as the argmax of the logits inside the trace, which equals what `generate`
         # chooses only when no logits processor is active.
+        max_new_tokens = max_new_tokens or self.max_new_tokens
         greedy = GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             min_new_tokens=self.min_new_tokens or None,
             do_sample=False,
             num_beams=1,
@@ -218,7 +221,7 @@ class Engine:
             if self.remote is not None:
                 from hones_nn.engine.remote import plan_standins
 
-                max_new, vocab = self.max_new_tokens, self.adapter.sizes(self.model).vocab_size
+                max_new, vocab = max_new_tokens, self.adapter.sizes(self.model).vocab_size
 
                 def standins(batch_size=batch_size, max_new=max_new, vocab=vocab):
                     # --dry-run: the token ids a server would send back, one [B] tensor per step
@@ -341,7 +344,8 @@ class Engine:
                 intervention = intervention_for
             enc = encode_prompts(self.loaded, images, batch.prompts, reference_compat=task.reference_compat)
             if task.generative:
-                for owner, prompt, ids in zip(batch.owners, batch.prompts, self.generate(enc.inputs, intervention)):
+                generated = self.generate(enc.inputs, intervention, max_new_tokens=task.max_new_tokens)
+                for owner, prompt, ids in zip(batch.owners, batch.prompts, generated):
                     outputs[owner].append(self.decode(ids, prompt))
             else:
                 for owner, score in zip(batch.owners, self.decision_scores(enc.inputs, intervention).tolist()):

@@ -173,7 +173,7 @@ def _generation_skipping(engine: Engine, td, items, conditions, rows: Sequence[R
         keys = [units[u] for u in group]
         prompts = [items[i].prompts[p] for i, p in keys]
         enc = encode_prompts(engine.loaded, td.images, prompts, reference_compat=task.reference_compat)
-        ids, state = engine.generate(enc.inputs, record=record)
+        ids, state = engine.generate(enc.inputs, record=record, max_new_tokens=task.max_new_tokens)
         for (i, _), prompt, row in zip(keys, prompts, ids):
             for c in clean:
                 texts[(i, c)] = engine.decode(row, prompt)
@@ -181,7 +181,8 @@ def _generation_skipping(engine: Engine, td, items, conditions, rows: Sequence[R
             chunk_rows = [Row(keys[k][0], keys[k][1], c) for k, c in zip(chunk.index, chunk.conditions)]
             intervention = make_intervention(conditions, chunk_rows, num_heads, "mean")
             skip = state.skip_for(chunk.layer, chunk.index)
-            generated = engine.generate(expand_encoding(enc, chunk.index).inputs, intervention, skip=skip)
+            inputs = expand_encoding(enc, chunk.index).inputs
+            generated = engine.generate(inputs, intervention, skip=skip, max_new_tokens=task.max_new_tokens)
             for r, k, row in zip(chunk_rows, chunk.index, generated):
                 texts[(r.item, r.condition)] = engine.decode(row, prompts[k])
     return texts
@@ -253,7 +254,8 @@ def _run_rows(
             for r, v in zip(chunk, teacher_forced_scores(engine, enc, intervention, utility).tolist()):
                 scores[(r.item, r.prompt, r.condition)] = v
         elif task.generative:
-            for r, prompt, ids in zip(chunk, prompts, engine.generate(enc.inputs, intervention)):
+            generated = engine.generate(enc.inputs, intervention, max_new_tokens=task.max_new_tokens)
+            for r, prompt, ids in zip(chunk, prompts, generated):
                 texts[(r.item, r.condition)] = engine.decode(ids, prompt)
         else:
             decision = engine.decision_scores(enc.inputs, intervention)

@@ -174,6 +174,8 @@ class Runner:
             "config": dict(config),
             "backend": self.engine.backend_name,
         }
+        if ctx.td.task.generative:
+            meta["max_new_tokens"] = ctx.td.task.max_new_tokens or self.engine.max_new_tokens
         if self.engine.remote is not None:  # mode and host only: never the API key
             meta["remote"] = {**self.engine.remote.settings.describe(), **self.engine.remote.stats.as_dict()}
             meta["remote"]["concurrency"] = int(getattr(self.engine.remote.settings, "concurrency", 1))

@@ -165,6 +165,10 @@ def target_option(options: dict, default: str) -> str:
     return mode
 
 
+# Greedy generation's token cap: the official code's max_new_tokens (the Engine's default)
+GENERATION_CAP = 24
+
+
 class Task:
     """The contract every task implements."""
 
@@ -173,6 +177,8 @@ class Task:
     generative: ClassVar[bool] = True  # False: scored by decision logits, no generation
     required_fields: ClassVar[tuple[str, ...]] = ()
     instructions: dict[str, str] | None = None  # the user's {task: instruction}, replacing the built-in ones
+    # this task's generation cap on its data (see fit_generation_cap); None: the engine's own
+    max_new_tokens: int | None = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         """A task's ``make_item`` builds its prompts with the user's instructions
@@ -215,6 +221,26 @@ class Task:
         score and prompt like the official HONES code instead of the paper."""
         self.family = family
         self.reference_compat = reference_compat
+
+    def answer_texts(self, item: Item) -> list[str]:
+        """The texts a correct generation for ``item`` reproduces (the generation cap must fit them)."""
+        return self.target_texts(item)
+
+    def fit_generation_cap(self, tokenizer, items: list[Item]) -> None:
+        """Raise :attr:`max_new_tokens` above the official code's 24 where the items' answers
+        are longer (their longest in tokens, plus the end token), so that no correct answer
+        is cut short (synthetic-v2's captions run to 37 tokens; v1's answers all fit in 24,
+        and so do nearly all of COCO's captions). ``--reference-compat`` keeps 24, as the
+        official code does."""
+        if not self.generative or self.reference_compat or not items:
+            return
+        longest = max(
+            len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            for item in items
+            for text in self.answer_texts(item)
+        )
+        if longest + 1 > GENERATION_CAP:
+            self.max_new_tokens = longest + 1
 
     def items(
         self, dataset, limit: int | None = None, skip_bad: bool = False, images: ImageSource | None = None

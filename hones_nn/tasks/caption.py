@@ -60,6 +60,9 @@ class CaptionTask(Task):
     def target_texts(self, item: Item) -> list[str]:
         return list(item.data["references"][:5])
 
+    def answer_texts(self, item: Item) -> list[str]:
+        return list(item.data["references"])
+
     def direction_context(self, tokenizer, items: list[Item]) -> dict[int, float]:
         """IDF weights of the references' tokens over the split (see ``caption_idf``)."""
         return caption_idf(tokenizer, items)

@@ -42,4 +42,5 @@ def prepare_task(
     task = get_task(task_name, family=loaded.family, reference_compat=reference_compat, instructions=instructions)
     images = ImageSource(dataset)
     items, skipped = task.items(dataset, limit=limit, skip_bad=skip_bad, images=images)
+    task.fit_generation_cap(getattr(loaded.processor, "tokenizer", loaded.processor), items)
     return TaskData(task, items, images, skipped, str(root), split)
