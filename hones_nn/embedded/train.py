@@ -14,12 +14,19 @@ on the answer tokens and the end-of-sequence token only.
 
 Checkpoints (model and optimizer state as safetensors, progress as JSON) are written
 atomically every ``--checkpoint-every`` steps; rerunning the same command resumes.
+
+On a GPU (``--device cuda``) the step itself takes milliseconds and drawing and rendering
+the batch on the CPU becomes the bottleneck: ``--workers N`` builds the next batches in N
+processes. A batch depends only on its step number, so the batches are the same with any
+number of workers, and a run may be resumed on another device or with other workers.
+``training_info.json`` records where the model trained and for how long.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import platform
 import random
 import shutil
 import time
@@ -56,8 +63,14 @@ class TrainConfig:
     # llava (tiny-llava), qwen2.5-vl (tiny-qwen2.5-vl), or issue 17's llava-16k, qwen2.5-vl-reader
     architecture: str = "llava"
     generator: str = ""  # the synthetic benchmark's generator; "": the architecture's own
+    device: str = "cpu"  # where the model trains (cpu, cuda, cuda:1, ...)
+    workers: int = 0  # processes that build the next batches (0: the training process itself)
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers}: give 0 (build batches in the training process) or more")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: this machine has no CUDA device; use --device cpu")
         if self.architecture not in BUILDERS:
             raise ValueError(f"--architecture {self.architecture!r}: choose one of {', '.join(BUILDERS)}")
         own = ARCHITECTURE_GENERATOR[self.architecture]
@@ -75,6 +88,10 @@ class TrainConfig:
     @property
     def family(self) -> str:
         return "qwen" if self.architecture.startswith("qwen") else "llava"
+
+
+# TrainConfig fields that may differ between a run and its resumption: they do not change the numbers
+RUN_OPTIONS = ("threads", "device", "workers")
 
 
 def _user_prompt(processor, text: str) -> str:
@@ -193,7 +210,7 @@ def _optimizer_tensors(optimizer, model) -> dict[str, torch.Tensor]:
             state = optimizer.state.get(p, {})
             for key, value in state.items():
                 tensor = value if torch.is_tensor(value) else torch.tensor(value)
-                out[f"{names[id(p)]}::{key}"] = tensor.detach().clone().contiguous()
+                out[f"{names[id(p)]}::{key}"] = tensor.detach().cpu().clone().contiguous()
     return out
 
 
@@ -201,7 +218,48 @@ def _load_optimizer_tensors(optimizer, model, tensors: dict[str, torch.Tensor]) 
     params = dict(model.named_parameters())
     for key, value in tensors.items():
         name, field = key.split("::")
-        optimizer.state[params[name]][field] = value
+        # AdamW keeps its step count on the CPU (unless capturable); the moments sit with the parameter
+        optimizer.state[params[name]][field] = value if field == "step" else value.to(params[name].device)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Step number -> that step's batch (``make_batch`` is a function of the step alone)."""
+
+    def __init__(self, processor, scenes, config: TrainConfig, adapter, start: int, end: int):
+        self.args = (processor, scenes, config, adapter)
+        self.start, self.end = start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, i: int) -> dict:
+        processor, scenes, config, adapter = self.args
+        return make_batch(processor, scenes, self.start + i, config, adapter)
+
+
+def _batches(processor, scenes, config: TrainConfig, adapter, start: int, end: int):
+    """The batches of steps start..end-1 in order, built ahead by ``config.workers`` processes."""
+    dataset = _Batches(processor, scenes, config, adapter, start, end)
+    if config.workers <= 0:
+        return (dataset[i] for i in range(len(dataset)))
+    return iter(
+        torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=config.workers,
+            prefetch_factor=4,
+            multiprocessing_context="fork",
+            pin_memory=config.device.startswith("cuda"),
+        )
+    )
+
+
+def _where(device: str) -> dict:
+    """Where a run trained, for training_info.json."""
+    where = {"device": device, "machine": platform.machine(), "processor": platform.processor() or None}
+    if device.startswith("cuda"):
+        where["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return where
 
 
 def train(config: TrainConfig) -> Path:
@@ -214,6 +272,7 @@ def train(config: TrainConfig) -> Path:
     adapter = adapter_for(model.config)
     if config.init_from:
         model.load_state_dict(load_file(config.init_from))
+    model.to(config.device)
     world = generator_module(config.generator).World(config.seed)
     scenes = world.scenes({"train": config.n_train_scenes})["train"]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -222,7 +281,7 @@ def train(config: TrainConfig) -> Path:
     if (ckpt / "progress.json").exists():
         progress = json.loads((ckpt / "progress.json").read_text())
         # what does not change the numbers may differ between a run and its resumption
-        free = ("out", "threads", "checkpoint_every", "stop_at")
+        free = ("out", "checkpoint_every", "stop_at", *RUN_OPTIONS)
         saved = {"architecture": "llava", **progress["config"]}  # written before the option existed
         saved.setdefault("generator", ARCHITECTURE_GENERATOR[saved["architecture"]])  # likewise
         if {k: v for k, v in saved.items() if k not in free} != {
@@ -232,7 +291,7 @@ def train(config: TrainConfig) -> Path:
                 f"{ckpt} was written with another configuration ({progress['config']}); "
                 "use a new --out-dir or the same options to resume"
             )
-        model.load_state_dict(load_file(ckpt / "model.safetensors"))
+        model.load_state_dict(load_file(ckpt / "model.safetensors", device=config.device))
         _load_optimizer_tensors(optimizer, model, load_file(ckpt / "optimizer.safetensors"))
         start, history, elapsed = progress["step"], progress["history"], progress["seconds"]
         print(f"resuming from step {start}")
@@ -241,10 +300,11 @@ def train(config: TrainConfig) -> Path:
     bar = tqdm(range(start, end), initial=start, total=end, desc=f"training tiny-{config.architecture}")
     t0 = time.perf_counter() - elapsed
     running = []
+    batches = _batches(processor, scenes, config, adapter, start, end)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
-        batch = make_batch(processor, scenes, step, config, adapter)
+        batch = {k: v.to(config.device, non_blocking=True) for k, v in next(batches).items()}
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -259,7 +319,7 @@ def train(config: TrainConfig) -> Path:
             ckpt.mkdir(exist_ok=True)
             atomic_write_with(
                 ckpt / "model.safetensors",
-                lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p),
+                lambda p: save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, p),
             )
             atomic_write_with(
                 ckpt / "optimizer.safetensors", lambda p: save_file(_optimizer_tensors(optimizer, model), p)
@@ -274,6 +334,7 @@ def train(config: TrainConfig) -> Path:
                 },
             )
     model.eval()
+    model.to("cpu")
     final = out / "model"
     model.save_pretrained(final)
     processor.save_pretrained(final)
@@ -284,6 +345,7 @@ def train(config: TrainConfig) -> Path:
             "config": asdict(config),
             "train_seconds": seconds,
             "torch_threads": torch.get_num_threads(),
+            "where": _where(config.device),
             "final_loss": history[-1]["loss"] if history else None,
             "history": history,
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -308,7 +370,7 @@ PROVISIONAL_RECIPES: dict[str, list[dict]] = {
 }
 
 
-def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> list[TrainConfig]:
+def recipe_phases(out: str, threads: int = 0, architecture: str = "llava", **run) -> list[TrainConfig]:
     """The shipped models' recipes: phases run one after the other, each from the last's weights.
 
     tiny-llava:
@@ -339,36 +401,12 @@ def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> li
                     threads=threads,
                     architecture=architecture,
                     init_from=init,
+                    **run,
                     **phase,
                 )
             )
         return phases
-    if architecture == "qwen2.5-vl":
-        phase1 = TrainConfig(
-            out=str(root / "phase1"),
-            seed=0,
-            steps=6000,
-            stop_at=2500,
-            lr=2e-3,
-            warmup=300,
-            task_weights="1,1,1,1",
-            threads=threads,
-            architecture=architecture,
-        )
-        phase2 = TrainConfig(
-            out=str(root / "phase2"),
-            seed=1,
-            steps=2000,
-            stop_at=1000,
-            lr=1e-3,
-            warmup=100,
-            task_weights="1,1,1,3",
-            threads=threads,
-            architecture=architecture,
-            init_from=str(root / "phase1" / "checkpoint" / "model.safetensors"),
-        )
-        return [phase1, phase2]
-    if architecture != "llava":
+    if architecture not in ("llava", "qwen2.5-vl"):
         raise ValueError(
             f"no training recipe for {architecture!r}; choose llava, qwen2.5-vl, {', '.join(PROVISIONAL_RECIPES)}"
         )
@@ -381,6 +419,8 @@ def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> li
         warmup=300,
         task_weights="1,1,1,1",
         threads=threads,
+        architecture=architecture,
+        **run,
     )
     phase2 = TrainConfig(
         out=str(root / "phase2"),
@@ -391,6 +431,8 @@ def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> li
         task_weights="1,1,1,3",
         init_from=str(root / "phase1" / "checkpoint" / "model.safetensors"),
         threads=threads,
+        architecture=architecture,
+        **run,
     )
     phase3 = TrainConfig(
         out=str(root / "phase3"),
@@ -402,13 +444,16 @@ def recipe_phases(out: str, threads: int = 0, architecture: str = "llava") -> li
         task_weights="1,1,1,5",
         init_from=str(root / "phase2" / "checkpoint" / "model.safetensors"),
         threads=threads,
+        architecture=architecture,
+        **run,
     )
     return [phase1, phase2, phase3]
 
 
-def train_recipe(out: str, threads: int = 0, architecture: str = "llava") -> Path:
-    """Run every phase (each resumable) and put the final model in OUT/model."""
-    phases = recipe_phases(out, threads, architecture)
+def train_recipe(out: str, threads: int = 0, architecture: str = "llava", **run) -> Path:
+    """Run every phase (each resumable) and put the final model in OUT/model; ``run``: the
+    other :data:`RUN_OPTIONS` (device, workers)."""
+    phases = recipe_phases(out, threads, architecture, **run)
     finals = [train(config) for config in phases]
     final = Path(out) / "model"
     if final.exists():
@@ -432,7 +477,7 @@ def main(argv=None) -> None:
         action="store_true",
         help="Run the shipped model's recipe into OUT (tiny-llava, or tiny-qwen2.5-vl with "
         "--architecture qwen2.5-vl; issue 17's provisional recipes with --architecture llava-16k or "
-        "qwen2.5-vl-reader, on synthetic-v2; other options but --threads are ignored).",
+        "qwen2.5-vl-reader, on synthetic-v2; other options but --threads, --device and --workers are ignored).",
     )
     for spec in fields(TrainConfig):
         if spec.name == "out":
@@ -441,7 +486,7 @@ def main(argv=None) -> None:
             parser.add_argument("--" + spec.name.replace("_", "-"), type=type(spec.default), default=spec.default)
     args = vars(parser.parse_args(argv))
     if args.pop("recipe"):
-        final = train_recipe(args["out"], threads=args["threads"], architecture=args["architecture"])
+        final = train_recipe(args["out"], architecture=args["architecture"], **{k: args[k] for k in RUN_OPTIONS})
     else:
         final = train(TrainConfig(**args))
     print(f"saved {final}")

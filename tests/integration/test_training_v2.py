@@ -16,17 +16,8 @@ from hones_nn.embedded.train import TrainConfig, recipe_phases, train
 
 
 def _config(out, architecture, **kw):
-    return TrainConfig(
-        out=str(out),
-        architecture=architecture,
-        steps=2,
-        batch_size=4,
-        warmup=1,
-        checkpoint_every=2,
-        n_train_scenes=12,
-        threads=1,
-        **kw,
-    )
+    small = {"steps": 2, "batch_size": 4, "warmup": 1, "checkpoint_every": 2, "n_train_scenes": 12, "threads": 1}
+    return TrainConfig(out=str(out), architecture=architecture, **{**small, **kw})
 
 
 @pytest.mark.parametrize("architecture", ["llava-16k", "qwen2.5-vl-reader"])
@@ -65,3 +56,28 @@ def test_the_cli_refuses_a_benchmark_the_architecture_was_not_built_for(tmp_path
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--generator synthetic-v1" in result.output and "synthetic-v2" in result.output
     assert not out.exists()
+
+
+def test_batches_built_by_workers_train_the_same_weights(tmp_path):
+    """--workers only moves the drawing of batches to other processes: a run that built its
+    batches in 2 workers, stopped and resumed in the training process, ends with the weights
+    of a straight run without workers."""
+    train(_config(tmp_path / "a", "llava", steps=3))
+    train(_config(tmp_path / "b", "llava", steps=3, stop_at=2, workers=2))
+    resumed = train(_config(tmp_path / "b", "llava", steps=3))
+    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    info = json.loads((resumed / "training_info.json").read_text())
+    assert info["where"]["device"] == "cpu" and info["train_seconds"] > 0
+
+
+def test_run_options_reach_every_phase_and_bad_ones_are_refused(tmp_path):
+    phases = recipe_phases(str(tmp_path), threads=1, architecture="qwen2.5-vl", workers=3)
+    assert [p.workers for p in phases] == [3] * len(phases)
+    with pytest.raises(ValueError, match="--workers -1"):
+        _config(tmp_path, "llava", workers=-1)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: this machine has no CUDA device"):
+            _config(tmp_path, "llava", device="cuda")
