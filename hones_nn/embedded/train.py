@@ -226,15 +226,14 @@ class _Batches(torch.utils.data.Dataset):
     """Step number -> that step's batch (``make_batch`` is a function of the step alone)."""
 
     def __init__(self, processor, scenes, config: TrainConfig, adapter, start: int, end: int):
-        self.args = (processor, scenes, config, adapter)
+        self.processor, self.scenes, self.config, self.adapter = processor, scenes, config, adapter
         self.start, self.end = start, end
 
     def __len__(self) -> int:
         return self.end - self.start
 
     def __getitem__(self, i: int) -> dict:
-        processor, scenes, config, adapter = self.args
-        return make_batch(processor, scenes, self.start + i, config, adapter)
+        return make_batch(self.processor, self.scenes, self.start + i, self.config, self.adapter)
 
 
 def _batches(processor, scenes, config: TrainConfig, adapter, start: int, end: int):
