@@ -8,9 +8,10 @@ llava-hf/llava-1.5-7b-hf.
 A second shipped architecture, ``tiny-qwen2.5-vl``, is a
 ``Qwen2_5_VLForConditionalGeneration`` of the same language-model size (4 layers x 8 heads
 x 1,024 MLP neurons), trained by the same script (``--architecture qwen2.5-vl``): its
-vision tower is Qwen's windowed ViT over 8-pixel patches merged 2 x 2 (9 image tokens of
-16 x 16 pixels), its inputs are built by :class:`hones_nn.models.qwen_inputs.QwenVLInputs`
-(no torchvision here) and its prompts use the Qwen chat template.
+vision tower is Qwen's windowed ViT over 4-pixel patches merged 2 x 2 (36 image tokens of
+8 x 8 pixels, one letter cell each, as tiny-llava's), its inputs are built by
+:class:`hones_nn.models.qwen_inputs.QwenVLInputs` (no torchvision here) and its prompts use
+the Qwen chat template.
 
 Size, and why: the language model has 4 layers x 1,024 MLP neurons = 4,096 neurons
 (the paper's top 1% is then 41 neurons, a set whose masking is measurable) and
@@ -180,12 +181,18 @@ def build_untrained_tiny_llava(seed: int = 0, sizes: dict | None = None):
 # ---------------------------------------------------------------------- Qwen2.5-VL
 
 TINY_QWEN_VISION = {"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 4}
+# tiny-qwen2.5-vl reads (issue 17): 4-pixel patches merged 2 x 2 give 36 image tokens of 8 x 8
+# pixels on v1's 48 x 48 images, one letter cell each (8-pixel patches gave 9 tokens of 2 x 2 cells,
+# and the model trained on them never learned to read: OCR ANLS 0.0000)
+TINY_QWEN_PATCH_SIZE = 4
 
 
-def tiny_qwen_processor(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE, generator: str = "synthetic-v1"):
+def tiny_qwen_processor(
+    image_size: int = IMAGE_SIZE, patch_size: int = TINY_QWEN_PATCH_SIZE, generator: str = "synthetic-v1"
+):
     """Our WordPiece vocabulary (``generator``'s) + Qwen's special tokens, with
-    ``Qwen2VLImageProcessorPil`` fixed to ``image_size`` squared pixels (v1: 48 x 48, 6 x 6
-    patches of 8 pixels, merged 2 x 2: 9 image tokens)."""
+    ``Qwen2VLImageProcessorPil`` fixed to ``image_size`` squared pixels (v1: 48 x 48, 12 x 12
+    patches of 4 pixels, merged 2 x 2: 36 image tokens)."""
     from transformers import Qwen2VLImageProcessorPil
 
     from hones_nn.embedded.tokenizer import qwen_tokenizer
@@ -202,9 +209,9 @@ def tiny_qwen_processor(image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SI
 
 
 def tiny_qwen_config(
-    tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE, vision_sizes: dict | None = None
+    tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = TINY_QWEN_PATCH_SIZE, vision_sizes: dict | None = None
 ):
-    """The tiny Qwen2.5-VL's config (v1's image and patch size and vision tower by default)."""
+    """The tiny Qwen2.5-VL's config (tiny-qwen2.5-vl's image and patch size and vision tower by default)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
 
     from hones_nn.embedded.tokenizer import QWEN_SPECIAL_TOKENS

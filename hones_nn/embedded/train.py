@@ -382,9 +382,8 @@ def recipe_phases(out: str, threads: int = 0, architecture: str = "llava", **run
     retrieval 5/8 of every batch (1:1:1:5), seed 2, stopped at step 1,500 (retrieval
     0.984, VQA 0.895 on the 300 test images).
 
-    tiny-qwen2.5-vl (``architecture="qwen2.5-vl"``): the same phase 1, then phase 2's
-    1:1:1:3 mix on a 2,000-step schedule stopped at step 1,000, as far as the CPU budget
-    of the session that trained it went.
+    tiny-qwen2.5-vl (``architecture="qwen2.5-vl"``): the same three phases (77 minutes on one
+    thread; test split: OCR ANLS 1.00, retrieval NDCG@5 0.82, VQA 0.94).
 
     llava-16k, qwen2.5-vl-reader (issue 17, synthetic-v2): :data:`PROVISIONAL_RECIPES`.
     """

@@ -44,50 +44,42 @@ def test_evaluate_mask_random_json(benchmark_dir):
 TARGETS = {"vqa": 0.85, "ocr": 0.70, "caption": 0.40, "retrieval": 0.90}
 # Measured on the shipped model (all 300 test images): vqa 0.8953, ocr 1.0000, caption
 # 1.0000, retrieval 0.9839.
-_METRICS: dict[str, float] = {}
+# tiny-qwen2.5-vl's (issue 17: it reads; OCR ANLS >= 0.70 and retrieval NDCG@5 >= 0.80), measured
+# on all 300 test images: vqa 0.9387, ocr 1.0000, caption 1.0000, retrieval 0.8236.
+QWEN_TARGETS = {**TARGETS, "retrieval": 0.80}
+_METRICS: dict[tuple[str, str], float] = {}
 
 
-def _shipped_metric(task, embedded) -> float:
-    """The shipped model's metric on the whole synthetic test split, computed once per task."""
-    if task not in _METRICS:
+def _shipped_metric(model: str, task: str) -> float:
+    """A shipped model's metric on the whole synthetic test split, computed once per task."""
+    if (model, task) not in _METRICS:
         from hones_nn.engine.core import Engine
         from hones_nn.evaluation.evaluate import evaluate
+        from hones_nn.models.loading import load_model
         from hones_nn.tasks.task_data import prepare_task
 
-        td = prepare_task(embedded, task, split="test")
+        loaded = load_model(model)
+        td = prepare_task(loaded, task, split="test")
         assert td.n >= 300
-        _METRICS[task] = evaluate(Engine(embedded), td, batch_size=64, progress=False).metric
-    return _METRICS[task]
+        _METRICS[(model, task)] = evaluate(Engine(loaded), td, batch_size=64, progress=False).metric
+    return _METRICS[(model, task)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["vqa", "ocr", "caption", "retrieval"])
-def test_shipped_model_meets_targets(task, benchmark_dir, embedded):
+def test_shipped_model_meets_targets(task, benchmark_dir):
     """The issue's quality bar, on the whole synthetic test split (300 images per task)."""
-    metric = _shipped_metric(task, embedded)
+    metric = _shipped_metric("tiny-llava", task)
     assert metric >= TARGETS[task], f"{task}: {metric:.4f} < {TARGETS[task]}"
 
 
-# tiny-qwen2.5-vl, measured on all 300 test images: vqa 0.8530, ocr 0.0000, caption 0.9976,
-# retrieval 0.5154. It meets the VQA and caption targets; OCR and retrieval are not learned
-# (stated in the README): these guard what it does reach.
-QWEN_LEVELS = {"vqa": 0.85, "caption": 0.40}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("task", sorted(QWEN_LEVELS))
-def test_shipped_qwen_keeps_its_measured_level(task, benchmark_dir):
-    from hones_nn.engine.core import Engine
-    from hones_nn.evaluation.evaluate import evaluate
-    from hones_nn.models.loading import load_model
-    from hones_nn.tasks.task_data import prepare_task
-
-    loaded = load_model("tiny-qwen2.5-vl")
-    assert type(loaded.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
-    td = prepare_task(loaded, task, split="test")
-    assert td.n >= 300
-    metric = evaluate(Engine(loaded), td, batch_size=64, progress=False).metric
-    assert metric >= QWEN_LEVELS[task], f"{task}: {metric:.4f} < {QWEN_LEVELS[task]}"
+@pytest.mark.parametrize("task", ["vqa", "ocr", "caption", "retrieval"])
+def test_shipped_qwen_meets_targets(task, benchmark_dir):
+    """tiny-qwen2.5-vl reads (issue 17): OCR and retrieval, as well as VQA and captions, on
+    the whole test split."""
+    metric = _shipped_metric("tiny-qwen2.5-vl", task)
+    assert metric >= QWEN_TARGETS[task], f"{task}: {metric:.4f} < {QWEN_TARGETS[task]}"
 
 
 def test_hones_runs_on_the_shipped_qwen(tmp_path, benchmark_dir):

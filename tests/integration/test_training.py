@@ -52,20 +52,19 @@ def test_qwen_architecture_trains_and_loads_through_the_same_pipeline(tmp_path):
     """tiny-qwen2.5-vl is trained by the same script; its export loads with load_model and
     its batches carry the Qwen inputs, answer-only labels ending in <|im_end|>."""
     from hones_nn.data.synthetic import SyntheticWorld
-    from hones_nn.embedded.architectures import tiny_qwen_processor
+    from hones_nn.embedded.architectures import BUILDERS
     from hones_nn.models.adapters import adapter_for
     from hones_nn.models.loading import load_model
 
     config = _config(tmp_path / "q", architecture="qwen2.5-vl")
-    processor = tiny_qwen_processor()
+    model, processor = BUILDERS["qwen2.5-vl"](seed=0)
     scenes = SyntheticWorld(0).scenes({"train": 20})["train"]
-    from hones_nn.embedded.architectures import tiny_qwen_config
-
-    batch = make_batch(
-        processor, scenes, step=0, config=config, adapter=adapter_for(tiny_qwen_config(processor.tokenizer))
-    )
+    batch = make_batch(processor, scenes, step=0, config=config, adapter=adapter_for(model.config))
     assert {"pixel_values", "image_grid_thw", "mm_token_type_ids", "labels"} <= set(batch)
-    assert batch["image_grid_thw"].tolist() == [[1, 6, 6]] * config.batch_size  # 9 merged image tokens each
+    # 12 x 12 patches of 4 pixels on a 48 x 48 image, merged 2 x 2: 36 image tokens, one per letter cell
+    assert batch["image_grid_thw"].tolist() == [[1, 12, 12]] * config.batch_size
+    image_tokens = (batch["input_ids"] == model.config.image_token_id).sum(1)
+    assert image_tokens.tolist() == [36] * config.batch_size
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     for row in batch["labels"]:
         kept = row[row != -100]
