@@ -78,6 +78,9 @@ def test_shipped_model_meets_targets(task, benchmark_dir):
 def test_shipped_qwen_meets_targets(task, benchmark_dir):
     """tiny-qwen2.5-vl reads (issue 17): OCR and retrieval, as well as VQA and captions, on
     the whole test split."""
+    from hones_nn.models.loading import load_model
+
+    assert type(load_model("tiny-qwen2.5-vl").model).__name__ == "Qwen2_5_VLForConditionalGeneration"
     metric = _shipped_metric("tiny-qwen2.5-vl", task)
     assert metric >= QWEN_TARGETS[task], f"{task}: {metric:.4f} < {QWEN_TARGETS[task]}"
 
