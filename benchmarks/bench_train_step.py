@@ -4,11 +4,13 @@ One step of ``hones_nn.embedded.train`` (a batch of ``--batch-size`` examples dr
 rendered, forward, backward, clipping, AdamW) for each architecture, interleaved repeat by
 repeat after one warm-up step each, on ``--threads`` threads. Reported per architecture:
 the median seconds per step (context: it depends on the machine and its load), the share
-of it spent drawing the batch, and the RATIO to tiny-llava's step in the same run (the
-shipped models' training_info.json hold their measured training seconds, so a ratio turns
-into an estimate for the new models).
+of it spent drawing the batch, and the RATIO to tiny-llava's float32 step in the same run
+(the shipped models' training_info.json hold their measured training seconds, so a ratio
+turns into an estimate for the new models). ``--precisions float32,bfloat16`` also times
+each architecture under bf16 autocast (``train-embedded --precision bfloat16``).
 
     python -m benchmarks.bench_train_step --threads 1 --repeats 3
+    python -m benchmarks.bench_train_step --threads 2 --architectures llava,llava-16k --precisions float32,bfloat16
 """
 
 from __future__ import annotations
@@ -29,33 +31,38 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--architectures", default=",".join(ARCHITECTURES))
+    p.add_argument("--precisions", default="float32", help="comma-separated: float32, bfloat16")
     args = p.parse_args(argv)
 
     import torch
 
     from hones_nn.data.generators import generator_module
     from hones_nn.embedded.architectures import BUILDERS
-    from hones_nn.embedded.train import TrainConfig, make_batch
+    from hones_nn.embedded.train import TrainConfig, make_batch, training_autocast
     from hones_nn.models.adapters import adapter_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
     runs = {}
     for arch in args.architectures.split(","):
-        config = TrainConfig(out="", architecture=arch, batch_size=args.batch_size)
-        model, processor = BUILDERS[arch](seed=0)
-        model.train()
-        scenes = generator_module(config.generator).World(0).scenes({"train": 500})["train"]
-        params = [q for q in model.parameters() if q.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-        runs[arch] = (config, model, processor, adapter_for(model.config), scenes, params, optimizer)
+        for precision in args.precisions.split(","):
+            config = TrainConfig(out="", architecture=arch, batch_size=args.batch_size, precision=precision)
+            model, processor = BUILDERS[arch](seed=0)
+            model.train()
+            scenes = generator_module(config.generator).World(0).scenes({"train": 500})["train"]
+            params = [q for q in model.parameters() if q.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=1e-4)
+            name = arch if precision == "float32" else f"{arch} ({precision})"
+            runs[name] = (config, model, processor, adapter_for(model.config), scenes, params, optimizer)
 
     def step(arch: str, i: int) -> tuple[float, float]:
         config, model, processor, adapter, scenes, params, optimizer = runs[arch]
         t0 = time.perf_counter()
         batch = make_batch(processor, scenes, i, config, adapter)
         t1 = time.perf_counter()
-        model(**batch).loss.backward()
+        with training_autocast(config):
+            loss = model(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -80,10 +87,10 @@ def main(argv=None) -> dict:
             "parameters": n_params,
         }
         print(
-            f"{arch:18s} {total:7.3f} s/step  (batch drawing {100 * data / total:4.1f}%)  "
+            f"{arch:29s} {total:7.3f} s/step  (batch drawing {100 * data / total:4.1f}%)  "
             f"x{result[arch]['ratio_to_tiny_llava']} tiny-llava  {n_params:,} parameters"
         )
-    print(f"threads={args.threads} batch_size={args.batch_size} repeats={args.repeats}")
+    print(f"threads={args.threads} batch_size={args.batch_size} repeats={args.repeats} precisions={args.precisions}")
     return result
 
 

@@ -41,6 +41,7 @@ def test_the_recipes_of_the_new_models_chain_their_phases(tmp_path):
         phases = recipe_phases(str(tmp_path), threads=1, architecture=architecture)
         assert [p.generator for p in phases] == ["synthetic-v2"] * len(phases)
         assert phases[0].init_from == ""
+        assert {p.precision for p in phases} == {"bfloat16" if architecture == "llava-16k" else "float32"}
         for before, after in itertools.pairwise(phases):
             assert after.init_from == str(Path(before.out) / "checkpoint" / "model.safetensors")
 
@@ -81,3 +82,23 @@ def test_run_options_reach_every_phase_and_bad_ones_are_refused(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--device cuda: this machine has no CUDA device"):
             _config(tmp_path, "llava", device="cuda")
+
+
+def test_bf16_autocast_trains_resumes_identically_and_is_not_a_run_option(tmp_path):
+    """--precision bfloat16 runs the forward's matrix products in bf16 (weights and optimizer
+    state stay float32): the weights differ from a float32 run's, a stopped bf16 run resumes to
+    a straight one's weights, and resuming it as float32 is refused (the numbers would change)."""
+    train(_config(tmp_path / "fp32", "llava-16k"))
+    train(_config(tmp_path / "a", "llava-16k", precision="bfloat16"))
+    train(_config(tmp_path / "b", "llava-16k", precision="bfloat16", stop_at=1))
+    resumed = train(_config(tmp_path / "b", "llava-16k", precision="bfloat16"))
+    fp32, a, b = (load_file(tmp_path / d / "checkpoint" / "model.safetensors") for d in ("fp32", "a", "b"))
+    for key in a:
+        assert a[key].dtype == torch.float32
+        assert torch.equal(a[key], b[key]), key
+    assert any(not torch.equal(fp32[k], a[k]) for k in a)
+    assert json.loads((resumed / "training_info.json").read_text())["config"]["precision"] == "bfloat16"
+    with pytest.raises(SystemExit, match="another configuration"):
+        train(_config(tmp_path / "b", "llava-16k", steps=3))
+    with pytest.raises(ValueError, match="--precision 'fp8'"):
+        _config(tmp_path, "llava", precision="fp8")
