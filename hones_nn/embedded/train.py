@@ -44,7 +44,6 @@ from hones_nn.models.adapters import adapter_for
 from hones_nn.tasks.prompts import NO_WORD, TASK_NAMES, YES_WORD, instruction
 from hones_nn.utils.io import atomic_write_json, atomic_write_with
 
-
 PRECISIONS = ("float32", "bfloat16")
 
 
