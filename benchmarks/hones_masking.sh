@@ -2,6 +2,8 @@
 # HONES top-1% masking vs a random control (5 seeds) on the synthetic test split, all four
 # tasks, on the embedded tiny-llava: the issue-3 acceptance figures.
 #   bash benchmarks/hones_masking.sh [OUT_DIR]
+#   MODEL=tiny-llava-16k bash benchmarks/hones_masking.sh benchmarks/results/hones_masking_16k
+# (another model: its own benchmark, synthetic-v2 for tiny-llava-16k, is the default data)
 # Localization (V-SEAM heads with the generation metric, then HONES) runs on the first 160
 # discovery images (40 for retrieval, whose every query is 50 candidate forwards under each
 # of the 33 conditions) to fit a 2-core CPU; masking uses the whole test split (300 images),
@@ -9,15 +11,16 @@
 set -euo pipefail
 out="${1:-benchmarks/results/hones_masking}"
 mkdir -p "$out"
+model=(); [ -n "${MODEL:-}" ] && model=(--model "$MODEL")
 for task in ${TASKS:-vqa ocr caption retrieval}; do
   limit=(--limit 160); [ "$task" = retrieval ] && limit=(--limit 40)
   test_limit=(); [ "$task" = retrieval ] && test_limit=(--limit 100)
   start=$(date +%s)
   # a finished ranking is kept (rerunning the script resumes where it stopped)
   [ -s "$out/$task.rank.json" ] && [ -f "$out/$task.hones.parquet" ] || \
-    hones-nn rank --task "$task" --method hones --out-dir "$out" --batch-size 64 "${limit[@]}" --json > "$out/$task.rank.json"
+    hones-nn rank --task "$task" "${model[@]}" --method hones --out-dir "$out" --batch-size 64 "${limit[@]}" --json > "$out/$task.rank.json"
   [ -s "$out/$task.masking.json" ] && continue
-  hones-nn evaluate --task "$task" --mask "$out/$task.hones.parquet" --random-control --seeds 5 --batch-size 64 "${test_limit[@]}" \
+  hones-nn evaluate --task "$task" "${model[@]}" --mask "$out/$task.hones.parquet" --random-control --seeds 5 --batch-size 64 "${test_limit[@]}" \
     --json > "$out/$task.masking.json"
   echo "$task: $(( $(date +%s) - start )) s"
 done

@@ -13,11 +13,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HONES_NN_HOME", Path.home() / ".cache" / "hones_nn"))
 
 
-def resolve_benchmark(data: str | os.PathLike | None) -> Path:
+def resolve_benchmark(data: str | os.PathLike | None, default: str | None = None) -> Path:
     """A benchmark folder for ``--data``: a path, the default synthetic benchmark
     (``synthetic``: seed 0, 1,200 images of ``synthetic-v1``) or a named generator's
     (``synthetic-v1``, ``synthetic-v2``: seed 0, 1,200 images), generated deterministically
-    on first use and cached."""
+    on first use and cached.
+
+    ``default``: what ``data=None`` means (a model's own benchmark, ``LoadedModel.benchmark``:
+    tiny-llava-16k learned synthetic-v2); None: the default synthetic benchmark."""
+    if data in (None, "") and default:
+        data = default
     from hones_nn.data.dataset import MANIFEST
     from hones_nn.data.generators import DEFAULT_GENERATOR, GENERATORS
     from hones_nn.data.synthetic import DEFAULT_N_IMAGES, build_synthetic_benchmark

@@ -51,6 +51,10 @@ class LoadedModel:
     # the revision the user asked for (None: the default branch); ``revision`` is what it
     # resolved to (a hub commit), kept in metadata; a remote model key names the former
     requested_revision: str | None = None
+    # the synthetic benchmark a model trained by ``hones-nn train-embedded`` learned (its
+    # training_info.json says which): what ``--data`` defaults to for it; None for any other
+    # model (the default synthetic benchmark then)
+    benchmark: str | None = None
 
     @property
     def tokenizer(self):
@@ -275,7 +279,41 @@ def load_model(
         weights_hash=weights_hash(folder) if folder else None,
         family=adapter.family,
         requested_revision=revision,
+        benchmark=trained_benchmark(path) if local else None,
     )
+
+
+def trained_benchmark(folder: str | os.PathLike | None) -> str | None:
+    """The synthetic generator a ``train-embedded`` model in ``folder`` was trained on (the
+    ``generator`` of its training_info.json's config; ``synthetic-v1`` for a run written
+    before the field existed, when v1 was the only one), or None (not such a model).
+
+    Why: a model trained on synthetic-v2 (64 x 64 images, its own vocabulary) scores near
+    zero on synthetic-v1's images and words, so its own benchmark is the only sensible default.
+    """
+    import json
+
+    if folder is None:
+        return None
+    info_path = Path(folder) / "training_info.json"
+    if not info_path.is_file():
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{info_path}: unreadable training_info.json ({exc}); restore it from the model's source"
+        ) from None
+    if not isinstance(info, dict):
+        return None
+    config = info.get("config")
+    if not isinstance(config, dict):  # a recipe written before runs recorded their config at the top
+        phases = info.get("phases") or []
+        config = phases[-1].get("config") if phases and isinstance(phases[-1], dict) else None
+    if not isinstance(config, dict):
+        return None
+    generator = config.get("generator")
+    return generator if isinstance(generator, str) and generator else "synthetic-v1"
 
 
 def _load_weightless(
@@ -316,4 +354,5 @@ def _load_weightless(
         family=adapter.family,
         has_weights=False,
         requested_revision=revision,
+        benchmark=trained_benchmark(path) if local else None,
     )

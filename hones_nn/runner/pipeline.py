@@ -427,7 +427,7 @@ class Runner:
         wanted = {
             "method": "vseam",
             "task": task,
-            "dataset": str(resolve_benchmark(self.data)),
+            "dataset": str(resolve_benchmark(self.data, default=self.loaded.benchmark)),
             "split": self.split,
             "limit": self.limit,
             "utility": utility,
