@@ -132,7 +132,7 @@ def build_cmd(
     if top_n < 1 or q_limit < 1 or batch_size < 1:
         raise ValueError("--top-n, --q-limit and --batch-size must be >= 1")
     loaded = load(model_name, dtype, device, device_map, trust_remote_code)
-    root = resolve_benchmark(data, default=loaded.benchmark)
+    root = resolve_benchmark(data, default=getattr(loaded, "benchmark", None))
     dataset = load_split(root, split)
     report = build_fuzzy_sets(
         loaded,

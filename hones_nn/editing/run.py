@@ -119,7 +119,7 @@ def run_edit(
     target_id = single_token_id(tok, target, "--target")
     if source_id == target_id:
         raise ValueError(f"--source {source!r} and --target {target!r} are the same token")
-    root = resolve_benchmark(data, default=loaded.benchmark)
+    root = resolve_benchmark(data, default=getattr(loaded, "benchmark", None))
     dataset = load_split(root, split)
     images = ImageSource(dataset)
     prompts, scanned = find_edit_prompts(engine, dataset, images, source_id, limit, batch_size, progress)

@@ -427,7 +427,7 @@ class Runner:
         wanted = {
             "method": "vseam",
             "task": task,
-            "dataset": str(resolve_benchmark(self.data, default=self.loaded.benchmark)),
+            "dataset": str(resolve_benchmark(self.data, default=getattr(self.loaded, "benchmark", None))),
             "split": self.split,
             "limit": self.limit,
             "utility": utility,

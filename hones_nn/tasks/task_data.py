@@ -37,7 +37,7 @@ def prepare_task(
 ) -> TaskData:
     """The items of ``task_name`` on ``split``; ``instructions`` ({task: template}) replace the
     built-in task instructions."""
-    root = resolve_benchmark(data, default=loaded.benchmark)
+    root = resolve_benchmark(data, default=getattr(loaded, "benchmark", None))
     _warn_other_benchmark(loaded, root)
     dataset = load_split(root, split)
     task = get_task(task_name, family=loaded.family, reference_compat=reference_compat, instructions=instructions)
