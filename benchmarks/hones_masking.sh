@@ -2,8 +2,8 @@
 # HONES top-1% masking vs a random control (5 seeds) on the synthetic test split, all four
 # tasks, on the embedded tiny-llava: the issue-3 acceptance figures.
 #   bash benchmarks/hones_masking.sh [OUT_DIR]
-#   MODEL=tiny-llava-16k bash benchmarks/hones_masking.sh benchmarks/results/hones_masking_16k
-# (another model: its own benchmark, synthetic-v2 for tiny-llava-16k, is the default data)
+#   MODEL=runs/llava-16k/model bash benchmarks/hones_masking.sh OUT_DIR
+# (a train-embedded model's own benchmark, e.g. synthetic-v2 for llava-16k, is the default data)
 # Localization (V-SEAM heads with the generation metric, then HONES) runs on the first 160
 # discovery images (40 for retrieval, whose every query is 50 candidate forwards under each
 # of the 33 conditions) to fit a 2-core CPU; masking uses the whole test split (300 images),

@@ -20,7 +20,7 @@ def resolve_benchmark(data: str | os.PathLike | None, default: str | None = None
     on first use and cached.
 
     ``default``: what ``data=None`` means (a model's own benchmark, ``LoadedModel.benchmark``:
-    tiny-llava-16k learned synthetic-v2); None: the default synthetic benchmark."""
+    a llava-16k trained by ``train-embedded`` learned synthetic-v2); None: the default synthetic benchmark."""
     if data in (None, "") and default:
         data = default
     from hones_nn.data.dataset import MANIFEST

@@ -31,7 +31,7 @@ def test_the_training_info_names_the_benchmark(tmp_path):
     assert trained_benchmark(_folder(tmp_path, "other", {"note": "not ours"})) is None
     with pytest.raises(ValueError, match="training_info.json"):
         trained_benchmark(_folder(tmp_path, "bad", "{not json"))
-    # the shipped models: the v1 pair from their recipes' phases, the 16k one from its config
+    # the shipped models: both from their recipes' phases, written before the field existed
     assert trained_benchmark(EMBEDDED_MODELS["tiny-llava"]) == "synthetic-v1"
     assert trained_benchmark(EMBEDDED_MODELS["tiny-qwen2.5-vl"]) == "synthetic-v1"
 
