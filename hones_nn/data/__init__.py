@@ -24,7 +24,7 @@ def resolve_benchmark(data: str | os.PathLike | None, default: str | None = None
     if data in (None, "") and default:
         data = default
     from hones_nn.data.dataset import MANIFEST
-    from hones_nn.data.generators import DEFAULT_GENERATOR, GENERATORS
+    from hones_nn.data.generators import DEFAULT_GENERATOR, GENERATORS, generator_module
     from hones_nn.data.synthetic import DEFAULT_N_IMAGES, build_synthetic_benchmark
 
     generator = DEFAULT_GENERATOR if data in (None, "", DEFAULT_BENCHMARK) else str(data)
@@ -37,7 +37,9 @@ def resolve_benchmark(data: str | os.PathLike | None, default: str | None = None
                 "`hones-nn data build-synthetic --out-dir DIR` or import one with `hones-nn data import-hones`"
             )
         return path
-    path = cache_dir() / "benchmarks" / f"{generator}-seed0-n{DEFAULT_N_IMAGES}"
+    revision = generator_module(generator).GENERATOR_REVISION
+    suffix = f"-r{revision}" if revision > 1 else ""  # revision 1 keeps the folder it always had
+    path = cache_dir() / "benchmarks" / f"{generator}{suffix}-seed0-n{DEFAULT_N_IMAGES}"
     if not (path / MANIFEST).exists():
         build_synthetic_benchmark(path, seed=0, n_images=DEFAULT_N_IMAGES, n_train=0, generator=generator)
     return path

@@ -189,10 +189,15 @@ class _TfidfIndex:
 
 
 def mine_retrieval_candidates(
-    captions: list[list[str]], content_keys: list[str], seed: int, n_negatives: int = N_NEGATIVES
+    captions: list[list[str]],
+    content_keys: list[str],
+    seed: int,
+    n_negatives: int = N_NEGATIVES,
+    negatives: str = "hard",
 ) -> list[dict]:
     """For each image: one positive (a random own reference) and the ``n_negatives`` most
-    similar captions of other images of the same split, shuffled.
+    similar captions of other images of the same split, shuffled (``negatives="hard"``), or
+    ``n_negatives`` captions of other images drawn at random (``negatives="random"``).
 
     Similarity is TF-IDF cosine over word unigrams and bigrams. The paper ranks by a
     pretrained sentence embedding; none can be downloaded here, and the reference code
@@ -200,25 +205,31 @@ def mine_retrieval_candidates(
     ``content_key`` (the same described content) are never negatives: they would be
     correct descriptions. Identical caption strings are kept once.
     """
+    if negatives not in ("hard", "random"):
+        raise ValueError(f"negatives={negatives!r}: choose 'hard' (TF-IDF-nearest captions) or 'random'")
     rng = random.Random(f"retrieval:{seed}")
     pool_texts, pool_owner = [], []
     for owner, refs in enumerate(captions):
         for ref in refs:
             pool_texts.append(ref)
             pool_owner.append(owner)
-    pool = _TfidfIndex(pool_texts)
+    hard = negatives == "hard"
+    pool = _TfidfIndex(pool_texts) if hard else None
     pool_owner_arr = np.array(pool_owner)
     keys = np.array(content_keys, dtype=object)
     out = []
     offset = 0
     for owner, refs in enumerate(captions):
         positive = refs[rng.randrange(len(refs))]
-        sims = pool.similarities(offset + refs.index(positive))
+        if hard:
+            sims = pool.similarities(offset + refs.index(positive))
+        else:  # random: every caption of another image equally likely
+            sims = np.array([rng.random() for _ in range(len(pool_texts))])
         offset += len(refs)
         excluded = keys[pool_owner_arr] == content_keys[owner]
         sims = np.where(excluded, -np.inf, sims)
         order = np.lexsort((np.arange(len(sims)), -sims))  # most similar first, stable
-        negatives, seen = [], {positive}
+        chosen, seen = [], {positive}
         for j in order:
             if not math.isfinite(sims[j]):
                 break
@@ -226,15 +237,15 @@ def mine_retrieval_candidates(
             if text in seen:
                 continue
             seen.add(text)
-            negatives.append(text)
-            if len(negatives) == n_negatives:
+            chosen.append(text)
+            if len(chosen) == n_negatives:
                 break
-        if len(negatives) < n_negatives:
+        if len(chosen) < n_negatives:
             raise ValueError(
-                f"image {owner} of the split has only {len(negatives)} usable negative captions "
+                f"image {owner} of the split has only {len(chosen)} usable negative captions "
                 f"(need {n_negatives}); the split is too small for retrieval: use more images"
             )
-        candidates = [positive] + negatives
+        candidates = [positive] + chosen
         order_idx = list(range(len(candidates)))
         rng.shuffle(order_idx)
         shuffled = [candidates[i] for i in order_idx]

@@ -2,7 +2,9 @@
 
 ``synthetic-v1`` (:mod:`hones_nn.data.synthetic`, the default and the shipped tiny models'
 data) and ``synthetic-v2`` (:mod:`hones_nn.data.synthetic_v2`, the harder one of issue 17).
-Every generator module has the same interface: ``GENERATOR_VERSION``, ``IMAGE_ID_PREFIX``,
+Every generator module has the same interface: ``GENERATOR_VERSION``, ``GENERATOR_REVISION``
+(a change of the images or labels under the same name; cached benchmarks are keyed by it),
+``RETRIEVAL_NEGATIVES`` ("hard" or "random"), ``PERTURBED_NEGATIVE_SHARE``, ``IMAGE_ID_PREFIX``,
 ``IMAGE_SIZE``, ``PATCH_SIZE``, ``World`` (seeded image-disjoint split streams),
 ``sample_scene``, ``perturb_scene``, ``render``, ``vqa_for``, ``captions_for``,
 ``scene_record``, ``COLORS``, ``KINDS``, ``NUMBER_WORDS``, ``CAPTION_TEMPLATES``.

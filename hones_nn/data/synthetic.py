@@ -29,6 +29,11 @@ from PIL import Image
 from hones_nn.data.font import GLYPH_HEIGHT, GLYPH_WIDTH, LETTERS, glyph
 
 GENERATOR_VERSION = "synthetic-v1"
+GENERATOR_REVISION = 1
+# retrieval: the benchmark mines the TF-IDF-nearest captions as negatives ("hard"); training
+# draws a one-attribute perturbation of the scene for this share of its negatives
+RETRIEVAL_NEGATIVES = "hard"
+PERTURBED_NEGATIVE_SHARE = 0.7
 IMAGE_ID_PREFIX = "syn"
 IMAGE_SIZE = 48
 PATCH_SIZE = 8
@@ -487,7 +492,10 @@ def build_synthetic_benchmark(
         ]
         if rows:
             mined = mine_retrieval_candidates(
-                [r["captions"] for r in rows], [r["content_key"] for r in rows], seed=hash_seed(seed, split)
+                [r["captions"] for r in rows],
+                [r["content_key"] for r in rows],
+                seed=hash_seed(seed, split),
+                negatives=module.RETRIEVAL_NEGATIVES,
             )
             for row, retrieval in zip(rows, mined):
                 row["retrieval"] = retrieval
@@ -500,6 +508,8 @@ def build_synthetic_benchmark(
         "n_train": n_train,
         "image_size": module.IMAGE_SIZE,
     }
+    if module.GENERATOR_REVISION > 1:  # a first revision's manifest stays as it always was
+        manifest["generator_revision"] = module.GENERATOR_REVISION
     return write_benchmark(out, rows_by_split, manifest)
 
 

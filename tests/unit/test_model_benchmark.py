@@ -47,7 +47,7 @@ def test_no_data_means_the_models_own_benchmark(tmp_path, monkeypatch):
     resolve_benchmark(None)
     resolve_benchmark("synthetic-v1", default="synthetic-v2")  # an explicit --data wins
     assert built == [
-        ("synthetic-v2-seed0-n1200", "synthetic-v2"),
+        ("synthetic-v2-r2-seed0-n1200", "synthetic-v2"),
         ("synthetic-v1-seed0-n1200", "synthetic-v1"),
         ("synthetic-v1-seed0-n1200", "synthetic-v1"),
     ]

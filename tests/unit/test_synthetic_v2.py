@@ -35,6 +35,7 @@ def test_same_seed_same_bytes_and_the_manifest_names_v2(bench, tmp_path):
     assert _files(bench) == _files(again)
     manifest = read_manifest(bench)
     assert manifest["generator"] == "synthetic-v2" and manifest["image_size"] == 64
+    assert manifest["generator_revision"] == v2.GENERATOR_REVISION == 2
     assert manifest["splits"] == {"train": 20, "discovery": 70, "dev": 20, "test": 30}
 
 
@@ -176,7 +177,9 @@ def _read_box(pixels: np.ndarray) -> str:
     return "".join(letters)
 
 
-def test_the_boxed_word_reads_back_and_the_distractor_lies_outside_the_box():
+def test_the_boxed_word_reads_back_and_the_distractor_lies_outside_the_box(monkeypatch):
+    monkeypatch.setattr(v2, "WORN_DROP", 0.0)  # clean print: the font's bitmaps match exactly
+    monkeypatch.setattr(v2, "WORN_SPECKLE", 0.0)
     n_distractors = 0
     for scene in _scenes(60, seed=3):
         rendered = v2.render(scene)
@@ -188,6 +191,62 @@ def test_the_boxed_word_reads_back_and_the_distractor_lies_outside_the_box():
         x, y, w, h = rendered.text_box
         assert x >= 0 and x + w <= v2.IMAGE_SIZE and y + h <= v2.IMAGE_SIZE
     assert 0 < n_distractors < 60
+
+
+def _letter_log_likelihoods(cell: np.ndarray) -> np.ndarray:
+    """log P(white pixels of a 7 x 5 letter cell | letter) under the worn-print model."""
+    glyphs = np.stack([glyph(c) for c in LETTERS]).astype(bool)
+    on = np.where(glyphs, np.log(1 - v2.WORN_DROP), np.log(v2.WORN_SPECKLE))
+    off = np.where(glyphs, np.log(v2.WORN_DROP), np.log(1 - v2.WORN_SPECKLE))
+    return np.where(cell[None], on, off).sum(axis=(1, 2))
+
+
+def test_worn_print_leaves_an_ideal_reader_about_95_percent_of_letters():
+    """Bayes decoding of the rendered boxed letters (the font and the noise model known): the
+    best any model can read. It must stay below 1 (OCR cannot saturate) and well above chance."""
+    right = total = 0
+    for scene in _scenes(300, seed=11):
+        pixels = v2.render(scene).pixels
+        white = (pixels == np.array(TEXT_WHITE)).all(axis=-1)
+        top = v2.TEXT_PATCH_ROW * v2.PATCH_SIZE + (v2.PATCH_SIZE - 7) // 2
+        for k, letter in enumerate(scene.word):
+            left = (scene.box_column + k) * v2.PATCH_SIZE + (v2.PATCH_SIZE - 5) // 2
+            best = LETTERS[int(np.argmax(_letter_log_likelihoods(white[top : top + 7, left : left + 5])))]
+            right += best == letter
+            total += 1
+    assert total > 1000
+    assert 0.92 <= right / total <= 0.97, right / total
+
+
+def test_retrieval_negatives_are_random_captions_of_other_content(bench):
+    from hones_nn.data.dataset import _TfidfIndex, mine_retrieval_candidates
+
+    rows = list(load_split(bench, "discovery"))
+    captions, keys = [r["captions"] for r in rows], [r["content_key"] for r in rows]
+    owners = {c: i for i, refs in enumerate(captions) for c in refs}
+    mined = {
+        kind: mine_retrieval_candidates(captions, keys, seed=0, n_negatives=5, negatives=kind)
+        for kind in ("hard", "random")
+    }
+    index = _TfidfIndex([c for refs in captions for c in refs])
+    row_of = {c: j for j, c in enumerate(c for refs in captions for c in refs)}
+    mean_similarity = {}
+    for kind, items in mined.items():
+        sims = []
+        for i, item in enumerate(items):
+            positive = item["candidates"][item["positive_index"]]
+            assert positive in captions[i]
+            negatives = [c for k, c in enumerate(item["candidates"]) if k != item["positive_index"]]
+            assert len(set(negatives)) == 5
+            assert all(keys[owners[c]] != keys[i] for c in negatives)  # never a correct description
+            similarity = index.similarities(row_of[positive])
+            sims += [similarity[row_of[c]] for c in negatives]
+        mean_similarity[kind] = float(np.mean(sims))
+    assert mean_similarity["random"] < 0.8 * mean_similarity["hard"], mean_similarity
+    assert rows[0]["retrieval"]["candidates"]  # the benchmark itself was built with v2's choice
+    assert v2.RETRIEVAL_NEGATIVES == "random"
+    with pytest.raises(ValueError, match="negatives='easy'"):
+        mine_retrieval_candidates(captions, keys, seed=0, n_negatives=20, negatives="easy")
 
 
 def test_question_types_captions_and_negatives_vary():
