@@ -28,6 +28,8 @@ EMBEDDED_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "embedded" / "weigh
 EMBEDDED_MODELS: dict[str, Path] = {
     "tiny-llava": EMBEDDED_WEIGHTS_DIR / "tiny-llava",
     "tiny-qwen2.5-vl": EMBEDDED_WEIGHTS_DIR / "tiny-qwen2.5-vl",
+    # issue 17: 8 x 2,048 MLP neurons, trained on synthetic-v2 (its default benchmark)
+    "tiny-llava-16k": EMBEDDED_WEIGHTS_DIR / "tiny-llava-16k",
 }
 DEFAULT_MODEL = "tiny-llava"
 

@@ -102,3 +102,18 @@ def test_bf16_autocast_trains_resumes_identically_and_is_not_a_run_option(tmp_pa
         train(_config(tmp_path / "b", "llava-16k"))  # the same run, as float32
     with pytest.raises(ValueError, match="--precision 'fp8'"):
         _config(tmp_path, "llava", precision="fp8")
+
+
+def test_the_llava_16k_recipe_is_the_one_the_shipped_model_ran(tmp_path):
+    """`train-embedded --recipe --architecture llava-16k` runs the phases recorded in the
+    shipped tiny-llava-16k's training_info.json: same steps, schedule, mix, seed, precision."""
+    from hones_nn.models.loading import EMBEDDED_MODELS
+
+    info = json.loads((EMBEDDED_MODELS["tiny-llava-16k"] / "training_info.json").read_text())
+    phases = recipe_phases(str(tmp_path), threads=2, architecture="llava-16k")
+    assert len(phases) == len(info["recipe"]) == 3
+    for phase, ran in zip(phases, info["recipe"], strict=True):
+        for key in ("steps", "stop_at", "lr", "warmup", "task_weights", "seed", "precision", "batch_size", "generator"):
+            assert getattr(phase, key) == ran["config"][key], (ran["phase"], key)
+        assert bool(phase.init_from) == bool(ran["config"]["init_from"])
+    assert info["config"]["architecture"] == "llava-16k" and info["recipe"][-1]["generator_revision"] == 2
