@@ -246,18 +246,21 @@ def render(scene: Scene) -> RenderedImage:
     )
 
 
-def draw_word(pixels: np.ndarray, word: str, left: int, top: int) -> None:
-    """White glyphs, one per PATCH_SIZE-wide cell from pixel column ``left``, their top at ``top``."""
+def draw_word(pixels: np.ndarray, word: str, left: int, top: int, wear=None) -> None:
+    """White glyphs, one per PATCH_SIZE-wide cell from pixel column ``left``, their top at ``top``.
+
+    ``wear``: None (clean print) or a function from a letter's glyph bitmap to the bitmap of
+    its cell's white pixels (synthetic-v2's worn print), called once per letter in order."""
     for k, letter in enumerate(word):
         gx = left + k * PATCH_SIZE + (PATCH_SIZE - GLYPH_WIDTH) // 2
         region = pixels[top : top + GLYPH_HEIGHT, gx : gx + GLYPH_WIDTH]
-        region[glyph(letter)] = TEXT_WHITE
+        region[glyph(letter) if wear is None else wear(glyph(letter))] = TEXT_WHITE
 
 
-def draw_boxed_word(pixels: np.ndarray, word: str, column: int, patch_row: int):
+def draw_boxed_word(pixels: np.ndarray, word: str, column: int, patch_row: int, wear=None):
     """The OCR visual prompt: ``word`` one letter per patch from patch ``column`` of
-    ``patch_row``, in a blue outline around those patches. Returns the box's mask (outline
-    and inside) and its COCO-style (x, y, width, height)."""
+    ``patch_row``, in a blue outline around those patches (``wear``: as in :func:`draw_word`).
+    Returns the box's mask (outline and inside) and its COCO-style (x, y, width, height)."""
     top = patch_row * PATCH_SIZE
     left = column * PATCH_SIZE
     right = left + len(word) * PATCH_SIZE  # exclusive
@@ -267,7 +270,7 @@ def draw_boxed_word(pixels: np.ndarray, word: str, column: int, patch_row: int):
     outline = text_mask.copy()
     outline[by0 + 1 : by1, bx0 + 1 : bx1] = False
     pixels[outline] = BOX_BLUE
-    draw_word(pixels, word, left, top + (PATCH_SIZE - GLYPH_HEIGHT) // 2)
+    draw_word(pixels, word, left, top + (PATCH_SIZE - GLYPH_HEIGHT) // 2, wear)
     return text_mask, (bx0, by0, bx1 - bx0 + 1, by1 - by0 + 1)
 
 

@@ -45,9 +45,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hones_nn.data.font import GLYPH_HEIGHT, GLYPH_WIDTH, LETTERS, glyph
+from hones_nn.data.font import LETTERS
 from hones_nn.data.synthetic import (
-    TEXT_WHITE,
     RenderedImage,
     SyntheticWorld,
     draw_boxed_word,
@@ -321,9 +320,8 @@ def render(scene: Scene) -> RenderedImage:
         masks.append(mask)
         boxes.append((x0, y0, x0 + size, y0 + size))
 
-    unworn = pixels.copy()
-    text_mask, text_box = draw_boxed_word(pixels, scene.word, scene.box_column, TEXT_PATCH_ROW)
-    _wear(pixels, unworn, scene.word, scene.box_column, random.Random(f"{GENERATOR_VERSION}:worn:{seeds[0]}"))
+    worn = _worn_print(random.Random(f"{GENERATOR_VERSION}:worn:{seeds[0]}"))
+    text_mask, text_box = draw_boxed_word(pixels, scene.word, scene.box_column, TEXT_PATCH_ROW, wear=worn)
     if scene.distractor:
         # one row lower than in the box: the box's bottom outline is the patch row's first line
         draw_word(pixels, scene.distractor, scene.distractor_column * PATCH_SIZE, DISTRACTOR_PATCH_ROW * PATCH_SIZE + 1)
@@ -336,21 +334,16 @@ def render(scene: Scene) -> RenderedImage:
     )
 
 
-def _wear(pixels: np.ndarray, unworn: np.ndarray, word: str, column: int, rng: random.Random) -> None:
-    """Worn print on the boxed word: glyph pixels go back to what was under them with
-    probability :data:`WORN_DROP`, blank pixels of each 5 x 7 letter cell turn white with
-    :data:`WORN_SPECKLE` (one draw per pixel, in a fixed order, so the image is deterministic)."""
-    top = TEXT_PATCH_ROW * PATCH_SIZE + (PATCH_SIZE - GLYPH_HEIGHT) // 2
-    for k, letter in enumerate(word):
-        left = (column + k) * PATCH_SIZE + (PATCH_SIZE - GLYPH_WIDTH) // 2
-        bits = glyph(letter)
-        for y in range(GLYPH_HEIGHT):
-            for x in range(GLYPH_WIDTH):
-                u = rng.random()
-                if bits[y, x] and u < WORN_DROP:
-                    pixels[top + y, left + x] = unworn[top + y, left + x]
-                elif not bits[y, x] and u < WORN_SPECKLE:
-                    pixels[top + y, left + x] = TEXT_WHITE
+def _worn_print(rng: random.Random):
+    """Worn print for :func:`~hones_nn.data.synthetic.draw_word`: a glyph pixel stays white
+    with probability 1 - :data:`WORN_DROP`, a blank pixel of the letter cell turns white
+    with :data:`WORN_SPECKLE` (one draw per pixel, row by row, so the image is deterministic)."""
+
+    def wear(bits: np.ndarray) -> np.ndarray:
+        draws = np.array([rng.random() for _ in range(bits.size)]).reshape(bits.shape)
+        return np.where(bits, draws >= WORN_DROP, draws < WORN_SPECKLE)
+
+    return wear
 
 
 # ---------------------------------------------------------------- task labels
