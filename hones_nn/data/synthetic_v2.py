@@ -250,8 +250,12 @@ def perturb_scene(scene: Scene, rng: random.Random) -> Scene:
         color = rng.choice(sorted(c for c in COLORS if (c, s.kind) not in pairs))
         shapes[i] = Shape(s.kind, color, s.size, s.column, s.row)
     elif choice == 1:
-        kind = rng.choice([k for k in KINDS if (s.color, k) not in pairs])
-        shapes[i] = Shape(kind, s.color, s.size, s.column, s.row)
+        kinds = [k for k in KINDS if (s.color, k) not in pairs]
+        if kinds:
+            shapes[i] = Shape(rng.choice(kinds), s.color, s.size, s.column, s.row)
+        else:  # the scene has this colour in every kind: change the colour instead
+            color = rng.choice(sorted(c for c in COLORS if (c, s.kind) not in pairs))
+            shapes[i] = Shape(s.kind, color, s.size, s.column, s.row)
     elif choice == 2:
         shapes[i] = Shape(s.kind, s.color, "small" if s.size == "large" else "large", s.column, s.row)
     else:
