@@ -375,11 +375,13 @@ def train(config: TrainConfig) -> Path:
 # issue 17's models, on synthetic-v2; phase i runs with seed i - 1 from phase i - 1's weights
 V2_RECIPES: dict[str, list[dict]] = {
     # tiny-llava-16k: learn to read first (the all-task mix from scratch had not learned to
-    # read at 4,500 steps), then all four tasks, then again with a fresh schedule
+    # read at 4,500 steps), then all four tasks, then again with a fresh schedule, then once
+    # more with caption and retrieval (still rising after phase 3) given more of each batch
     "llava-16k": [
         {"steps": 1500, "lr": 2e-3, "warmup": 100, "task_weights": "0,1,0,0", "precision": "bfloat16"},
         {"steps": 3000, "lr": 1e-3, "warmup": 100, "task_weights": "1,1,1,3", "precision": "bfloat16"},
         {"steps": 3000, "lr": 1e-3, "warmup": 100, "task_weights": "1,1,1,2", "precision": "bfloat16"},
+        {"steps": 3000, "lr": 1e-3, "warmup": 100, "task_weights": "1,1,2,3", "precision": "bfloat16"},
     ],
     # provisional: not run to the end; no weights ship
     "qwen2.5-vl-reader": [
