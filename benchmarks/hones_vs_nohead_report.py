@@ -32,7 +32,7 @@ def row(tables: Path, out: Path, task: str) -> str:
     mean_c = [nohead[key][0] for key in top]
     masked = json.loads((tables / f"{task}.masking.json").read_text())
     masked_nohead = json.loads((out / f"{task}.nohead.masking.json").read_text())
-    random = masked["random"]
+    control = masked["random"]
     cells = [
         task,
         str(masked["n"]),
@@ -42,7 +42,7 @@ def row(tables: Path, out: Path, task: str) -> str:
         f"{len(set(top) & set(nohead_top))}/{k}",
         f"{100 * masked['relative_drop']:.2f}%",
         f"{100 * masked_nohead['relative_drop']:.2f}%",
-        f"{100 * random['mean_relative_drop']:.2f}% ± {100 * random['std_relative_drop']:.2f}",
+        f"{100 * control['mean_relative_drop']:.2f}% ± {100 * control['std_relative_drop']:.2f}",
     ]
     return "| " + " | ".join(cells) + " |"
 
