@@ -376,12 +376,14 @@ def train(config: TrainConfig) -> Path:
 V2_RECIPES: dict[str, list[dict]] = {
     # tiny-llava-16k: learn to read first (the all-task mix from scratch had not learned to
     # read at 4,500 steps), then all four tasks, then again with a fresh schedule, then once
-    # more with caption and retrieval (still rising after phase 3) given more of each batch
+    # more with caption and retrieval (still rising after phase 3) given more of each batch,
+    # then a shorter one with caption (BLEU-4 0.53 after phase 4) given the largest share
     "llava-16k": [
         {"steps": 1500, "lr": 2e-3, "warmup": 100, "task_weights": "0,1,0,0", "precision": "bfloat16"},
         {"steps": 3000, "lr": 1e-3, "warmup": 100, "task_weights": "1,1,1,3", "precision": "bfloat16"},
         {"steps": 3000, "lr": 1e-3, "warmup": 100, "task_weights": "1,1,1,2", "precision": "bfloat16"},
         {"steps": 3000, "lr": 1e-3, "warmup": 100, "task_weights": "1,1,2,3", "precision": "bfloat16"},
+        {"steps": 2000, "lr": 1e-3, "warmup": 100, "task_weights": "1,1,3,2", "precision": "bfloat16"},
     ],
     # provisional: not run to the end; no weights ship
     "qwen2.5-vl-reader": [

@@ -85,10 +85,9 @@ def test_shipped_qwen_meets_targets(task, benchmark_dir):
     assert metric >= QWEN_TARGETS[task], f"{task}: {metric:.4f} < {QWEN_TARGETS[task]}"
 
 
-# tiny-llava-16k on synthetic-v2 (issue 17): the issue asks every task into [0.6, 0.95]; VQA,
-# OCR and retrieval are (0.794, 0.907, 0.679), caption is not yet (BLEU-4 0.530): its floor
-# guards what was measured, the band is the issue's, not met for caption
-LLAVA_16K_BANDS = {"vqa": (0.6, 0.95), "ocr": (0.6, 0.95), "caption": (0.50, 0.95), "retrieval": (0.6, 0.95)}
+# tiny-llava-16k on synthetic-v2 (issue 17): the issue asks every task into [0.6, 0.95]; the
+# shipped weights measure VQA 0.780, OCR 0.919, caption 0.747, retrieval 0.680
+LLAVA_16K_BANDS = {task: (0.6, 0.95) for task in ("vqa", "ocr", "caption", "retrieval")}
 
 
 @pytest.mark.slow

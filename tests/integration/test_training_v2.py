@@ -111,7 +111,7 @@ def test_the_llava_16k_recipe_is_the_one_the_shipped_model_ran(tmp_path):
 
     info = json.loads((EMBEDDED_MODELS["tiny-llava-16k"] / "training_info.json").read_text())
     phases = recipe_phases(str(tmp_path), threads=2, architecture="llava-16k")
-    assert len(phases) == len(info["recipe"]) == 4
+    assert len(phases) == len(info["recipe"]) == 5
     for phase, ran in zip(phases, info["recipe"], strict=True):
         for key in ("steps", "stop_at", "lr", "warmup", "task_weights", "seed", "precision", "batch_size", "generator"):
             assert getattr(phase, key) == ran["config"][key], (ran["phase"], key)
