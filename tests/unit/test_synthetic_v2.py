@@ -313,13 +313,16 @@ def test_a_correct_caption_in_one_fixed_structure_scores_above_the_band():
     """Caption BLEU-4 is limited by what a model sees, not by the five references it cannot
     predict: naming every shape right in the plainest structure ("{objects}.") scores above
     0.95 on the test split, so the issue's band [0.6, 0.95] is reachable; naming one shape
-    fewer scores far lower."""
+    fewer (a scene of one shape keeps it) scores far lower."""
+    from hones_nn.data.synthetic import DEFAULT_N_IMAGES
     from hones_nn.tasks.metrics import corpus_bleu4
 
-    scenes = [scene for scene, _ in v2.SyntheticWorldV2(seed=0).scenes(v2.SyntheticWorldV2.split_sizes(1200))["test"]]
+    world = v2.SyntheticWorldV2(seed=0)
+    scenes = [scene for scene, _ in world.scenes(world.split_sizes(DEFAULT_N_IMAGES))["test"]]
     assert len(scenes) == 300
     references = [v2.captions_for(scene) for scene in scenes]
-    correct = [v2._listing(scene.shapes) + "." for scene in scenes]
-    one_fewer = [v2._listing(scene.shapes[:-1] or scene.shapes) + "." for scene in scenes]
+    plain = v2.CAPTION_TEMPLATES[0]  # "{objects}."
+    correct = [plain.format(objects=v2._listing(scene.shapes)) for scene in scenes]
+    one_fewer = [plain.format(objects=v2._listing(scene.shapes[:-1] or scene.shapes)) for scene in scenes]
     assert corpus_bleu4(correct, references) > 0.95
     assert corpus_bleu4(one_fewer, references) < 0.85
