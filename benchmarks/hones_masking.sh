@@ -3,6 +3,8 @@
 # tasks, on the embedded tiny-llava: the issue-3 acceptance figures.
 #   bash benchmarks/hones_masking.sh [OUT_DIR]
 #   MODEL=runs/llava-16k/model bash benchmarks/hones_masking.sh OUT_DIR
+#   TOP_HEADS=K HEADS_DIR=DIR ...: K_h = K (e.g. from benchmarks/head_budget.sh), the V-SEAM
+#   tables of DIR reused (same model, items and utility) instead of computed again
 # (a train-embedded model's own benchmark, e.g. synthetic-v2 for llava-16k, is the default data)
 # Localization (V-SEAM heads with the generation metric, then HONES) runs on the first 160
 # discovery images (40 for retrieval, whose every query is 50 candidate forwards under each
@@ -12,13 +14,15 @@ set -euo pipefail
 out="${1:-benchmarks/results/hones_masking}"
 mkdir -p "$out"
 model=(); [ -n "${MODEL:-}" ] && model=(--model "$MODEL")
+top_heads=(); [ -n "${TOP_HEADS:-}" ] && top_heads=(--top-heads "$TOP_HEADS")
 for task in ${TASKS:-vqa ocr caption retrieval}; do
   limit=(--limit 160); [ "$task" = retrieval ] && limit=(--limit 40)
   test_limit=(); [ "$task" = retrieval ] && test_limit=(--limit 100)
+  heads=(); [ -n "${HEADS_DIR:-}" ] && heads=(--heads "$HEADS_DIR/$task.heads.parquet")
   start=$(date +%s)
   # a finished ranking is kept (rerunning the script resumes where it stopped)
   [ -s "$out/$task.rank.json" ] && [ -f "$out/$task.hones.parquet" ] || \
-    hones-nn rank --task "$task" "${model[@]}" --method hones --out-dir "$out" --batch-size 64 "${limit[@]}" --json > "$out/$task.rank.json"
+    hones-nn rank --task "$task" "${model[@]}" --method hones "${top_heads[@]}" "${heads[@]}" --out-dir "$out" --batch-size 64 "${limit[@]}" --json > "$out/$task.rank.json"
   [ -s "$out/$task.masking.json" ] && continue
   hones-nn evaluate --task "$task" "${model[@]}" --mask "$out/$task.hones.parquet" --random-control --seeds 5 --batch-size 64 "${test_limit[@]}" \
     --json > "$out/$task.masking.json"

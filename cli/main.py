@@ -18,6 +18,7 @@ def cli(debug: bool) -> None:
     \b
     Pipeline (HONES, ACL 2026):
       hones-nn heads    --task vqa                 V-SEAM head localization (mean replacement)
+      hones-nn head-budget --task vqa              the head budget K_h (the curve's elbow)
       hones-nn rank     --task vqa --method hones  head-guided FFN neuron attribution
       hones-nn evaluate --task vqa --mask scores.parquet   masking evaluation
       hones-nn compare  --methods hones,ap,dla --tasks vqa,ocr   methods side by side

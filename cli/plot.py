@@ -94,6 +94,7 @@ def plot_group() -> None:
       hones-nn plot heads   vqa.heads.parquet ...       --out fig5     Fig. 5/6
       hones-nn plot groups  OUT/overlap.parquet         --out fig3     Fig. 3
       hones-nn plot steering vqa/report.json ...        --out steer    Table 3 as bars
+      hones-nn plot head-budget vqa.head-budget.json ...  --out fig7   Fig. 7 (K_h)
     Each writes FILE_PREFIX.png and FILE_PREFIX.svg (--format), headless.
     """
 
@@ -201,6 +202,35 @@ def steering_cmd(reports, out_prefix, formats, dpi, size, title, as_json):
 
     paths = plot_steering(list(reports), out_prefix, formats=formats, size=_size(size), dpi=dpi, title=title)
     _report(paths, as_json)
+
+
+@plot_group.command("head-budget", short_help="Relative drop against the head budget K, per task (Fig. 7).")
+@click.argument("curves", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@figure_options
+@friendly_errors
+@needs_matplotlib
+def head_budget_cmd(curves, out_prefix, formats, dpi, size, title, as_json):
+    """The head-budget curves of `hones-nn head-budget` (TASK.head-budget.json files), one line
+    per task with its elbow circled, and the budget for all of them: the largest elbow
+    (the paper's unified K_h, appendix D.2). Pass it to `hones-nn rank --top-heads`."""
+    from hones_nn.methods.head_budget import unified_budget
+    from hones_nn.plots import plot_head_budget, read_head_budgets
+
+    data = read_head_budgets(list(curves))
+    paths = plot_head_budget(data, out_prefix, formats=formats, size=_size(size), dpi=dpi, title=title)
+    unified = unified_budget([c["elbow"] for c in data])
+    if as_json:
+        emit_json(
+            {"files": [str(p) for p in paths], "elbows": {c["task"]: c["elbow"] for c in data}, "unified": unified}
+        )
+        return
+    _report(paths, False)
+    for c in data:
+        click.echo(f"{c['task']}: elbow K = {c['elbow'] if c['elbow'] is not None else 'none'}")
+    if unified is None:
+        click.echo("no curve has an elbow: no budget to suggest")
+    else:
+        click.echo(f"unified budget (largest elbow): --top-heads {unified}")
 
 
 def register(cli: click.Group) -> None:

@@ -1,4 +1,4 @@
-"""`hones-nn heads`, `hones-nn rank`, `hones-nn methods`."""
+"""`hones-nn heads`, `hones-nn head-budget`, `hones-nn rank`, `hones-nn methods`."""
 
 from __future__ import annotations
 
@@ -305,6 +305,145 @@ def heads_cmd(
     print_table(rows, ["rank", "layer", "head", "score", "base_utility", "intervened_utility"])
 
 
+def _budgets(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--budgets expects comma-separated head counts such as 1,2,4,8; got {value!r}") from None
+
+
+@click.command("head-budget")
+@task_option
+@model_options
+@data_options
+@click.option("--split", default="discovery", show_default=True, help="Split the heads are scored and swept on.")
+@click.option(
+    "--out-dir",
+    default="hones_runs",
+    show_default=True,
+    help="Where the curve (TASK.head-budget.json), the head table it reuses or writes and resumable checkpoints go.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--budgets",
+    default=None,
+    metavar="K1,K2,...",
+    help="Head counts K to replace together (default: 1,2,3,4,6,8,12,16,24,32,48,64 up to the model's head "
+    "count, and the head count itself when it is 64 or fewer).",
+)
+@click.option(
+    "--utility",
+    type=click.Choice(["metric", "prob"]),
+    default="metric",
+    show_default=True,
+    help="What drops: the task metric of greedy generation (caption: corpus BLEU-4, as `evaluate`), or the "
+    "first answer token's probability (fast). The head ranking uses the same utility.",
+)
+@click.option(
+    "--heads",
+    "heads_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A V-SEAM head table giving the order; default OUT_DIR/TASK.heads.parquet when it matches, else computed.",
+)
+@click.option("--out", default=None, help="Output JSON (default OUT_DIR/TASK.head-budget.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the curve as JSON instead of a table.")
+@click.option(
+    "--allow-degenerate",
+    is_flag=True,
+    default=False,
+    help="Run on when the base utility is at its floor (0) or every head scores 0 (the curve means nothing).",
+)
+@lock_wait_option
+@friendly_errors
+@prompt_options
+@remote_options
+def head_budget_cmd(
+    task,
+    model_name,
+    dtype,
+    device,
+    device_map,
+    trust_remote_code,
+    data,
+    limit,
+    batch_size,
+    skip_bad,
+    reference_compat,
+    split,
+    out_dir,
+    seed,
+    budgets,
+    utility,
+    heads_path,
+    out,
+    as_json,
+    allow_degenerate,
+    lock_wait,
+    instructions,
+):
+    """Choose HONES's head budget K_h as the paper does (appendix D.2).
+
+    Replaces the top K V-SEAM heads together (each by the mean of the other heads of its
+    layer) for each budget K, reads the relative drop of the task metric on the split,
+    and reports the curve's elbow: where the drop stops rising steeply. Pass the largest
+    elbow of your tasks to `hones-nn rank --top-heads` (`hones-nn plot head-budget` draws
+    the curves and prints that budget). One evaluation of the split per budget.
+    """
+    import hones_nn as hn
+
+    budget_list = _budgets(budgets)
+    _check_output_early(out, out_dir, f"{task}.head-budget.json")
+    model = load(model_name, dtype, device, device_map, trust_remote_code)
+    result = hn.head_budget(
+        model,
+        task,
+        budgets=budget_list,
+        heads=heads_path,
+        utility=utility,
+        out=out,
+        **_run_options(
+            data,
+            limit,
+            batch_size,
+            skip_bad,
+            reference_compat,
+            out_dir,
+            split,
+            seed,
+            as_json,
+            instructions,
+            allow_degenerate,
+            lock_wait=lock_wait,
+        ),
+    )
+    if as_json:
+        emit_json(result)
+        return
+    if result.get("dry_run"):
+        click.echo(f"head budget ({task}): {len(result['budgets'])} budgets planned; a dry run has no curve")
+        return
+    reused = ", head table reused" if result.get("heads_reused") else ""
+    click.echo(
+        f"wrote {result['path']}  ({result['n_examples']} {result['split']} examples, {result['metric']} base "
+        f"{result['base']:.4f}{reused}, {result['seconds']:.1f}s)"
+    )
+    rows = [
+        {"K": k, "metric": u, "relative drop %": 100 * d}
+        for k, u, d in zip(result["budgets"], result["utilities"], result["relative_drops"])
+    ]
+    print_table(rows, ["K", "metric", "relative drop %"])
+    if result["elbow"] is None:
+        click.echo(
+            "no elbow: the drop never rises above 0, or still rises faster than linearly at the largest budget; "
+            "try larger --budgets or more items (--limit)"
+        )
+    else:
+        click.echo(f"elbow: K = {result['elbow']}  (use --top-heads {result['elbow']} with `hones-nn rank`)")
+
+
 @click.command("rank")
 @task_option
 @click.option(
@@ -607,5 +746,5 @@ def merge_cmd(ctx, command, args):
 
 
 def register(cli: click.Group) -> None:
-    for command in (heads_cmd, rank_cmd, methods_cmd, merge_cmd):
+    for command in (heads_cmd, head_budget_cmd, rank_cmd, methods_cmd, merge_cmd):
         cli.add_command(command)

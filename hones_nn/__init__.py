@@ -22,11 +22,21 @@ from typing import TYPE_CHECKING
 
 from hones_nn.utils.version import __version__
 
-__all__ = ["__version__", "compare", "evaluate", "heads", "load_model", "rank", "read_scores", "trace_engine"]
+__all__ = [
+    "__version__",
+    "compare",
+    "evaluate",
+    "head_budget",
+    "heads",
+    "load_model",
+    "rank",
+    "read_scores",
+    "trace_engine",
+]
 _FRONT_DOOR = frozenset(__all__) - {"__version__"}
 
 if TYPE_CHECKING:
-    from hones_nn.runner.api import compare, evaluate, heads, load_model, rank, read_scores, trace_engine
+    from hones_nn.runner.api import compare, evaluate, head_budget, heads, load_model, rank, read_scores, trace_engine
 
 
 def __getattr__(name: str):

@@ -680,3 +680,56 @@ def png_stats(path) -> dict:
     rgb = img[..., :3]
     colours = np.unique(rgb.reshape(-1, 3), axis=0).shape[0]
     return {"width": int(img.shape[1]), "height": int(img.shape[0]), "std": float(rgb.std()), "colours": int(colours)}
+
+
+# ------------------------------------------------------------------ Fig. 7: head budget
+
+
+def read_head_budgets(paths) -> list[dict]:
+    """The curves of ``hones-nn head-budget`` (its TASK.head-budget.json files), checked."""
+    if not paths:
+        raise ValueError("give one or more TASK.head-budget.json files of `hones-nn head-budget`")
+    curves = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+        missing = [k for k in ("task", "budgets", "relative_drops", "elbow") if k not in data]
+        if not isinstance(data, dict) or missing:
+            raise ValueError(f"{path}: not a `hones-nn head-budget` result (missing {', '.join(missing)})")
+        curves.append({**data, "path": str(path)})
+    return curves
+
+
+def plot_head_budget(
+    curves, out_prefix, formats=("png", "svg"), size=None, dpi: int = DEFAULT_DPI, title: str | None = None
+):
+    """Relative drop (%) against the head budget K, one line per task, its elbow circled and
+    the unified budget (the largest elbow) dashed (the paper's Fig. 7)."""
+    from hones_nn.methods.head_budget import unified_budget
+
+    fig = new_figure(size or DEFAULT_SIZE, dpi)
+    ax = fig.subplots()
+    for curve in curves:
+        budgets = np.array(curve["budgets"])
+        drops = 100 * np.array(curve["relative_drops"], dtype=float)
+        (line,) = ax.plot(budgets, drops, marker="o", markersize=3, label=_task_label(curve["task"]))
+        if curve["elbow"] is not None:
+            k = list(curve["budgets"]).index(curve["elbow"])
+            ax.scatter([budgets[k]], [drops[k]], s=90, facecolors="none", edgecolors=line.get_color(), linewidths=1.5)
+    unified = unified_budget([c["elbow"] for c in curves])
+    if unified is not None:
+        ax.axvline(unified, color="black", linestyle="--", linewidth=0.8, label=f"unified K_h = {unified}")
+    ticks = sorted({int(b) for c in curves for b in c["budgets"]})
+    if ticks[-1] / ticks[0] >= 16:  # budgets grow geometrically: a log axis, labelled with the budgets
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set_xlabel("head budget K (top V-SEAM heads replaced together)")
+    ax.set_ylabel("relative drop of the task metric (%)")
+    ax.legend(fontsize="small")
+    models = sorted({str(c.get("model_id", "?")) for c in curves})
+    fig.suptitle(title or f"Head budget ({', '.join(models)}); o: elbow", fontsize="medium")
+    return save(fig, out_prefix, formats)

@@ -36,7 +36,7 @@ from transformers.cache_utils import DynamicLayer
 
 from hones_nn.engine.encoding import encode_prompts
 from hones_nn.interventions.base import Compose, Intervention, apply_edits
-from hones_nn.interventions.heads import HeadMeanReplacement
+from hones_nn.interventions.heads import HeadMeanReplacement, first_layer
 from hones_nn.tasks.retrieval import decision_token_ids
 
 
@@ -199,7 +199,7 @@ def prefix_decision_scores(
     prefix = {k: v.to(device) for k, v in split.prefix_inputs.items()}
     for c in order:
         condition = conditions[c]
-        below = int(condition[0]) if (reuse and condition is not None and clean_prefix) else 0
+        below = first_layer(condition) if (reuse and condition is not None and clean_prefix) else 0
         record = reuse and condition is None
         prefix_intervention = _condition_intervention([condition], num_heads, intervention)
         with envoy.trace(**prefix, use_cache=True):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hones_nn.interventions.heads import first_layer
+
 # With fewer layers the layers skipped (at most half on average) do not pay for the extra
 # clean run and per-layer batches (measured: 2-layer models ran 0.3-0.6x as fast, the
 # 4-layer embedded model 1.2-1.4x faster; a 32-layer 7B skips about half its compute).
@@ -34,11 +36,12 @@ def skips_by_default(engine) -> bool:
 
 
 def heads_by_layer(conditions: Sequence) -> dict[int, list[int]]:
-    """{layer: indices of the conditions that replace a head in it}, layers ascending."""
+    """{layer: indices of the conditions whose lowest replaced head is in it}, layers
+    ascending (a head set starts at its lowest layer)."""
     by_layer: dict[int, list[int]] = {}
     for c, condition in enumerate(conditions):
         if condition is not None:
-            by_layer.setdefault(int(condition[0]), []).append(c)
+            by_layer.setdefault(first_layer(condition), []).append(c)
     return dict(sorted(by_layer.items()))
 
 

@@ -3,7 +3,10 @@
 ``HeadMeanReplacement`` is V-SEAM's theta_h (HONES 4.1): at every position, head h's
 slice is replaced by the mean of the other H - 1 heads' slices of the same example and
 position. Each batch row carries its own (layer, head), so one forward evaluates many
-(example, head) pairs; rows with ``None`` run clean.
+(example, head) pairs; rows with ``None`` run clean. A row's condition may also be a head
+*set*, a tuple of (layer, head) pairs replaced together (the head-budget curve of HONES
+appendix D.2): every replaced slice is the mean of the other heads' *clean* slices of its
+layer, so the result does not depend on the order of the set.
 
 ``HeadGaussianNoise`` is the paper's Gaussian ablation: the head's slice is replaced by
 Gaussian noise with the slice's own standard deviation (per row, over positions and
@@ -20,13 +23,34 @@ import torch
 from hones_nn.interventions.base import Intervention, SiteEdit
 
 
+def is_head_set(condition) -> bool:
+    """Whether a condition is a head set ((layer, head) pairs) rather than one (layer, head)."""
+    return condition is not None and len(condition) > 0 and isinstance(condition[0], (tuple, list))
+
+
+def head_pairs(condition) -> list[tuple[int, int]]:
+    """The (layer, head) pairs a condition replaces (none for the clean run)."""
+    if condition is None:
+        return []
+    if is_head_set(condition):
+        return [(int(layer), int(head)) for layer, head in condition]
+    layer, head = condition
+    return [(int(layer), int(head))]
+
+
+def first_layer(condition) -> int:
+    """The lowest decoder layer a (non-clean) condition touches: layers below it run clean."""
+    pairs = head_pairs(condition)
+    if not pairs:
+        raise ValueError("the clean condition replaces no head")
+    return min(layer for layer, _ in pairs)
+
+
 def _rows_by_layer(assignments) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     groups: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for row, target in enumerate(assignments):
-        if target is None:
-            continue
-        layer, head = target
-        groups[int(layer)].append((row, int(head)))
+        for layer, head in head_pairs(target):
+            groups[layer].append((row, head))
     return {
         layer: (
             torch.tensor([r for r, _ in pairs], dtype=torch.long),
@@ -58,7 +82,8 @@ def write_head_slices(x, rows: torch.Tensor, heads: torch.Tensor, values, num_he
 
 class HeadMeanReplacement(Intervention):
     def __init__(self, assignments, num_heads: int):
-        """``assignments[row]`` = (layer, head) to replace in that batch row, or None."""
+        """``assignments[row]`` = (layer, head) to replace in that batch row, a tuple of such
+        pairs (a head set), or None."""
         if num_heads < 2:
             raise ValueError("mean replacement needs at least 2 heads per layer")
         self.assignments = list(assignments)

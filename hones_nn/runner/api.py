@@ -159,6 +159,25 @@ def rank(
     return to_frame(table)
 
 
+def head_budget(
+    model: LoadedModel | str,
+    task: str,
+    *,
+    budgets: list[int] | None = None,
+    heads: Any = None,
+    utility: str = "metric",
+    out: str | Path | None = None,
+    **run: Any,
+) -> dict:
+    """HONES appendix D.2: the relative drop of ``task``'s metric with its top K V-SEAM heads
+    replaced together, for each K in ``budgets`` (default: 1, 2, 3, 4, 6, 8, ... up to the
+    model's head count or 64), and the curve's elbow, the K_h to pass to :func:`rank`
+    (``top_heads``). ``heads``: a table from :func:`heads`, else found in or computed to
+    OUT_DIR. Written as JSON to ``out`` (default ``OUT_DIR/TASK.head-budget.json``)."""
+    head_table = None if heads is None else _table(heads, "heads")
+    return runner(model, **run).head_budget(task, budgets=budgets, heads=head_table, utility=utility, out=out)
+
+
 def evaluate(
     model: LoadedModel | str,
     task: str,

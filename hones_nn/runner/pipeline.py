@@ -28,7 +28,7 @@ from hones_nn.methods.base import RunContext, default_top_heads, get_method
 from hones_nn.tasks import get_task
 from hones_nn.tasks.prompts import DEFAULT_ANSWER_TEMPLATE
 from hones_nn.tasks.task_data import TaskData, prepare_task
-from hones_nn.utils.io import OutputLock, check_output_path
+from hones_nn.utils.io import OutputLock, atomic_write_json, check_output_path
 
 if TYPE_CHECKING:
     from hones_nn.models.loading import LoadedModel
@@ -316,46 +316,13 @@ class Runner:
         self.check_targets(ctx.td, cls.needs_targets)
         reused = False
         if cls.needs_heads:
-            if heads is None:
-                heads = self.matching_heads(task, utility)
-                reused = heads is not None
-                if heads is None and (self.shard is not None or self.merge_only):
-                    raise ValueError(
-                        f"{method} needs a head table, and a sharded run (--shard / merge) does not compute one on "
-                        f"the way: shard the heads first (`hones-nn heads --task {task} --shard i/n` for every i, "
-                        f"then `hones-nn merge heads --task {task}` with the same options), then rank; or give "
-                        "--heads TABLE"
-                    )
-                heads = heads or self.heads(task, utility=utility)
-            table = heads if isinstance(heads, ScoreTable) else read_table(heads)
-            if table.kind != "heads":
-                raise ValueError(f"{table.path} is a {table.kind} table; --heads needs a table from `hones-nn heads`")
-            check_table_matches(
-                table,
-                (sizes.num_layers, sizes.num_heads),
-                model_id=self.loaded.model_id,
-                task=task,
-                weights_hash=self.loaded.weights_hash,
-            )
+            table, reused = self.resolve_heads(task, utility, heads, needed_by=method)
             verified = table.meta.get("verified_heads") or []
             if table.meta.get("screen") and 0 < len(verified) < opts["top_heads"]:
                 raise ValueError(
                     f"{table.path} is an AtP-screened table with {len(verified)} exactly scored heads, fewer than "
                     f"K_h = {opts['top_heads']}: HONES would weight the others by screen estimates (other units). "
                     f"Recompute it with --verify-top >= {opts['top_heads']} or pass --top-heads {len(verified)}"
-                )
-            if not (self.allow_degenerate or self.engine.dry_run) and not table.score.any():
-                base = float(table.table.column("base_utility")[0].as_py())
-                why = (
-                    "the prompt probably does not fit the model; see "
-                    f"`hones-nn evaluate --task {task} --split {self.split} --show 5` and fix it with "
-                    "--instruction / --prompt-file"
-                    if base <= 1e-9
-                    else "recompute it on more items (a larger --limit) or with --utility logprob"
-                )
-                raise ValueError(
-                    f"{table.path}: every head scores 0 (base utility {base:.4f}), so a ranking guided by it "
-                    f"means nothing: {why} (--recompute-heads), or pass --allow-degenerate"
                 )
             opts["heads_table"] = table
             ctx.options = opts
@@ -378,6 +345,93 @@ class Runner:
                 write_neuron_table(path, result.scores, meta)
         cleanup_runs(shards)
         return read_table(path)
+
+    def resolve_heads(
+        self, task: str, utility: str, heads: ScoreTable | str | Path | None, needed_by: str
+    ) -> tuple[ScoreTable, bool]:
+        """(the V-SEAM head table ``needed_by`` runs on, whether a matching one was reused):
+        ``heads`` when given, else OUT_DIR/TASK.heads.parquet when it matches this run
+        (:meth:`matching_heads`), else computed now; checked against the model and refused
+        when every head scores 0."""
+        reused = False
+        if heads is None:
+            heads = self.matching_heads(task, utility)
+            reused = heads is not None
+            if heads is None and (self.shard is not None or self.merge_only):
+                raise ValueError(
+                    f"{needed_by} needs a head table, and a sharded run (--shard / merge) does not compute one on "
+                    f"the way: shard the heads first (`hones-nn heads --task {task} --shard i/n` for every i, "
+                    f"then `hones-nn merge heads --task {task}` with the same options), then rerun; or give "
+                    "--heads TABLE"
+                )
+            heads = heads or self.heads(task, utility=utility)
+        table = heads if isinstance(heads, ScoreTable) else read_table(heads)
+        if table.kind != "heads":
+            raise ValueError(f"{table.path} is a {table.kind} table; --heads needs a table from `hones-nn heads`")
+        sizes = self.loaded.adapter.sizes(self.loaded.model)
+        check_table_matches(
+            table,
+            (sizes.num_layers, sizes.num_heads),
+            model_id=self.loaded.model_id,
+            task=task,
+            weights_hash=self.loaded.weights_hash,
+        )
+        if not (self.allow_degenerate or self.engine.dry_run) and not table.score.any():
+            base = float(table.table.column("base_utility")[0].as_py())
+            why = (
+                "the prompt probably does not fit the model; see "
+                f"`hones-nn evaluate --task {task} --split {self.split} --show 5` and fix it with "
+                "--instruction / --prompt-file"
+                if base <= 1e-9
+                else "recompute it on more items (a larger --limit) or with --utility logprob"
+            )
+            raise ValueError(
+                f"{table.path}: every head scores 0 (base utility {base:.4f}), so a ranking guided by it "
+                f"means nothing: {why} (--recompute-heads), or pass --allow-degenerate"
+            )
+        return table, reused
+
+    def head_budget(
+        self,
+        task: str,
+        budgets: list[int] | None = None,
+        heads: ScoreTable | str | Path | None = None,
+        utility: str = "metric",
+        out: str | Path | None = None,
+    ) -> dict:
+        """HONES appendix D.2 for ``task``: the relative drop of the task metric with the top K
+        V-SEAM heads replaced together, per budget K, and the curve's elbow
+        (:mod:`hones_nn.methods.head_budget`); written as JSON to ``out`` (default
+        OUT_DIR/TASK.head-budget.json) and returned. The heads are ranked by ``heads`` or by
+        the table :meth:`resolve_heads` finds or computes (on the same split)."""
+        from hones_nn.methods.head_budget import budget_curve, check_budgets, default_budgets
+
+        if self.shard is not None or self.merge_only:
+            raise ValueError("the head budget does not take --shard / --merge-only; run it in one process")
+        if utility not in ("metric", "prob"):
+            raise ValueError(f"--utility {utility!r}: the head budget reads 'metric' or 'prob' (a relative drop)")
+        sizes = self.loaded.adapter.sizes(self.loaded.model)
+        total = sizes.num_layers * sizes.num_heads
+        budgets = check_budgets(budgets, total) if budgets else default_budgets(total)
+        path = check_output_path(Path(out) if out else self.out_dir / f"{task}.head-budget.json")
+        table, reused = self.resolve_heads(task, utility, heads, needed_by="the head budget")
+        ranked = table.top(len(table.rank))
+        ctx = self.context(task, {"utility": utility})
+        with OutputLock(path, wait=self.lock_wait):
+            if not self.engine.dry_run:
+                self._check_base_metric(ctx)
+            start = time.perf_counter()
+            curve = budget_curve(ctx, ranked, budgets, utility)
+            seconds = time.perf_counter() - start
+            self.engine.assert_backend()
+            if not self.engine.dry_run and not curve.base > 1e-9:
+                raise self._degenerate(f"the base utility ({utility}) over {ctx.td.n} items is {curve.base:.4f}", ctx)
+            meta = self._meta(ctx, "head-budget", {"heads_table": str(table.path), "heads_reused": reused}, seconds)
+            result = {**meta, **curve.as_dict(stand_ins=self.engine.dry_run), "path": str(path)}
+            if self.engine.dry_run:
+                result["dry_run"] = True
+            atomic_write_json(path, result)
+        return result
 
     # ------------------------------------------------------------ checks before work
     def check_targets(self, td: TaskData, needs: str | None) -> None:

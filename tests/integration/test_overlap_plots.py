@@ -450,6 +450,33 @@ def test_plot_steering(tmp_path):
     assert bad.exit_code == 2 and "needs a name" in bad.output
 
 
+def test_plot_head_budget(tmp_path):
+    curves = {
+        "vqa": ([1, 2, 4, 8, 16, 32], [0.1, 0.3, 0.5, 0.55, 0.56, 0.6]),
+        "ocr": ([1, 2, 4, 8, 16, 32], [0.0, 0.05, 0.1, 0.5, 0.7, 0.72]),
+        "caption": ([1, 2, 4, 8, 16, 32], [0.01, 0.02, 0.04, 0.08, 0.16, 0.32]),  # linear: no elbow
+    }
+    from hones_nn.methods.head_budget import elbow
+
+    paths = []
+    for task, (budgets, drops) in curves.items():
+        path = tmp_path / f"{task}.head-budget.json"
+        path.write_text(
+            json.dumps({"task": task, "budgets": budgets, "relative_drops": drops, "elbow": elbow(budgets, drops)})
+        )
+        paths.append(str(path))
+    _plot(["head-budget", *paths], tmp_path, "budget")
+    result = CliRunner().invoke(cli, ["plot", "head-budget", *paths, "--out", str(tmp_path / "b2"), "--json"])
+    payload = json.loads(result.stdout)
+    assert payload["elbows"] == {"vqa": 4, "ocr": 16, "caption": None}
+    assert payload["unified"] == 16
+    text = CliRunner().invoke(cli, ["plot", "head-budget", *paths, "--out", str(tmp_path / "b3")])
+    assert "caption: elbow K = none" in text.output and "--top-heads 16" in text.output
+    (tmp_path / "bad.json").write_text(json.dumps({"task": "vqa"}))
+    bad = CliRunner().invoke(cli, ["plot", "head-budget", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "missing budgets, relative_drops, elbow" in bad.output
+
+
 def test_plot_formats_and_missing_matplotlib(neuron_tables, tmp_path, monkeypatch):
     bad = CliRunner().invoke(
         cli, ["plot", "layers", str(neuron_tables[0]), "--out", str(tmp_path / "x"), "--format", "png,gif"]

@@ -206,6 +206,32 @@ def test_several_jobs_in_flight_give_the_same_table(
     assert local <= 1e-5
 
 
+def test_head_budget_remote_equals_local(ndif_host, ndif_api_key, local_rank, no_weights_env, tmp_path, capsys):
+    """The head-budget curve (head sets replaced together) from a weightless client equals
+    the local one, teacher-forced and generated."""
+    env = {"NDIF_API_KEY": ndif_api_key, **no_weights_env}
+    heads = str(local_rank / "vqa.heads.parquet")
+    for utility, budgets in (("prob", "1,2,4"), ("metric", "1,3")):
+        args = ["head-budget", "--task", "vqa", "--limit", "4", "--heads", heads, "--utility", utility]
+        args += ["--budgets", budgets, "--json"]
+        local = hones(*args, "--out-dir", str(tmp_path / f"local-{utility}"))
+        remote = hones(
+            *args, "--out-dir", str(tmp_path / f"remote-{utility}"), "--remote", "--ndif-host", ndif_host, env=env
+        )
+        assert local.returncode == 0, local.stderr[-3000:]
+        assert remote.returncode == 0, remote.stderr[-3000:]
+        a, b = json.loads(local.stdout), json.loads(remote.stdout)
+        with capsys.disabled():
+            print(
+                f"\n[ndif] head-budget --utility {utility} --remote --limit 4: {remote.seconds:.1f}s "
+                f"(local {local.seconds:.1f}s); {summary(remote.stderr)}; drops {b['relative_drops']}"
+            )
+        assert b["backend"] == "ndif" and a["budgets"] == b["budgets"]
+        np.testing.assert_allclose(b["utilities"], a["utilities"], atol=1e-5)
+        assert abs(a["base"] - b["base"]) <= 1e-5
+        assert ndif_api_key not in remote.stdout and ndif_api_key not in remote.stderr
+
+
 def test_dry_run_counts_the_requests_and_sends_nothing(ndif_host, tmp_path, capsys):
     args = ["rank", "--task", "vqa", "--method", "hones", "--limit", "4", "--utility", "logprob"]
     args += ["--remote", "--ndif-host", ndif_host]
