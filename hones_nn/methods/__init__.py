@@ -3,6 +3,7 @@
 Every module of this package is imported here, and each registers its methods in
 ``hones_nn.methods.base.METHODS`` with ``@register_method``: adding a method is adding a
 file. The CLI's ``--method`` choices and ``hones-nn methods`` come from the registry.
+``head_budget`` registers none: it chooses HONES's K_h (``hones-nn head-budget``).
 """
 
 import importlib
