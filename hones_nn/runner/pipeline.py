@@ -412,7 +412,7 @@ class Runner:
             raise ValueError(f"--utility {utility!r}: the head budget reads 'metric' or 'prob' (a relative drop)")
         sizes = self.loaded.adapter.sizes(self.loaded.model)
         total = sizes.num_layers * sizes.num_heads
-        budgets = check_budgets(budgets, total) if budgets else default_budgets(total)
+        budgets = default_budgets(total) if budgets is None else check_budgets(budgets, total)
         path = check_output_path(Path(out) if out else self.out_dir / f"{task}.head-budget.json")
         table, reused = self.resolve_heads(task, utility, heads, needed_by="the head budget")
         ranked = table.top(len(table.rank))

@@ -148,6 +148,8 @@ def test_head_budget_command(benchmark_dir, tmp_path):
     bad = CliRunner().invoke(cli, [*args, "--budgets", "0,2,99"])
     assert bad.exit_code != 0
     assert "--budgets: [0, 99] outside 1..32" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(cli, [*args, "--budgets", ","])
+    assert bad.exit_code != 0 and "--budgets is empty" in bad.output
     bad = CliRunner().invoke(cli, [*args, "--budgets", "1,two"])
     assert bad.exit_code != 0 and "--budgets expects comma-separated head counts" in bad.output
     bad = CliRunner().invoke(cli, [*args, "--utility", "logprob"])
