@@ -48,12 +48,6 @@ for task in vqa ocr caption retrieval; do
   [ -s "$out/lens.$task.txt" ] || hones-nn lens --task "$task" "${model[@]}" --group dominant --groups "$out/overlap/overlap.json" \
     --limit 50 --top-k 5 > "$out/lens.$task.txt"
 done
-hones-nn plot layers "$tables"/{vqa,ocr,caption,retrieval}.hones.parquet --out "$out/figures/layers"
-hones-nn plot heads "$tables"/{vqa,ocr,caption,retrieval}.heads.parquet --out "$out/figures/heads"
-hones-nn plot groups "$out/overlap/overlap.parquet" --out "$out/figures/groups"
-hones-nn plot steering "$out"/steer/{vqa,ocr,caption,retrieval}/report.json --out "$out/figures/steering"
-python -m benchmarks.steering_report "$out" > "$out/RESULTS.md"
-cat "$out/RESULTS.md"
 # Sensitivity (not the default, labelled as such in the README): VQA scales trained 10 epochs
 # at lr 5e-3 instead of the reference's 2 epochs at 5e-4.
 if [ ! -s "$out/variant/vqa.json" ]; then
@@ -62,3 +56,9 @@ if [ ! -s "$out/variant/vqa.json" ]; then
     --test-limit 150 --batch-size 64 --out-dir "$out/variant/vqa" --json > "$out/variant/vqa.json.tmp"
   mv "$out/variant/vqa.json.tmp" "$out/variant/vqa.json"
 fi
+hones-nn plot layers "$tables"/{vqa,ocr,caption,retrieval}.hones.parquet --out "$out/figures/layers"
+hones-nn plot heads "$tables"/{vqa,ocr,caption,retrieval}.heads.parquet --out "$out/figures/heads"
+hones-nn plot groups "$out/overlap/overlap.parquet" --out "$out/figures/groups"
+hones-nn plot steering "$out"/steer/{vqa,ocr,caption,retrieval}/report.json --out "$out/figures/steering"
+python -m benchmarks.steering_report "$out" > "$out/RESULTS.md"
+cat "$out/RESULTS.md"
