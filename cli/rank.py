@@ -570,8 +570,11 @@ def rank_cmd(
         return
     reused = ", head table reused" if meta.get("heads_reused") else ""
     skipped = f", {meta['n_skipped']} item(s) skipped" if meta.get("n_skipped") else ""
+    k_h = (meta.get("options") or {}).get("top_heads")
+    guided = f", K_h = {k_h} (choose it with `hones-nn head-budget`)" if k_h else ""
     click.echo(
-        f"wrote {meta['path']}  ({method}, {meta['n_examples']} examples{skipped}{reused}, {meta['seconds']:.1f}s)"
+        f"wrote {meta['path']}  ({method}, {meta['n_examples']} examples{skipped}{reused}{guided}, "
+        f"{meta['seconds']:.1f}s)"
     )
     print_table(rows, ["rank", "layer", "neuron", "score"], floatfmt="{:.6g}")
 
