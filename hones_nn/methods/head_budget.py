@@ -30,10 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hones_nn.engine.shards import run_shards
-from hones_nn.engine.sweep import sweep
 from hones_nn.methods.base import RunContext
-from hones_nn.methods.vseam import corpus_stats
+from hones_nn.methods.vseam import exact_head_utilities
 
 # budgets tried by default, up to the model's head count (a 7B's curves elbow below 64)
 DEFAULT_BUDGETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -133,50 +131,23 @@ def budget_curve(
     ctx: RunContext, ranked_heads: Sequence[tuple[int, int]], budgets: Sequence[int], utility: str = "metric"
 ) -> BudgetCurve:
     """The head-budget curve of ``ctx``'s task: U with the top K of ``ranked_heads`` replaced
-    together, for each K in ``budgets`` (checkpointed shards; the clean run is condition 0)."""
+    together, for each K in ``budgets``: V-SEAM's exact sweep with head sets as conditions
+    (checkpointed shards; the clean run is condition 0)."""
     if utility not in BUDGET_UTILITIES:
         raise ValueError(f"--utility {utility!r}: the head budget reads 'metric' or 'prob' (a relative drop)")
     task = ctx.td.task
     sizes = ctx.sizes
     budgets = check_budgets(budgets, sizes.num_layers * sizes.num_heads)
-    sets = head_sets(ranked_heads, budgets)
-    conditions = [None, *sets]
     corpus = utility == "metric" and task.corpus_level_metric
-    config = {
-        "method": "head-budget",
-        **ctx.run_config(),
-        "utility": utility,
-        "sets": [[list(h) for h in s] for s in sets],
-    }
-
-    def compute(ids: list[int]) -> dict[str, np.ndarray]:
-        if corpus:
-            return {"stats": corpus_stats(ctx, ids, conditions)}
-        values = sweep(ctx.engine, ctx.td, ids, conditions, utility=utility, batch_size=ctx.batch_size, mode="mean")
-        return {"utilities": values}
-
-    def reduce(parts: list[dict[str, np.ndarray]]) -> np.ndarray:
-        if corpus:
-            stats = sum(p["stats"] for p in parts)
-            return np.array([task.metric_from_stats(s) for s in stats])
-        return np.concatenate([p["utilities"] for p in parts], axis=0).mean(axis=0)
-
-    per_condition = run_shards(
-        ctx.checkpoint_dir,
-        config,
-        ctx.td.n,
-        int(ctx.options.get("shard_size", 16)),
-        compute,
-        reduce,
-        desc=f"head budget ({task.name})",
-        progress=ctx.progress,
+    base, intervened = exact_head_utilities(
+        ctx, head_sets(ranked_heads, budgets), utility, caption_corpus=corpus, desc=f"head budget ({task.name})"
     )
     metric = f"{task.metric_name} (corpus)" if corpus else (task.metric_name if utility == "metric" else "prob")
     return BudgetCurve(
         task=task.name,
         budgets=budgets,
-        base=float(per_condition[0]),
-        utilities=[float(u) for u in per_condition[1:]],
+        base=float(base),
+        utilities=[float(u) for u in intervened],
         ranked_heads=[(int(a), int(b)) for a, b in ranked_heads],
         metric=metric,
     )

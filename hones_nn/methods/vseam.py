@@ -21,6 +21,7 @@ import numpy as np
 
 from hones_nn.engine.shards import run_shards
 from hones_nn.engine.sweep import all_heads, generated_texts, sweep
+from hones_nn.interventions.heads import head_pairs, is_head_set
 from hones_nn.methods.base import Method, MethodResult, Passes, RunContext, head_utility, register_method
 
 
@@ -42,19 +43,21 @@ def exact_head_utilities(
     """(base utility, intervened utility per head in ``heads``): the exact V-SEAM sweep.
 
     ``heads`` is any list of (layer, head) pairs (all of them for V-SEAM, the screen's top N
-    for ``atp-screen``); the clean run is always condition 0. Shards are checkpointed under
-    a key that includes the head list, so a subset run never resumes from a full one."""
+    for ``atp-screen``) or of head sets, tuples of such pairs replaced together (the head
+    budget, :mod:`hones_nn.methods.head_budget`); the clean run is always condition 0.
+    Shards are checkpointed under a key that includes the head list, so a subset run never
+    resumes from a full one."""
     task = ctx.td.task
     if caption_corpus and (not task.corpus_level_metric or utility != "metric"):
         raise ValueError(
             "--caption-corpus applies to a task with a corpus-level metric (caption) with --utility metric only"
         )
-    heads = [(int(layer), int(head)) for layer, head in heads]
+    heads = [tuple(sorted(head_pairs(h))) if is_head_set(h) else head_pairs(h)[0] for h in heads]
     conditions = [None] + heads
     sizes = ctx.sizes
     config = {"method": "vseam", **ctx.run_config()}
     if heads != all_heads(sizes.num_layers, sizes.num_heads):
-        config["heads"] = [list(h) for h in heads]
+        config["heads"] = [[list(p) for p in h] if is_head_set(h) else list(h) for h in heads]
 
     def compute(ids: list[int]) -> dict[str, np.ndarray]:
         if caption_corpus:
