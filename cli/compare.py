@@ -52,7 +52,11 @@ def _csv(value: str) -> list[str]:
     help="Head utility for HONES's V-SEAM step.",
 )
 @click.option(
-    "--top-heads", type=int, default=None, help="K_h for HONES (default: 30, a quarter of the heads for tiny models)."
+    "--top-heads",
+    type=int,
+    default=None,
+    help="K_h for HONES (default: 30, a quarter of the heads for tiny models; choose it for your model with "
+    "`hones-nn head-budget`).",
 )
 @click.option(
     "--target",

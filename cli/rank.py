@@ -463,7 +463,8 @@ def head_budget_cmd(
     "--top-heads",
     type=int,
     default=None,
-    help="K_h heads guiding HONES (default: 30, or a quarter of the heads for tiny models).",
+    help="K_h heads guiding HONES (default: 30, or a quarter of the heads for tiny models; choose it for your "
+    "model with `hones-nn head-budget`).",
 )
 @click.option("--out", default=None, help="Output Parquet (default OUT_DIR/TASK.METHOD.parquet).")
 @click.option(
