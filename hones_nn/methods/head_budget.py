@@ -39,6 +39,12 @@ BUDGET_UTILITIES = ("metric", "prob")  # a relative drop needs a utility that is
 ELBOW_RULE = "kneedle: (0,0) prepended, both axes scaled by their maxima, largest scaled drop above the chord"
 
 
+def check_budget_utility(utility: str) -> None:
+    """Only a utility that is positive at base gives a relative drop (an error names the option)."""
+    if utility not in BUDGET_UTILITIES:
+        raise ValueError(f"--utility {utility!r}: the head budget reads 'metric' or 'prob' (a relative drop)")
+
+
 def default_budgets(total_heads: int) -> list[int]:
     """:data:`DEFAULT_BUDGETS` up to ``total_heads``, which is added when it is 64 or fewer."""
     budgets = [b for b in DEFAULT_BUDGETS if b <= total_heads]
@@ -133,8 +139,7 @@ def budget_curve(
     """The head-budget curve of ``ctx``'s task: U with the top K of ``ranked_heads`` replaced
     together, for each K in ``budgets``: V-SEAM's exact sweep with head sets as conditions
     (checkpointed shards; the clean run is condition 0)."""
-    if utility not in BUDGET_UTILITIES:
-        raise ValueError(f"--utility {utility!r}: the head budget reads 'metric' or 'prob' (a relative drop)")
+    check_budget_utility(utility)
     task = ctx.td.task
     sizes = ctx.sizes
     budgets = check_budgets(budgets, sizes.num_layers * sizes.num_heads)

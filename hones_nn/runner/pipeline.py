@@ -404,12 +404,11 @@ class Runner:
         (:mod:`hones_nn.methods.head_budget`); written as JSON to ``out`` (default
         OUT_DIR/TASK.head-budget.json) and returned. The heads are ranked by ``heads`` or by
         the table :meth:`resolve_heads` finds or computes (on the same split)."""
-        from hones_nn.methods.head_budget import budget_curve, check_budgets, default_budgets
+        from hones_nn.methods.head_budget import budget_curve, check_budget_utility, check_budgets, default_budgets
 
         if self.shard is not None or self.merge_only:
             raise ValueError("the head budget does not take --shard / --merge-only; run it in one process")
-        if utility not in ("metric", "prob"):
-            raise ValueError(f"--utility {utility!r}: the head budget reads 'metric' or 'prob' (a relative drop)")
+        check_budget_utility(utility)  # before any head table is computed
         sizes = self.loaded.adapter.sizes(self.loaded.model)
         total = sizes.num_layers * sizes.num_heads
         budgets = default_budgets(total) if budgets is None else check_budgets(budgets, total)
@@ -424,8 +423,7 @@ class Runner:
             curve = budget_curve(ctx, ranked, budgets, utility)
             seconds = time.perf_counter() - start
             self.engine.assert_backend()
-            if not self.engine.dry_run and not curve.base > 1e-9:
-                raise self._degenerate(f"the base utility ({utility}) over {ctx.td.n} items is {curve.base:.4f}", ctx)
+            self._check_head_result(ctx, utility, curve.base)
             meta = self._meta(ctx, "head-budget", {"heads_table": str(table.path), "heads_reused": reused}, seconds)
             result = {**meta, **curve.as_dict(stand_ins=self.engine.dry_run), "path": str(path)}
             if self.engine.dry_run:
