@@ -10,14 +10,16 @@
 # discovery images (40 for retrieval, whose every query is 50 candidate forwards under each
 # of the 33 conditions) to fit a 2-core CPU; masking uses the whole test split (300 images),
 # except retrieval: its first 100 test queries (7 evaluations x 100 x 50 candidates).
+#   LOC_LIMIT=80 LOC_RLIMIT=20 TEST_LIMIT=150 TEST_RLIMIT=50 ...: smaller samples (half size)
 set -euo pipefail
 out="${1:-benchmarks/results/hones_masking}"
 mkdir -p "$out"
 model=(); [ -n "${MODEL:-}" ] && model=(--model "$MODEL")
 top_heads=(); [ -n "${TOP_HEADS:-}" ] && top_heads=(--top-heads "$TOP_HEADS")
 for task in ${TASKS:-vqa ocr caption retrieval}; do
-  limit=(--limit 160); [ "$task" = retrieval ] && limit=(--limit 40)
-  test_limit=(); [ "$task" = retrieval ] && test_limit=(--limit 100)
+  limit=(--limit ${LOC_LIMIT:-160}); [ "$task" = retrieval ] && limit=(--limit ${LOC_RLIMIT:-40})
+  test_limit=(); [ -n "${TEST_LIMIT:-}" ] && test_limit=(--limit "$TEST_LIMIT")
+  [ "$task" = retrieval ] && test_limit=(--limit ${TEST_RLIMIT:-100})
   heads=(); [ -n "${HEADS_DIR:-}" ] && heads=(--heads "$HEADS_DIR/$task.heads.parquet")
   start=$(date +%s)
   # a finished ranking is kept (rerunning the script resumes where it stopped)

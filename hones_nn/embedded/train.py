@@ -60,7 +60,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     threads: int = 0  # 0: torch's default
     stop_at: int = 0  # stop (and export) at this step of the `steps` schedule; 0: run it all
-    init_from: str = ""  # start from a training checkpoint's model.safetensors instead of a fresh init
+    init_from: str = ""  # start from a checkpoint's model.safetensors or a model folder instead of a fresh init
     task_weights: str = "1,1,1,1"  # relative share of vqa,ocr,caption,retrieval examples per batch
     # llava (tiny-llava), qwen2.5-vl (tiny-qwen2.5-vl), or issue 17's llava-16k, qwen2.5-vl-reader
     architecture: str = "llava"
@@ -71,12 +71,18 @@ class TrainConfig:
     # (1.9x faster per step for llava-16k on this project's 2-core CPU with AVX-512 BF16; the
     # usual setting on a GPU). A different number format changes the numbers: not a run option.
     precision: str = "float32"
+    # weight of an L1 penalty on each FFN neuron's write, |a_n| * ||W_down[:, n]|| averaged over
+    # real tokens, neurons and layers (scale-invariant: shrinking a and growing W_down does not
+    # evade it). Sparser FFN activity, as large language models have, so a 1% set carries more.
+    neuron_l1: float = 0.0
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"--workers {self.workers}: give 0 (build batches in the training process) or more")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device}: this machine has no CUDA device; use --device cpu")
+        if self.neuron_l1 < 0:
+            raise ValueError(f"--neuron-l1 {self.neuron_l1}: give 0 (no penalty) or a positive weight")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.architecture not in BUILDERS:
@@ -275,6 +281,45 @@ def _where(device: str) -> dict:
     return where
 
 
+class _NeuronWrites:
+    """Records each text layer's FFN neuron activations (the input of ``down_proj``) during a
+    forward, for :attr:`TrainConfig.neuron_l1`'s penalty."""
+
+    def __init__(self, model, adapter):
+        self.modules = [adapter.down_proj(model, i) for i in range(len(adapter.layers(model)))]
+        self.inputs: list[torch.Tensor] = []
+        self.handles = [
+            module.register_forward_hook(lambda _m, args, _out: self.inputs.append(args[0])) for module in self.modules
+        ]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def penalty(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean over real tokens, neurons and layers of |a_n| * ||W_down[:, n]||; clears the record."""
+        real = attention_mask.bool()
+        total = sum(
+            (a.float()[real].abs() * m.weight.float().norm(dim=0)).mean() for m, a in zip(self.modules, self.inputs)
+        )
+        self.inputs.clear()
+        return total / len(self.modules)
+
+
+def _initial_weights(model, init_from: str) -> dict[str, torch.Tensor]:
+    """``--init-from``'s weights: a training checkpoint's model.safetensors, or a saved model
+    folder (a shipped model, a recipe's OUT/model), read by the model's own class so that its
+    checkpoint key layout (older transformers versions saved another) maps onto this one."""
+    path = Path(init_from)
+    if not path.exists():
+        raise ValueError(
+            f"--init-from {init_from}: no such file or folder; give a checkpoint's model.safetensors or a model folder"
+        )
+    if path.is_dir():
+        return type(model).from_pretrained(path).state_dict()
+    return load_file(path)
+
+
 def train(config: TrainConfig) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -284,7 +329,7 @@ def train(config: TrainConfig) -> Path:
     model, processor = BUILDERS[config.architecture](seed=config.seed)
     adapter = adapter_for(model.config)
     if config.init_from:
-        model.load_state_dict(load_file(config.init_from))
+        model.load_state_dict(_initial_weights(model, config.init_from))
     model.to(config.device)
     world = generator_module(config.generator).World(config.seed)
     scenes = world.scenes({"train": config.n_train_scenes})["train"]
@@ -296,7 +341,7 @@ def train(config: TrainConfig) -> Path:
         # what does not change the numbers may differ between a run and its resumption
         free = ("out", "checkpoint_every", "stop_at", *RUN_OPTIONS)
         # written before these options existed
-        saved = {"architecture": "llava", "precision": "float32", **progress["config"]}
+        saved = {"architecture": "llava", "precision": "float32", "neuron_l1": 0.0, **progress["config"]}
         saved.setdefault("generator", ARCHITECTURE_GENERATOR[saved["architecture"]])  # likewise
         if {k: v for k, v in saved.items() if k not in free} != {
             k: v for k, v in asdict(config).items() if k not in free
@@ -309,11 +354,12 @@ def train(config: TrainConfig) -> Path:
         _load_optimizer_tensors(optimizer, model, load_file(ckpt / "optimizer.safetensors"))
         start, history, elapsed = progress["step"], progress["history"], progress["seconds"]
         print(f"resuming from step {start}")
+    writes = _NeuronWrites(model, adapter) if config.neuron_l1 else None
     model.train()
     end = config.stop_at or config.steps
     bar = tqdm(range(start, end), initial=start, total=end, desc=f"training tiny-{config.architecture}")
     t0 = time.perf_counter() - elapsed
-    running = []
+    running, running_penalty = [], []
     batches = _batches(processor, scenes, config, adapter, start, end)
     for step in bar:
         for group in optimizer.param_groups:
@@ -321,15 +367,23 @@ def train(config: TrainConfig) -> Path:
         batch = {k: v.to(config.device, non_blocking=True) for k, v in next(batches).items()}
         with training_autocast(config):
             loss = model(**batch).loss
-        loss.backward()
+        total = loss
+        if writes is not None:
+            penalty = writes.penalty(batch["attention_mask"])
+            total = loss + config.neuron_l1 * penalty
+            running_penalty.append(penalty.item())
+        total.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         running.append(loss.item())
         if (step + 1) % 50 == 0:
+            # loss: the cross-entropy alone; neuron_write: the penalty before its weight
             history.append({"step": step + 1, "loss": sum(running) / len(running)})
+            if running_penalty:
+                history[-1]["neuron_write"] = sum(running_penalty) / len(running_penalty)
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-            running = []
+            running, running_penalty = [], []
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
             ckpt.mkdir(exist_ok=True)
             atomic_write_with(
@@ -348,6 +402,8 @@ def train(config: TrainConfig) -> Path:
                     "config": asdict(config),
                 },
             )
+    if writes is not None:
+        writes.remove()
     model.eval()
     model.to("cpu")
     final = out / "model"

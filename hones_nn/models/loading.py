@@ -30,6 +30,8 @@ EMBEDDED_MODELS: dict[str, Path] = {
     "tiny-qwen2.5-vl": EMBEDDED_WEIGHTS_DIR / "tiny-qwen2.5-vl",
     # issue 17: 8 x 2,048 MLP neurons, trained on synthetic-v2 (its default benchmark)
     "tiny-llava-16k": EMBEDDED_WEIGHTS_DIR / "tiny-llava-16k",
+    # tiny-llava-16k plus one phase with --neuron-l1 1.0 (sparser FFN activity; see the README)
+    "tiny-llava-16k-sparse": EMBEDDED_WEIGHTS_DIR / "tiny-llava-16k-sparse",
 }
 DEFAULT_MODEL = "tiny-llava"
 

@@ -70,3 +70,36 @@ def test_a_mismatched_generator_is_refused(tmp_path):
     assert TrainConfig(out=str(tmp_path), architecture="llava-16k").generator == "synthetic-v2"
     with pytest.raises(ValueError, match="--generator synthetic-v1.*llava-16k.*synthetic-v2"):
         TrainConfig(out=str(tmp_path), architecture="llava-16k", generator="synthetic-v1")
+
+
+def test_neuron_l1_penalty_is_the_mean_write_of_every_ffn_neuron(llava16k):
+    """--neuron-l1's penalty, recomputed from the weights: a_n = silu(gate_n . x) * (up_n . x) at
+    each real token of each layer's MLP input x, times ||W_down[:, n]||, averaged over tokens,
+    neurons and layers."""
+    from hones_nn.embedded.train import TrainConfig, _NeuronWrites
+
+    model, processor = llava16k
+    enc = adapter_for(model.config).encode(processor, [_v2_image(), _v2_image()], ["What is written?", "Describe."])
+    layers = model.model.language_model.layers
+    mlp_inputs = []
+    hooks = [layer.mlp.register_forward_hook(lambda _m, args, _o: mlp_inputs.append(args[0])) for layer in layers]
+    writes = _NeuronWrites(model, adapter_for(model.config))
+    with torch.no_grad():
+        model(**enc.inputs)
+    for hook in hooks:
+        hook.remove()
+    real = enc.inputs["attention_mask"].bool()
+    expected = []
+    for layer, x in zip(layers, mlp_inputs):
+        x = x[real]
+        a = torch.nn.functional.silu(x @ layer.mlp.gate_proj.weight.T) * (x @ layer.mlp.up_proj.weight.T)
+        expected.append((a.abs() * layer.mlp.down_proj.weight.norm(dim=0)).mean())
+    penalty = writes.penalty(enc.inputs["attention_mask"])
+    assert float(penalty) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    assert writes.inputs == []  # cleared for the next step
+    writes.remove()
+    with torch.no_grad():
+        model(**enc.inputs)
+    assert writes.inputs == []
+    with pytest.raises(ValueError, match="--neuron-l1 -1.0"):
+        TrainConfig(out="unused", architecture="llava-16k", neuron_l1=-1.0)
