@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # HONES top-1% masking vs a random control (5 seeds) on the synthetic test split, all four
-# tasks, on the embedded tiny-llava: the issue-3 acceptance figures.
+# tasks, on the embedded tiny-llava-16k-sparse (the benchmarks' model; MODEL= for another).
 #   bash benchmarks/hones_masking.sh [OUT_DIR]
-#   MODEL=runs/llava-16k/model bash benchmarks/hones_masking.sh OUT_DIR
+#   MODEL=tiny-llava bash benchmarks/hones_masking.sh benchmarks/results/hones_masking  (any model name or folder)
 #   TOP_HEADS=K HEADS_DIR=DIR ...: K_h = K (e.g. from benchmarks/head_budget.sh), the V-SEAM
 #   tables of DIR reused (same model, items and utility) instead of computed again
 # (a train-embedded model's own benchmark, e.g. synthetic-v2 for llava-16k, is the default data)
@@ -12,9 +12,9 @@
 # except retrieval: its first 100 test queries (7 evaluations x 100 x 50 candidates).
 #   LOC_LIMIT=80 LOC_RLIMIT=20 TEST_LIMIT=150 TEST_RLIMIT=50 ...: smaller samples (half size)
 set -euo pipefail
-out="${1:-benchmarks/results/hones_masking}"
+out="${1:-benchmarks/results/hones_masking_16k_sparse}"
 mkdir -p "$out"
-model=(); [ -n "${MODEL:-}" ] && model=(--model "$MODEL")
+model=(--model "${MODEL:-tiny-llava-16k-sparse}")
 top_heads=(); [ -n "${TOP_HEADS:-}" ] && top_heads=(--top-heads "$TOP_HEADS")
 for task in ${TASKS:-vqa ocr caption retrieval}; do
   limit=(--limit ${LOC_LIMIT:-160}); [ "$task" = retrieval ] && limit=(--limit ${LOC_RLIMIT:-40})

@@ -2,7 +2,7 @@
 # Issue-5 figures on the embedded model, from the CLI only: steering with every baseline on
 # all four tasks (top 1%, then each task's dominant shared group as the paper does), the cross-task groups of the four HONES top-1% sets, the logit lens of
 # each task's dominant group, and every plot.
-#   bash benchmarks/steering_overlap.sh [HONES_TABLES_DIR] [OUT_DIR]
+#   bash benchmarks/steering_overlap.sh [HONES_TABLES_DIR] [OUT_DIR]   (tiny-llava-16k-sparse, the benchmarks' model)
 #   MODEL=tiny-llava-16k bash benchmarks/steering_overlap.sh TABLES_DIR OUT_DIR  (the tables' model)
 # HONES_TABLES_DIR holds {task}.hones.parquet and {task}.heads.parquet (the output of
 # benchmarks/hones_masking.sh). Each step is skipped when its output exists (resumable).
@@ -11,10 +11,10 @@
 # queries x 50 candidates); groups masked on the first 50 test images (retrieval: 50 queries x
 # 50 candidates), with a matched random control (5 draws) for each task's dominant group.
 set -euo pipefail
-tables="${1:-benchmarks/results/hones_masking}"
-out="${2:-benchmarks/results/steering_overlap}"
+tables="${1:-benchmarks/results/hones_masking_16k_sparse}"
+out="${2:-benchmarks/results/steering_overlap_16k_sparse}"
 mkdir -p "$out/steer" "$out/figures"
-model=(); [ -n "${MODEL:-}" ] && model=(--model "$MODEL")
+model=(--model "${MODEL:-tiny-llava-16k-sparse}")
 for task in ${TASKS:-vqa ocr caption retrieval}; do
   test_limit=150; [ "$task" = retrieval ] && test_limit=60
   [ -s "$out/steer/$task.json" ] && continue
