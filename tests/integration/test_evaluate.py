@@ -47,22 +47,23 @@ TARGETS = {"vqa": 0.85, "ocr": 0.70, "caption": 0.40, "retrieval": 0.90}
 # tiny-qwen2.5-vl's (issue 17: it reads; OCR ANLS >= 0.70 and retrieval NDCG@5 >= 0.80), measured
 # on all 300 test images: vqa 0.9387, ocr 1.0000, caption 1.0000, retrieval 0.8236.
 QWEN_TARGETS = {**TARGETS, "retrieval": 0.80}
-_METRICS: dict[tuple[str, str], float] = {}
+_METRICS: dict[tuple[str, str, int | None], float] = {}
 
 
-def _shipped_metric(model: str, task: str) -> float:
-    """A shipped model's metric on the whole synthetic test split, computed once per task."""
-    if (model, task) not in _METRICS:
+def _shipped_metric(model: str, task: str, limit: int | None = None) -> float:
+    """A shipped model's metric on the whole synthetic test split (or its first `limit`
+    items), computed once per task."""
+    if (model, task, limit) not in _METRICS:
         from hones_nn.engine.core import Engine
         from hones_nn.evaluation.evaluate import evaluate
         from hones_nn.models.loading import load_model
         from hones_nn.tasks.task_data import prepare_task
 
         loaded = load_model(model)
-        td = prepare_task(loaded, task, split="test")
-        assert td.n >= 300
-        _METRICS[(model, task)] = evaluate(Engine(loaded), td, batch_size=64, progress=False).metric
-    return _METRICS[(model, task)]
+        td = prepare_task(loaded, task, split="test", limit=limit)
+        assert td.n >= (limit or 300)
+        _METRICS[(model, task, limit)] = evaluate(Engine(loaded), td, batch_size=64, progress=False).metric
+    return _METRICS[(model, task, limit)]
 
 
 @pytest.mark.slow
@@ -88,8 +89,11 @@ def test_shipped_qwen_meets_targets(task, benchmark_dir):
 # The 16k models on synthetic-v2 (issue 17): the issue asks every task into [0.6, 0.95]. The
 # shipped weights measure (whole test split) tiny-llava-16k: VQA 0.780, OCR 0.919, caption
 # 0.747, retrieval 0.680; tiny-llava-16k-sparse: VQA 0.784, OCR 0.916, caption 0.779,
-# retrieval 0.750.
+# retrieval 0.750. Each whole-split retrieval check is 300 queries x 50 candidates (about
+# 3 min on one thread), so the five-phase model's uses its first 100 queries (0.699) to keep
+# the suite under 15 minutes; the sparse model, the benchmarks' model, is checked on all 300.
 LLAVA_16K_BANDS = dict.fromkeys(("vqa", "ocr", "caption", "retrieval"), (0.6, 0.95))
+LLAVA_16K_SAMPLE = {("tiny-llava-16k", "retrieval"): 100}
 
 
 @pytest.mark.slow
@@ -104,7 +108,7 @@ def test_shipped_llava_16k_is_not_saturated(model, task, benchmark_dir):
     assert loaded.benchmark == "synthetic-v2"
     assert sum(layer.mlp.down_proj.in_features for layer in loaded.model.model.language_model.layers) == 16_384
     low, high = LLAVA_16K_BANDS[task]
-    metric = _shipped_metric(model, task)
+    metric = _shipped_metric(model, task, LLAVA_16K_SAMPLE.get((model, task)))
     assert low <= metric <= high, f"{task}: {metric:.4f} outside [{low}, {high}]"
 
 
