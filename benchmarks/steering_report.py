@@ -138,7 +138,7 @@ def main(out: str) -> None:
     root = Path(out)
     sections = steering(root) + variant(root) + groups(root)
     sections += steering(root, "steer-dominant", "each task's dominant shared group")
-    print("\n".join(sections[1:] if sections[:1] == [""] else sections))
+    print("\n".join(sections).lstrip("\n"))  # each section opens with a blank line
 
 
 if __name__ == "__main__":

@@ -168,8 +168,7 @@ def test_the_sparse_model_is_the_16k_one_with_a_lighter_neuron_write(tmp_path):
         batch = make_batch(loaded.processor, scenes, 0, config, loaded.adapter)
         writes = _NeuronWrites(loaded.model, loaded.adapter)
         with torch.no_grad():
-            loss = float(loaded.model(**batch).loss)
-        measured[name] = (loss, float(writes.penalty(batch["attention_mask"])))
+            measured[name] = (float(loaded.model(**batch).loss), float(writes.penalty(batch["attention_mask"])))
         writes.remove()
     (dense_loss, dense_write), (sparse_loss, sparse_write) = measured.values()
     assert sparse_write < 0.5 * dense_write, measured
